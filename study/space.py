@@ -1,0 +1,86 @@
+"""The search space, in one place: shown by ``--show-space``, replaceable with ``--space FILE`` (JSON).
+
+Each entry names a TrainConfig field and its distribution::
+
+    {"lr": {"type": "float", "low": 1e-4, "high": 0.1, "log": true},
+     "freeze_depth": {"type": "int", "low": 0, "high": 5},
+     "augment": {"type": "categorical", "choices": ["d2l", "trivialaugment"]}}
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+
+from trainable import AUGMENT_POLICIES, TrainConfig, UserError
+
+DEFAULT_SPACE: dict[str, dict] = {
+    "lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},  # backbone lr (mean loss)
+    "head_lr_mult": {"type": "float", "low": 1.0, "high": 100.0, "log": True},
+    "weight_decay": {"type": "float", "low": 1e-6, "high": 1e-2, "log": True},
+    "freeze_depth": {"type": "int", "low": 0, "high": 5},  # 0 = all trains, 5 = head only
+    "augment": {"type": "categorical", "choices": list(AUGMENT_POLICIES)},
+}
+
+_BOOK = TrainConfig()
+BASELINE = {  # the book's recipe, evaluated first
+    "lr": _BOOK.lr, "head_lr_mult": _BOOK.head_lr_mult, "weight_decay": _BOOK.weight_decay,
+    "freeze_depth": _BOOK.freeze_depth, "augment": _BOOK.augment, "momentum": _BOOK.momentum,
+}
+SEARCHABLE = {"lr", "head_lr_mult", "weight_decay", "momentum", "freeze_depth", "augment", "batch_size"}
+
+
+def to_distributions(space: dict[str, dict]) -> dict[str, optuna.distributions.BaseDistribution]:
+    """Validate a space and turn it into Optuna distributions; UserError on anything malformed."""
+    if not isinstance(space, dict) or not space:
+        raise UserError("the search space must be a non-empty JSON object of {parameter: distribution}")
+    out = {}
+    for name, spec in space.items():
+        if name not in SEARCHABLE:
+            raise UserError(f"search space parameter {name!r} is not searchable: use some of {sorted(SEARCHABLE)}")
+        try:
+            kind = spec["type"]
+            if kind == "float":
+                out[name] = optuna.distributions.FloatDistribution(float(spec["low"]), float(spec["high"]), log=bool(spec.get("log", False)))
+            elif kind == "int":
+                out[name] = optuna.distributions.IntDistribution(int(spec["low"]), int(spec["high"]), log=bool(spec.get("log", False)))
+            elif kind == "categorical":
+                out[name] = optuna.distributions.CategoricalDistribution(list(spec["choices"]))
+            else:
+                raise ValueError(f"unknown type {kind!r} (use float, int or categorical)")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"search space entry {name!r} is malformed ({exc}): see --show-space for the format") from None
+    if "augment" in out:
+        unknown = set(out["augment"].choices) - set(AUGMENT_POLICIES)
+        if unknown:
+            raise UserError(f"search space: unknown augmentation policies {sorted(unknown)}: use {list(AUGMENT_POLICIES)}")
+    return out
+
+
+def load_space(path: str | None) -> dict[str, dict]:
+    if path is None:
+        return DEFAULT_SPACE
+    try:
+        space = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read search space file {path}: {exc}") from None
+    to_distributions(space)
+    return space
+
+
+def baseline_params(space: dict[str, dict]) -> dict | None:
+    """The book's recipe restricted to the searched parameters, if it lies inside the space."""
+    dists = to_distributions(space)
+    params = {name: BASELINE[name] for name in dists if name in BASELINE}
+    if len(params) != len(dists):
+        return None
+    for name, value in params.items():
+        if not dists[name]._contains(dists[name].to_internal_repr(value)):
+            return None
+    return params
+
+
+def show_space(space: dict[str, dict]) -> str:
+    return json.dumps(space, indent=2)

@@ -1,0 +1,74 @@
+"""``python -m trainable``: fine-tune ResNet18 with one configuration and print each epoch's metrics."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from .cli import add_data_options, add_hyperparameter_options, run_main
+from .config import TrainConfig
+from .errors import UserError
+from .loop import Checkpoint, EpochMetrics, train
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m trainable", description=__doc__)
+    parser.add_argument("--config", help="JSON file of TrainConfig fields (e.g. from python -m study.rerun --export); flags given here override it")
+    add_data_options(parser)
+    add_hyperparameter_options(parser)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: the CPUs this process may use)")
+    parser.add_argument("--checkpoint-dir", help="save model/optimizer/epoch here after every epoch")
+    parser.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir's last epoch")
+    parser.add_argument("--save-weights", help="write the final model's state dict here")
+    return parser.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace, argv: list[str] | None) -> TrainConfig:
+    base = TrainConfig.from_json(args.config) if args.config else TrainConfig()
+    given = {a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:]) if a.startswith("--")}
+    changes = {}
+    for field in base.to_dict():
+        flag = "--" + field.replace("_", "-")
+        if hasattr(args, field) and (not args.config or flag in given):
+            changes[field] = getattr(args, field)
+    return base.replace(**changes).validate()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cfg = config_from_args(args, argv)
+    if args.resume and not Checkpoint.exists(args.checkpoint_dir):
+        raise UserError(f"--resume needs a checkpoint: none in {args.checkpoint_dir!r}; pass the --checkpoint-dir of the earlier run")
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr)
+
+    def on_epoch(m: EpochMetrics, save) -> None:
+        if args.checkpoint_dir:
+            save(args.checkpoint_dir)
+        flag = "  DIVERGED (loss is NaN/inf)" if m.diverged else ""
+        print(
+            f"epoch {m.epoch}/{cfg.epochs}  train loss {m.train_loss:.4f} acc {m.train_acc:.3f}  "
+            f"val loss {m.val_loss:.4f} acc {m.val_acc:.3f}  {m.seconds:.1f}s  {m.images_per_s:.1f} img/s{flag}",
+            flush=True,
+        )
+
+    result = train(cfg, on_epoch=on_epoch, resume_from=args.checkpoint_dir if args.resume else None, log=log)
+    if args.save_weights:
+        Path(args.save_weights).parent.mkdir(parents=True, exist_ok=True)
+        torch.save(result.model.state_dict(), args.save_weights)
+    best = result.best
+    if result.status == "diverged":
+        print("the loss diverged (NaN/inf): lower --lr or --head-lr-mult", file=sys.stderr)
+        return 1
+    final = result.history[-1]
+    print(json.dumps({"final_val_acc": final.val_acc, "best_val_acc": best.val_acc if best else None, "best_epoch": best.epoch if best else None}))
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,51 @@
+"""Augmentation policies by name (torchvision.transforms.v2 on uint8 tensors) and batch normalisation.
+
+Each policy maps one stored ``3 x S x S`` uint8 image to a ``3 x size x size`` uint8 crop; the batch is
+then converted to float and normalised with ImageNet's mean/std in one vectorised step.
+"""
+
+from __future__ import annotations
+
+from . import tv_compat  # noqa: F401  (must precede torchvision)
+
+import torch
+from torchvision.transforms import v2
+
+from .config import AUGMENT_POLICIES
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def train_transform(policy: str, size: int) -> v2.Transform:
+    if policy not in AUGMENT_POLICIES:
+        raise ValueError(f"unknown augmentation policy {policy!r}")
+    crop_flip = [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()]
+    steps = {
+        "none": [v2.CenterCrop(size)],
+        "flip": [v2.CenterCrop(size), v2.RandomHorizontalFlip()],
+        "d2l": crop_flip,  # the book's recipe
+        "trivialaugment": crop_flip + [v2.TrivialAugmentWide()],
+        "randaugment": crop_flip + [v2.RandAugment()],
+        "autoaugment": crop_flip + [v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)],
+    }[policy]
+    return v2.Compose(steps)
+
+
+def eval_transform(size: int) -> v2.Transform:
+    """Stored images are already Resize(size*256/224): a centre crop completes the book's test transform."""
+    return v2.CenterCrop(size)
+
+
+def augment_batch(images: torch.Tensor, transform: v2.Transform) -> torch.Tensor:
+    """Apply ``transform`` to each image separately (each gets its own random crop): uint8 in, uint8 out."""
+    return torch.stack([transform(image) for image in images])
+
+
+def normalize(batch: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """uint8 ``B x 3 x H x W`` to normalised float32 on ``device``."""
+    batch = batch.to(device, non_blocking=True).float().div_(255)
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    batch = batch.sub_(mean).div_(std)
+    return batch.contiguous(memory_format=torch.channels_last) if channels_last else batch

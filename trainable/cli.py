@@ -1,0 +1,46 @@
+"""Shared command-line plumbing: TrainConfig options and the one-line error exit."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from .config import AUGMENT_POLICIES, TrainConfig
+from .errors import UserError
+
+
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    d = TrainConfig()
+    parser.add_argument("--data-dir", help="folder with train/<class>/ and test/<class>/ (default: download the book's hotdog.zip)")
+    parser.add_argument("--weights", default=d.weights, help="imagenet, none (from scratch) or PATH to a resnet18 state dict (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=d.epochs, help="(default: %(default)s)")
+    parser.add_argument("--image-size", type=int, default=d.image_size, help="training crop in px (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="(default: %(default)s)")
+    parser.add_argument("--val-fraction", type=float, default=d.val_fraction, help="share of train held out for validation (default: %(default)s)")
+    parser.add_argument("--precision", default=d.precision, choices=["auto", "fp32", "bf16"], help="(default: %(default)s)")
+    parser.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+
+
+def add_hyperparameter_options(parser: argparse.ArgumentParser) -> None:
+    d = TrainConfig()
+    parser.add_argument("--lr", type=float, default=d.lr, help="backbone lr, mean-loss convention (default: %(default)s, the book's 5e-5 on a summed loss)")
+    parser.add_argument("--head-lr-mult", type=float, default=d.head_lr_mult, help="head lr = lr x this (default: %(default)s)")
+    parser.add_argument("--weight-decay", type=float, default=d.weight_decay, help="(default: %(default)s, the book's 1e-3 on a summed loss)")
+    parser.add_argument("--momentum", type=float, default=d.momentum, help="(default: %(default)s)")
+    parser.add_argument("--freeze-depth", type=int, default=d.freeze_depth, help="frozen leading stages of stem, layer1-4; 5 = head only (default: %(default)s)")
+    parser.add_argument("--augment", default=d.augment, choices=AUGMENT_POLICIES, help="(default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
+
+
+def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> None:
+    """Run ``main``; a UserError becomes one ``error:`` line and exit 2, Ctrl-C exit 130."""
+    try:
+        code = main(argv)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code)

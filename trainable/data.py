@@ -1,0 +1,255 @@
+"""Image folders in, decoded uint8 arrays out: each image is decoded once per run, never once per epoch.
+
+Layout: ``<root>/train/<class>/*`` and ``<root>/test/<class>/*`` (the d2l hotdog layout, ImageFolder's
+layout). Every image is decoded with PIL, converted to RGB and resized to ``stored_size`` x
+``stored_size`` (``image_size * 256 / 224``, as the book's ``Resize([256, 256])``), so a whole split is one
+``N x 3 x S x S`` uint8 array: ~400 MB for 2,000 images at 224 px, shared zero-copy between Ray trials.
+Training crops (RandomResizedCrop) are taken from that stored image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+import urllib.request
+import warnings
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps
+
+from .errors import UserError
+
+HOTDOG_URL = "http://d2l-data.s3-accelerate.amazonaws.com/hotdog.zip"
+HOTDOG_SHA1 = "fba480ffa8aa7e0febbb511d181409f899b9baa5"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is skipped, not half-decoded
+
+
+def stored_size(image_size: int) -> int:
+    """Side of the stored square image: the book's 256 for a 224 crop, scaled for other crops."""
+    return round(image_size * 256 / 224)
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "hotdog-tune"
+
+
+# --- the book's archive ------------------------------------------------------------------------------
+def _sha1(path: Path) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def safe_extract(archive: Path, target: Path) -> None:
+    """Extract a zip, refusing any entry that would land outside ``target`` (zip slip) or is a link."""
+    target = target.resolve()
+    with zipfile.ZipFile(archive) as zf:
+        for info in zf.infolist():
+            dest = (target / info.filename).resolve()
+            if not dest.is_relative_to(target):
+                raise UserError(f"archive {archive} has an entry outside its folder ({info.filename!r}): refusing to extract it")
+            if (info.external_attr >> 16) & 0o170000 == 0o120000:
+                raise UserError(f"archive {archive} holds a symbolic link ({info.filename!r}): refusing to extract it")
+        zf.extractall(target)
+
+
+def fetch_hotdog(root: Path | None = None, url: str = HOTDOG_URL, sha1: str = HOTDOG_SHA1) -> Path:
+    """Download the book's hotdog.zip once, verify its sha1 before use, extract it; return the data folder."""
+    root = Path(root or cache_dir())
+    data = root / "hotdog"
+    if (data / "train").is_dir():
+        return data
+    root.mkdir(parents=True, exist_ok=True)
+    archive = root / "hotdog.zip"
+    if not archive.exists() or _sha1(archive) != sha1:
+        partial = root / "hotdog.zip.part"
+        print(f"downloading {url} to {archive}", file=sys.stderr)
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
+                shutil.copyfileobj(response, out)
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            raise UserError(
+                f"cannot download the hotdog data from {url} ({exc}): unzip hotdog.zip yourself and pass --data-dir PATH/hotdog"
+            ) from None
+        got = _sha1(partial)
+        if got != sha1:
+            partial.unlink(missing_ok=True)
+            raise UserError(f"downloaded {url} has sha1 {got}, expected {sha1}: the file is corrupt or changed; try again")
+        os.replace(partial, archive)
+    staging = Path(tempfile.mkdtemp(dir=root, prefix=".extract-"))
+    try:
+        safe_extract(archive, staging)
+        extracted = staging / "hotdog" if (staging / "hotdog").is_dir() else staging
+        os.replace(extracted, data)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return data
+
+
+# --- finding and decoding images --------------------------------------------------------------------
+@dataclass
+class Split:
+    """One decoded split: images ``N x 3 x S x S`` uint8, labels ``N`` int64."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: np.ndarray) -> "Split":
+        return Split(self.images[index], self.labels[index])
+
+
+@dataclass
+class PreparedData:
+    classes: list[str]
+    stored_size: int
+    train: Split
+    val: Split | None
+    test: Split | None
+    skipped: list[str] = field(default_factory=list)  # files that could not be decoded, with the reason
+    root: str = ""
+
+
+def _class_folders(split_dir: Path) -> dict[str, list[Path]]:
+    classes = {}
+    for entry in sorted(split_dir.iterdir()):
+        if entry.is_dir() and not entry.name.startswith("."):
+            classes[entry.name] = sorted(
+                p for p in entry.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+            )
+    return classes
+
+
+def check_layout(root: str | Path, need_test: bool = False) -> tuple[Path, list[str]]:
+    """Validate the folder layout before anything is decoded; return the root and the class names."""
+    root = Path(root).expanduser()
+    fix = "pass --data-dir a folder holding train/<class>/ and test/<class>/ image folders"
+    if not root.exists():
+        raise UserError(f"data folder {root} does not exist: {fix}")
+    if not root.is_dir():
+        raise UserError(f"data folder {root} is a file, not a folder: {fix}")
+    if not (root / "train").is_dir():
+        raise UserError(f"data folder {root} has no train/ folder: {fix}")
+    classes = _class_folders(root / "train")
+    if len(classes) < 2:
+        raise UserError(f"{root / 'train'} holds {len(classes)} class folder(s) {list(classes)}: at least two are needed, one folder per class")
+    for name, files in classes.items():
+        if not files:
+            raise UserError(f"class folder {root / 'train' / name} holds no image files: add images or remove the folder")
+    if need_test:
+        if not (root / "test").is_dir():
+            raise UserError(f"data folder {root} has no test/ folder, which the final evaluation needs: {fix}")
+        test_classes = list(_class_folders(root / "test"))
+        if test_classes != list(classes):
+            raise UserError(f"{root / 'test'} has classes {test_classes} but train has {list(classes)}: use the same class folders")
+    return root, list(classes)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode to 8-bit RGB: 16/32-bit greyscale rescaled, transparency composited on white."""
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        img = Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8), "L")
+    if img.mode == "P" and "transparency" in img.info or img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("RGB")
+
+
+def decode_image(path: Path, size: int) -> np.ndarray:
+    """One file to a ``3 x size x size`` uint8 array. Raises OSError/ValueError for unreadable files."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PIL warns on odd metadata; broken files raise below
+        with Image.open(path) as img:
+            img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when the image is much larger
+            img = ImageOps.exif_transpose(img)
+            img = _to_rgb(img).resize((size, size), Image.BILINEAR)
+            return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def _decode_all(files: list[tuple[Path, int]], size: int, skipped: list[str]) -> Split:
+    def work(item):
+        path, label = item
+        try:
+            return decode_image(path, size), label
+        except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
+            return f"{path}: {exc}", label
+
+    images = np.empty((len(files), 3, size, size), dtype=np.uint8)
+    labels = np.empty(len(files), dtype=np.int64)
+    n = 0
+    workers = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # PIL decodes with the GIL released
+        for decoded, label in pool.map(work, files):
+            if isinstance(decoded, str):
+                skipped.append(decoded)
+                continue
+            images[n], labels[n] = decoded, label
+            n += 1
+    return Split(images[:n], labels[:n])
+
+
+def _files(split_dir: Path, classes: list[str]) -> list[tuple[Path, int]]:
+    found = _class_folders(split_dir)
+    return [(path, label) for label, name in enumerate(classes) for path in found.get(name, [])]
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val): ``fraction`` of each class, at least one image, chosen with ``seed``."""
+    rng = np.random.default_rng(seed)
+    train_idx, val_idx = [], []
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        n_val = min(len(members) - 1, max(1, round(len(members) * fraction)))
+        val_idx.append(members[:n_val])
+        train_idx.append(members[n_val:])
+    return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(val_idx))
+
+
+def prepare_data(
+    data_dir: str | Path | None,
+    image_size: int,
+    val_fraction: float = 0.1,
+    split_seed: int = 0,
+    with_test: bool = False,
+    log=None,
+) -> PreparedData:
+    """Find, check, decode (once) and split the data. ``val_fraction=0`` keeps all of train for training."""
+    root, classes = check_layout(data_dir if data_dir is not None else fetch_hotdog(), need_test=with_test)
+    size = stored_size(image_size)
+    skipped: list[str] = []
+    train_all = _decode_all(_files(root / "train", classes), size, skipped)
+    for label, name in enumerate(classes):
+        count = int((train_all.labels == label).sum())
+        if count < (2 if val_fraction > 0 else 1):
+            raise UserError(
+                f"class {name!r} has {count} readable image(s) in {root / 'train' / name}: at least 2 are needed "
+                "(one for training, one for validation); add images"
+            )
+    test = _decode_all(_files(root / "test", classes), size, skipped) if with_test else None
+    if test is not None and len(test) == 0:
+        raise UserError(f"{root / 'test'} holds no readable images: add test images")
+    if skipped and log is not None:
+        log(f"skipped {len(skipped)} unreadable file(s), e.g. {skipped[0]}")
+    if val_fraction > 0:
+        train_idx, val_idx = stratified_split(train_all.labels, val_fraction, split_seed)
+        train, val = train_all.subset(train_idx), train_all.subset(val_idx)
+    else:
+        train, val = train_all, None
+    return PreparedData(classes, size, train, val, test, skipped, str(root.resolve()))

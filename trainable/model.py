@@ -1,0 +1,108 @@
+"""ResNet18 with a new head, its weights, freezing by stage and the optimiser's parameter groups."""
+
+from __future__ import annotations
+
+from . import tv_compat  # noqa: F401  (must precede torchvision)
+
+import pickle
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models import ResNet18_Weights, resnet18
+
+from .errors import UserError
+
+STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")  # freeze depth k freezes the first k of these
+
+
+def stage_modules(model: nn.Module) -> list[list[nn.Module]]:
+    return [[model.conv1, model.bn1], [model.layer1], [model.layer2], [model.layer3], [model.layer4]]
+
+
+def _imagenet_state_dict() -> Mapping[str, torch.Tensor]:
+    try:  # torchvision's own download + hash check, cached under $TORCH_HOME/hub/checkpoints
+        return ResNet18_Weights.IMAGENET1K_V1.get_state_dict(progress=True, check_hash=True)
+    except (OSError, RuntimeError) as exc:
+        raise UserError(
+            f"cannot get torchvision's ImageNet ResNet18 weights ({exc}): download "
+            f"{ResNet18_Weights.IMAGENET1K_V1.url} elsewhere and pass --weights PATH/resnet18-f37072fd.pth, "
+            "or train from scratch with --weights none"
+        ) from None
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a file, loaded with ``weights_only=True`` (no arbitrary code from pickles)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"weights file {path} does not exist: pass --weights imagenet, none, or the path of a ResNet18 state dict")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"weights file {path} is not a PyTorch state dict ({first_line}): save one with torch.save(model.state_dict(), PATH)") from None
+    for key in ("state_dict", "model"):  # common checkpoint wrappers
+        if isinstance(loaded, Mapping) and isinstance(loaded.get(key), Mapping):
+            loaded = loaded[key]
+    if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise UserError(f"weights file {path} does not hold a state dict (a mapping of names to tensors): save one with torch.save(model.state_dict(), PATH)")
+    return {k.removeprefix("module."): v for k, v in loaded.items()}
+
+
+def build_model(weights: str, num_classes: int, seed: int = 0) -> nn.Module:
+    """torchvision resnet18 with ``weights`` ("imagenet", "none" or a path) and a new, seeded head."""
+    model = resnet18(weights=None)
+    if weights == "imagenet":
+        state, source = _imagenet_state_dict(), "ImageNet weights"
+    elif weights == "none":
+        state, source = None, None
+    else:
+        state, source = load_state_dict_file(weights), f"weights file {weights}"
+    own_head = False
+    if state is not None:
+        expected = model.state_dict()
+        head_fits = state.get("fc.weight") is not None and state["fc.weight"].shape == (num_classes, 512)
+        backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        missing = sorted(k for k in expected if not k.startswith("fc.") and k not in backbone)
+        wrong = sorted(k for k, v in backbone.items() if k in expected and expected[k].shape != v.shape)
+        if missing or wrong:
+            detail = f"missing {missing[:3]}" if missing else f"wrong shapes for {wrong[:3]}"
+            raise UserError(f"{source} does not fit ResNet18 ({detail}): pass the state dict of a torchvision resnet18")
+        model.load_state_dict(backbone, strict=False)
+        own_head = head_fits
+    head = nn.Linear(model.fc.in_features, num_classes)
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    nn.init.xavier_uniform_(head.weight)  # as the book initialises its new head
+    torch.random.set_rng_state(generator_state)
+    if own_head:  # a fine-tuned file for the same classes keeps its head
+        head.load_state_dict({"weight": state["fc.weight"], "bias": state["fc.bias"]})
+    model.fc = head
+    return model
+
+
+def freeze(model: nn.Module, depth: int) -> None:
+    """Freeze the first ``depth`` stages: no gradients (so no backward compute there) and no weight decay."""
+    for i, modules in enumerate(stage_modules(model)):
+        for module in modules:
+            module.requires_grad_(i >= depth)
+
+
+def set_train_mode(model: nn.Module, depth: int) -> None:
+    """``model.train()``, except that frozen stages stay in eval mode so BatchNorm statistics stay fixed."""
+    model.train()
+    for modules in stage_modules(model)[:depth]:
+        for module in modules:
+            module.eval()
+
+
+def param_groups(model: nn.Module, lr: float, head_lr_mult: float, weight_decay: float) -> list[dict]:
+    """Trainable backbone at ``lr``, head at ``lr * head_lr_mult``; frozen parameters are left out."""
+    head = [p for p in model.fc.parameters() if p.requires_grad]
+    head_ids = {id(p) for p in head}
+    backbone = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
+    groups = [{"name": "backbone", "params": backbone, "lr": lr, "weight_decay": weight_decay}] if backbone else []
+    groups.append({"name": "head", "params": head, "lr": lr * head_lr_mult, "weight_decay": weight_decay})
+    return groups
