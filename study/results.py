@@ -11,7 +11,7 @@ import pandas as pd
 
 EPOCH_COLUMNS = [
     "trial_id", "optuna_trial", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds",
-    "images_per_s", "diverged", "node_id", "node_ip", "hostname",
+    "images_per_s", "diverged", "resumed_from_epoch", "node_id", "node_ip", "hostname",
 ]
 STATUSES = ("completed", "stopped early", "diverged", "errored", "running")
 

@@ -105,6 +105,10 @@ def default_name(data_dir: str | None) -> str:
 def start_ray(address: str | None) -> None:
     import ray
 
+    from . import reaper
+
+    if not address:
+        reaper.spawn()  # ends this driver's local Ray processes even if it is killed hard
     kwargs = dict(logging_level=logging.ERROR, log_to_driver=False, configure_logging=True)
     try:
         if address:

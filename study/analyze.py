@@ -1,0 +1,389 @@
+"""``python -m study.analyze [results/<study>]``: what a finished (or running) study found.
+
+Prints the top trials, how much each hyperparameter matters (Optuna's PED-ANOVA importance on the stored
+study) and the range where the best trials lie; writes ``report.html`` into the study folder (one
+self-contained file: plotly.js inline, opens from disk with no network) and the same figures as PNG files
+under ``figures/``. Reads only the study folder: no Ray, no training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from trainable import UserError
+from trainable.cli import run_main
+
+from .layout import STUDY_FILE, StudyFolder, StudySettings, newest_study
+
+MIN_COMPLETE = 5  # fewer COMPLETE trials than this: importances from all trials (pruned ones by their last value)
+MIN_TRIALS = 3  # fewer usable trials than this: no importances at all
+RERUN_FILE = "rerun.parquet"
+
+
+# --- finding and reading a study --------------------------------------------------------------------
+def find_study(path: str | None, results_dir: str = "results", log=print) -> StudyFolder:
+    """The study folder ``path``, or the newest study under ``results_dir`` (or under ``path``, when
+    ``path`` is a folder of studies)."""
+    if path is None:
+        return StudyFolder(newest_study(Path(results_dir).expanduser()))
+    folder = Path(path).expanduser()
+    if not folder.exists():
+        raise UserError(f"{folder} does not exist: pass a study folder written by python -m study.run, e.g. results/<name>")
+    if not folder.is_dir():
+        raise UserError(f"{folder} is a file: pass a study folder written by python -m study.run, e.g. results/<name>")
+    if not (folder / STUDY_FILE).is_file() and any(folder.glob(f"*/{STUDY_FILE}")):
+        chosen = newest_study(folder)
+        log(f"{folder} holds several studies: using the newest, {chosen.name}")
+        folder = chosen
+    return StudyFolder(folder)
+
+
+@dataclass
+class StudyData:
+    folder: StudyFolder
+    settings: StudySettings
+    trials: pd.DataFrame  # ranked, as study.run wrote it
+    epochs: pd.DataFrame
+    params: list[str]  # the searched hyperparameters, in the space's order
+
+    def is_log(self, param: str) -> bool:
+        return bool(self.settings.space.get(param, {}).get("log", False))
+
+    def is_categorical(self, param: str) -> bool:
+        return self.settings.space.get(param, {}).get("type") == "categorical"
+
+    def choices(self, param: str) -> list:
+        return list(self.settings.space.get(param, {}).get("choices", []))
+
+    def bounds(self, param: str) -> tuple[float, float] | None:
+        spec = self.settings.space.get(param, {})
+        return (float(spec["low"]), float(spec["high"])) if "low" in spec and "high" in spec else None
+
+    @property
+    def scored(self) -> pd.DataFrame:
+        """Trials with a validation accuracy (errored trials and those diverged in epoch 1 have none)."""
+        return self.trials[self.trials["best_val_acc"].notna()]
+
+    @property
+    def rerun(self) -> pd.DataFrame | None:
+        path = self.folder.path / RERUN_FILE
+        return pd.read_parquet(path) if path.is_file() else None
+
+
+def load_study(folder: StudyFolder) -> StudyData:
+    settings = folder.read_settings()
+    if not folder.trials.is_file():
+        raise UserError(f"study {settings.name!r} in {folder.path} has no trials yet (no trials.parquet): "
+                        "wait until python -m study.run has started a trial, or resume it with --resume")
+    try:
+        trials = pd.read_parquet(folder.trials)
+        epochs = pd.read_parquet(folder.epochs) if folder.epochs.is_file() else pd.DataFrame(
+            columns=["trial_id", "epoch", "val_acc", "diverged"])
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read the tables of {folder.path} ({str(exc).splitlines()[0]}): "
+                        "they were not written by python -m study.run") from None
+    if trials.empty:
+        raise UserError(f"study {settings.name!r} in {folder.path} has no trials yet: wait until python -m study.run has started one")
+    params = [p for p in settings.space if p in trials.columns]
+    return StudyData(folder, settings, trials.reset_index(drop=True), epochs, params)
+
+
+# --- importance and best ranges ----------------------------------------------------------------------
+@dataclass
+class Importance:
+    values: dict[str, float] | None  # param -> share (sums to 1), most important first; None: not computable
+    method: str  # how they were computed (for the report)
+    note: str = ""  # caveats, shown beside them
+
+
+def _evaluator(name: str, n_trials: int):
+    import optuna
+
+    if name == "fanova":
+        try:
+            import sklearn  # noqa: F401
+        except ImportError:
+            raise UserError("--importance fanova needs scikit-learn: pip install scikit-learn, or use --importance ped-anova") from None
+        return optuna.importance.FanovaImportanceEvaluator(seed=0), "fANOVA"
+    # PED-ANOVA: how differently each parameter is distributed among the top trials than among all. Its
+    # default top 10% is a single trial in a small study: use the top quarter, and at least 2 trials.
+    quantile = min(0.5, max(0.25, 2 / max(n_trials, 1)))
+    return optuna.importance.PedAnovaImportanceEvaluator(target_quantile=quantile), f"PED-ANOVA (top {quantile:.0%} vs all)"
+
+
+def _stored_trials(data: StudyData):
+    """The Optuna trials of the study's storage, or None when it cannot be opened."""
+    import optuna
+
+    if not data.folder.optuna_db.is_file():
+        return None
+    from .searcher import storage_url
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        study = optuna.load_study(study_name=data.settings.name, storage=storage_url(data.folder.optuna_db))
+        return study.get_trials(deepcopy=False)
+    except Exception:  # a damaged or foreign database: fall back on the table
+        return None
+
+
+def compute_importance(data: StudyData, method: str = "ped-anova") -> Importance:
+    """Optuna's importance on the stored study's COMPLETE trials; with too few of those, on all trials,
+    pruned ones by their last reported validation accuracy (as TPE sees them)."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import TrialState
+
+    from .space import to_distributions
+
+    params = data.params
+    if not params:
+        return Importance(None, "none", "the study searched no hyperparameters")
+    distributions = {p: d for p, d in to_distributions(data.settings.space).items() if p in params}
+    if len(params) == 1:
+        return Importance({params[0]: 1.0}, "single parameter", "only one hyperparameter was searched")
+
+    stored = _stored_trials(data)
+    points: list[tuple[dict, float]] = []
+    source, caveat = "", ""
+    if stored is not None:
+        complete = [(t.params, float(t.value)) for t in stored
+                    if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value) and set(params) <= set(t.params)]
+        pruned = []
+        for t in stored:
+            if t.state == TrialState.PRUNED and t.intermediate_values and set(params) <= set(t.params):
+                last = t.intermediate_values[max(t.intermediate_values)]
+                if math.isfinite(last):
+                    pruned.append((t.params, float(last)))
+        if len(complete) >= MIN_COMPLETE and len({v for _, v in complete}) > 1:
+            points, source = complete, f"the {len(complete)} completed trials"
+        elif complete or pruned:
+            points, source = complete + pruned, f"all {len(complete) + len(pruned)} trials"
+            if pruned:
+                caveat = (f"only {len(complete)} trial(s) ran every epoch, so the {len(pruned)} stopped early count with their "
+                          "last validation accuracy, as TPE sees them (rough: earlier epochs score lower)")
+    if not points:  # no usable storage: the table's best validation accuracies
+        for _, row in data.scored.iterrows():
+            values = {p: _plain(row[p]) for p in params}
+            if all(v is not None for v in values.values()):
+                points.append((values, float(row["best_val_acc"])))
+        source = f"{len(points)} trials of trials.parquet"
+        caveat = "no readable optuna.db: computed from each trial's best validation accuracy in trials.parquet"
+
+    if len(points) < MIN_TRIALS:
+        return Importance(None, "none", f"too few trials with a validation accuracy ({len(points)}; {MIN_TRIALS} needed): run more --samples")
+    if len({v for _, v in points}) == 1:
+        return Importance(None, "none", f"all {len(points)} trials reached the same validation accuracy ({points[0][1]:.3f}): "
+                                        "nothing tells the hyperparameters apart (more data, epochs or validation images would)")
+
+    study = optuna.create_study(direction="maximize")  # in memory: the trials as Optuna sees them
+    for values, value in points:
+        fixed = {}
+        for p in params:
+            v = values[p]
+            dist = distributions[p]
+            if isinstance(dist, CategoricalDistribution) and v not in dist.choices:
+                break  # a value outside today's space (an edited study.json): leave the trial out
+            fixed[p] = v
+        else:
+            study.add_trial(optuna.trial.create_trial(params=fixed, distributions=distributions, value=value))
+    evaluator, name = _evaluator(method, len(study.trials))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        values = optuna.importance.get_param_importances(study, evaluator=evaluator, params=params)
+    values = {p: float(values.get(p, 0.0)) for p in sorted(params, key=lambda p: -values.get(p, 0.0))}
+    return Importance(values, f"{name} on {source}", caveat)
+
+
+@dataclass
+class BestRange:
+    param: str
+    n_top: int
+    n_scored: int
+    low: float | None = None
+    high: float | None = None
+    counts: dict = field(default_factory=dict)  # categorical: value -> how many top trials
+
+
+def top_count(n: int) -> int:
+    """How many trials count as "the best": the top quarter, at least 3 (all of them when fewer)."""
+    return min(n, max(3, math.ceil(n / 4)))
+
+
+def best_ranges(data: StudyData) -> dict[str, BestRange]:
+    scored = data.scored
+    top = scored.head(top_count(len(scored)))
+    out = {}
+    for p in data.params:
+        r = BestRange(p, len(top), len(scored))
+        values = top[p].dropna()
+        if data.is_categorical(p) or values.dtype == object or pd.api.types.is_string_dtype(values):
+            r.counts = {str(k): int(v) for k, v in values.astype(str).value_counts().items()}
+        elif len(values):
+            r.low, r.high = float(values.min()), float(values.max())
+        out[p] = r
+    return out
+
+
+def describe_range(r: BestRange) -> str:
+    if r.counts:
+        return ", ".join(f"{k} ({v})" for k, v in r.counts.items())
+    if r.low is None:
+        return "-"
+    return fmt(r.low) if r.low == r.high else f"{fmt(r.low)} - {fmt(r.high)}"
+
+
+def describe_space(data: StudyData, p: str) -> str:
+    spec = data.settings.space.get(p, {})
+    if spec.get("type") == "categorical":
+        return ", ".join(str(c) for c in spec.get("choices", []))
+    bounds = data.bounds(p)
+    if bounds is None:
+        return "-"
+    return f"{fmt(bounds[0])} - {fmt(bounds[1])}" + (" (log)" if spec.get("log") else "")
+
+
+# --- formatting --------------------------------------------------------------------------------------
+def _plain(value):
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    return value.item() if hasattr(value, "item") else value
+
+
+def fmt(value) -> str:
+    value = _plain(value)
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        if value.is_integer() and abs(value) < 1e6:
+            return str(int(value))
+        return f"{value:.3g}"
+    return str(value)
+
+
+def fmt_acc(value) -> str:
+    value = _plain(value)
+    return "-" if value is None else f"{float(value):.3f}"
+
+
+TABLE_TAIL = ["best_val_acc", "best_epoch", "epochs_run", "status"]
+
+
+def top_table_rows(data: StudyData, n: int) -> tuple[list[str], list[list[str]]]:
+    columns = ["rank", *data.params, *TABLE_TAIL]
+    rows = []
+    for _, row in data.trials.head(n).iterrows():
+        cells = []
+        for c in columns:
+            if c == "rank":
+                cells.append(f"{int(row['rank'])}" + (" *" if bool(_plain(row.get("baseline")) or False) else ""))
+            elif c == "best_val_acc":
+                cells.append(fmt_acc(row[c]))
+            else:
+                cells.append(fmt(row[c]))
+        rows.append(cells)
+    return columns, rows
+
+
+# --- the command -------------------------------------------------------------------------------------
+@dataclass
+class Analysis:
+    data: StudyData
+    importance: Importance
+    ranges: dict[str, BestRange]
+
+
+def analyze(folder: StudyFolder, importance: str = "ped-anova") -> Analysis:
+    data = load_study(folder)
+    return Analysis(data, compute_importance(data, importance), best_ranges(data))
+
+
+def print_analysis(analysis: Analysis, top: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    data, imp = analysis.data, analysis.importance
+    console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+    s = data.settings
+    counts = ", ".join(f"{v} {k}" for k, v in data.trials["status"].value_counts().items())
+    base = s.base
+    console.print(f"study {s.name}: {len(data.trials)} trial(s) ({counts}); {base.get('epochs')} epoch(s) at "
+                  f"{base.get('image_size')}px, weights {base.get('weights')}, data {base.get('data_dir') or 'the book hotdog set'}",
+                  markup=False)
+
+    columns, rows = top_table_rows(data, top)
+    table = Table(title=f"top {len(rows)} trial(s) (* = the book's recipe)", title_justify="left")
+    for c in columns:
+        table.add_column(c, justify="left" if c in ("status",) or data.is_categorical(c) else "right")
+    for cells in rows:
+        table.add_row(*cells)
+    console.print(table)
+
+    first = next(iter(analysis.ranges.values()), None)
+    where = f"top {first.n_top} of {first.n_scored}" if first else "top trials"
+    table = Table(title=f"how much each hyperparameter matters: {imp.method}", title_justify="left")
+    for c, justify in (("hyperparameter", "left"), ("importance", "left"), (f"{where} lie in", "left"), ("searched", "left")):
+        table.add_column(c, justify=justify)
+    order = list(imp.values) if imp.values else data.params
+    for p in order:
+        share = imp.values.get(p) if imp.values else None
+        bar = "-" if share is None else f"{share:5.2f} " + "#" * round(share * 20)
+        table.add_row(p, bar, describe_range(analysis.ranges[p]), describe_space(data, p))
+    console.print(table)
+    if imp.note:
+        console.print(f"note: {imp.note}", markup=False)
+    best = data.scored.head(1)
+    baseline = data.trials[data.trials["baseline"].fillna(False).astype(bool)]
+    if len(best):
+        b = best.iloc[0]
+        versus = ""
+        if len(baseline) and pd.notna(baseline.iloc[0]["best_val_acc"]):
+            versus = f" (the book's recipe: {baseline.iloc[0]['best_val_acc']:.3f})"
+        console.print(f"best: rank 1, val acc {b['best_val_acc']:.3f}{versus}", markup=False)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m study.analyze", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("study", nargs="?", help="the study folder (default: the newest study under --results-dir)")
+    parser.add_argument("--results-dir", default="results", help="where to look for the newest study (default: %(default)s)")
+    parser.add_argument("--top", type=int, default=10, help="trials in the table (default: %(default)s)")
+    parser.add_argument("--curves", type=int, default=5, help="top trials whose learning curves are drawn (default: %(default)s)")
+    parser.add_argument("--importance", choices=["ped-anova", "fanova"], default="ped-anova",
+                        help="Optuna importance evaluator; fanova needs scikit-learn (default: %(default)s)")
+    parser.add_argument("--no-report", action="store_true", help="print only; write no report.html or figures")
+    args = parser.parse_args(argv)
+    if args.top < 1:
+        raise UserError(f"--top {args.top} must be 1 or more")
+    if args.curves < 1:
+        raise UserError(f"--curves {args.curves} must be 1 or more")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    folder = find_study(args.study, args.results_dir)
+    analysis = analyze(folder, args.importance)
+    print_analysis(analysis, args.top)
+    if not args.no_report:
+        from .report import write_report
+
+        html, pngs = write_report(analysis, curves=args.curves)
+        print(f"report: {html}")
+        print(f"figures: {', '.join(str(p) for p in pngs)}")
+    return 0
+
+
+if __name__ == "__main__":
+    from study.analyze import main as _main  # the importable module, not __main__
+
+    run_main(_main)

@@ -1,0 +1,63 @@
+"""A watchdog that ends the local Ray processes a study driver started, once that driver is gone.
+
+Ray's own clean-up runs at interpreter exit; a driver killed hard (SIGKILL, OOM killer) leaves Ray's
+DashboardAgent, RuntimeEnvAgent and idle workers running. The driver starts this process in its own
+session; it remembers the driver's descendants every second and, when the driver has exited for any
+reason, terminates those still alive.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import psutil
+
+
+def spawn(driver_pid: int | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "study.reaper", str(driver_pid or os.getpid())],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+
+
+def _descendants(pid: int) -> dict[int, float]:
+    try:
+        return {p.pid: p.create_time() for p in psutil.Process(pid).children(recursive=True)}
+    except psutil.Error:
+        return {}
+
+
+def watch(driver_pid: int, interval: float = 1.0) -> int:
+    try:
+        driver = psutil.Process(driver_pid)
+    except psutil.Error:
+        return 0
+    known: dict[int, float] = {}
+    while driver.is_running() and driver.status() != psutil.STATUS_ZOMBIE:
+        known.update(_descendants(driver_pid))
+        time.sleep(interval)
+    time.sleep(2 * interval)  # let Ray's own shutdown finish first
+    alive = []
+    for pid, created in known.items():
+        try:
+            proc = psutil.Process(pid)
+            if proc.create_time() == created:  # not a recycled pid
+                proc.terminate()
+                alive.append(proc)
+        except psutil.Error:
+            continue
+    _, still = psutil.wait_procs(alive, timeout=5)
+    for proc in still:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    return len(alive)
+
+
+if __name__ == "__main__":
+    watch(int(sys.argv[1]))
