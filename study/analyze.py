@@ -111,11 +111,11 @@ def _evaluator(name: str, n_trials: int):
             import sklearn  # noqa: F401
         except ImportError:
             raise UserError("--importance fanova needs scikit-learn: pip install scikit-learn, or use --importance ped-anova") from None
-        return optuna.importance.FanovaImportanceEvaluator(seed=0), "fANOVA"
+        return optuna.importance.FanovaImportanceEvaluator(seed=0), "fANOVA", None
     # PED-ANOVA: how differently each parameter is distributed among the top trials than among all. Its
     # default top 10% is a single trial in a small study: use the top quarter, and at least 2 trials.
     quantile = min(0.5, max(0.25, 2 / max(n_trials, 1)))
-    return optuna.importance.PedAnovaImportanceEvaluator(target_quantile=quantile), f"PED-ANOVA (top {quantile:.0%} vs all)"
+    return optuna.importance.PedAnovaImportanceEvaluator(target_quantile=quantile), f"PED-ANOVA (top {quantile:.0%} vs all)", quantile
 
 
 def _stored_trials(data: StudyData):
@@ -145,7 +145,7 @@ def compute_importance(data: StudyData, method: str = "ped-anova") -> Importance
 
     params = data.params
     if not params:
-        return Importance(None, "none", "the study searched no hyperparameters")
+        return Importance(None, "not computable", "the study searched no hyperparameters")
     distributions = {p: d for p, d in to_distributions(data.settings.space).items() if p in params}
     if len(params) == 1:
         return Importance({params[0]: 1.0}, "single parameter", "only one hyperparameter was searched")
@@ -177,10 +177,12 @@ def compute_importance(data: StudyData, method: str = "ped-anova") -> Importance
         source = f"{len(points)} trials of trials.parquet"
         caveat = "no readable optuna.db: computed from each trial's best validation accuracy in trials.parquet"
 
+    if not points:
+        return Importance(None, "not computable", "no trial has a validation accuracy yet (errored, diverged, or still in its first epoch)")
     if len(points) < MIN_TRIALS:
-        return Importance(None, "none", f"too few trials with a validation accuracy ({len(points)}; {MIN_TRIALS} needed): run more --samples")
+        return Importance(None, "not computable", f"too few trials with a validation accuracy ({len(points)}; {MIN_TRIALS} needed): run more --samples")
     if len({v for _, v in points}) == 1:
-        return Importance(None, "none", f"all {len(points)} trials reached the same validation accuracy ({points[0][1]:.3f}): "
+        return Importance(None, "not computable", f"all {len(points)} trials reached the same validation accuracy ({points[0][1]:.3f}): "
                                         "nothing tells the hyperparameters apart (more data, epochs or validation images would)")
 
     study = optuna.create_study(direction="maximize")  # in memory: the trials as Optuna sees them
@@ -193,8 +195,21 @@ def compute_importance(data: StudyData, method: str = "ped-anova") -> Importance
                 break  # a value outside today's space (an edited study.json): leave the trial out
             fixed[p] = v
         else:
-            study.add_trial(optuna.trial.create_trial(params=fixed, distributions=distributions, value=value))
-    evaluator, name = _evaluator(method, len(study.trials))
+            try:
+                study.add_trial(optuna.trial.create_trial(params=fixed, distributions=distributions, value=value))
+            except ValueError:
+                pass  # a value outside today's space: leave the trial out
+    if len(study.trials) < MIN_TRIALS:
+        return Importance(None, "not computable", f"too few trials inside the search space of study.json ({len(study.trials)})")
+    evaluator, name, quantile = _evaluator(method, len(study.trials))
+    if quantile is not None:  # PED-ANOVA's top set is every trial at least as good as the quantile's
+        scores = sorted((t.value for t in study.trials), reverse=True)
+        cutoff = scores[math.ceil(quantile * len(scores)) - 1]
+        n_top = sum(v >= cutoff for v in scores)
+        if n_top > len(scores) / 2:
+            return Importance(None, "not computable", f"{n_top} of the {len(scores)} trials tie at the top (validation accuracy "
+                                                      f"{cutoff:.3f} or better): too few distinct results to tell the "
+                                                      "hyperparameters apart (more epochs, data or validation images would)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         values = optuna.importance.get_param_importances(study, evaluator=evaluator, params=params)
@@ -377,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_report:
         from .report import write_report
 
-        html, pngs = write_report(analysis, curves=args.curves)
+        html, pngs = write_report(analysis, curves=args.curves, top=args.top)
         print(f"report: {html}")
         print(f"figures: {', '.join(str(p) for p in pngs)}")
     return 0

@@ -1,0 +1,465 @@
+"""The study's figures: interactive (plotly) in one self-contained ``report.html``, and static (matplotlib)
+PNG files under ``figures/`` for papers and READMEs.
+
+Four figures, the same in both forms: parallel coordinates of all trials, the importance of each
+hyperparameter, validation accuracy against each hyperparameter, and the learning curves of the top
+trials. The HTML embeds plotly.js inline (no CDN): it opens from disk with no network.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .analyze import Analysis, StudyData, describe_range, describe_space, fmt, fmt_acc, top_table_rows
+from .layout import write_text_atomic
+
+REPORT_FILE = "report.html"
+FIGURES_DIR = "figures"
+PNG_NAMES = ("parallel.png", "importance.png", "params.png", "curves.png")
+STATUS_COLORS = {"completed": "#1f77b4", "stopped early": "#ff7f0e", "diverged": "#d62728", "errored": "#7f7f7f", "running": "#9467bd"}
+CURVE_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
+
+
+# --- axes shared by both renderings ------------------------------------------------------------------
+class Axis:
+    """One hyperparameter as a plotting axis: values mapped to numbers, a range, and tick labels."""
+
+    def __init__(self, data: StudyData, param: str):
+        self.param = param
+        self.log = data.is_log(param)
+        series = data.trials[param]
+        self.categorical = data.is_categorical(param) or not pd.api.types.is_numeric_dtype(series)
+        if self.categorical:
+            self.choices = [str(c) for c in data.choices(param)]
+            for v in series.dropna().astype(str):
+                if v not in self.choices:
+                    self.choices.append(v)
+            n = len(self.choices)
+            self.range = (-0.5, 0.5) if n == 1 else (0.0, float(n - 1))
+            self.tickvals, self.ticktext = list(range(n)), list(self.choices)
+            return
+        self.choices = []
+        present = pd.to_numeric(series, errors="coerce").dropna()
+        bounds = data.bounds(param)
+        lo, hi = bounds if bounds else (float(present.min()), float(present.max())) if len(present) else (0.0, 1.0)
+        if len(present):  # a value outside the space (an edited space) still fits
+            lo, hi = min(lo, float(present.min())), max(hi, float(present.max()))
+        if self.log:
+            lo, hi = math.log10(max(lo, 1e-300)), math.log10(max(hi, 1e-300))
+        if hi <= lo:
+            lo, hi = lo - 0.5, hi + 0.5
+        self.range = (lo, hi)
+        if self.log:
+            decades = list(range(math.ceil(lo - 1e-9), math.floor(hi + 1e-9) + 1))
+            ticks = decades if len(decades) >= 2 else list(np.linspace(lo, hi, 3))
+            self.tickvals, self.ticktext = ticks, [fmt(float(10 ** t)) if isinstance(t, float) else f"1e{t}" for t in ticks]
+        elif data.settings.space.get(param, {}).get("type") == "int" and hi - lo <= 10:
+            self.tickvals = list(range(math.ceil(lo), math.floor(hi) + 1))
+            self.ticktext = [str(t) for t in self.tickvals]
+        else:
+            self.tickvals = list(np.linspace(lo, hi, 5))
+            self.ticktext = [fmt(float(t)) for t in self.tickvals]
+
+    def values(self, series: pd.Series) -> np.ndarray:
+        if self.categorical:
+            index = {c: i for i, c in enumerate(self.choices)}
+            return np.array([index.get(str(v), np.nan) if v is not None and not pd.isna(v) else np.nan for v in series], dtype=float)
+        x = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float)
+        return np.log10(np.where(x > 0, x, np.nan)) if self.log else x
+
+    def normalized(self, series: pd.Series) -> np.ndarray:
+        lo, hi = self.range
+        return (self.values(series) - lo) / (hi - lo)
+
+
+def _label(row: pd.Series, params: list[str]) -> str:
+    return ", ".join(f"{p}={fmt(row[p])}" for p in params)
+
+
+def _curve_name(row: pd.Series) -> str:
+    tag = ", the book's recipe" if bool(row.get("baseline")) else ""
+    return f"#{int(row['rank'])} (trial {fmt(row['optuna_trial'])}{tag}): {fmt_acc(row['best_val_acc'])}"
+
+
+def _acc_range(values: pd.Series) -> tuple[float, float]:
+    v = values.dropna()
+    if not len(v):
+        return 0.0, 1.0
+    lo, hi = float(v.min()), float(v.max())
+    return (lo - 0.05, hi + 0.05) if hi - lo < 1e-9 else (lo, hi)
+
+
+# --- plotly (the HTML report) ------------------------------------------------------------------------
+def plotly_figures(analysis: Analysis, curves: int) -> dict:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    data, imp = analysis.data, analysis.importance
+    scored = data.scored
+    figures = {}
+
+    # parallel coordinates
+    dims = []
+    for p in data.params:
+        axis = Axis(data, p)
+        dims.append(dict(label=p + (" (log)" if axis.log else ""), values=axis.values(scored[p]), range=list(axis.range),
+                         tickvals=axis.tickvals, ticktext=axis.ticktext))
+    lo, hi = _acc_range(scored["best_val_acc"])
+    dims.append(dict(label="best val acc", values=scored["best_val_acc"].to_numpy(dtype=float), range=[lo, hi]))
+    fig = go.Figure(go.Parcoords(
+        line=dict(color=scored["best_val_acc"].to_numpy(dtype=float), colorscale="Viridis", cmin=lo, cmax=hi, showscale=True,
+                  colorbar=dict(title=dict(text="val acc"))),
+        dimensions=dims, labelangle=0))
+    fig.update_layout(height=460, margin=dict(l=80, r=60, t=60, b=30))
+    figures["parallel"] = fig
+
+    # importance
+    if imp.values:
+        names = list(imp.values)[::-1]
+        fig = go.Figure(go.Bar(x=[imp.values[n] for n in names], y=names, orientation="h", marker_color="#1f77b4",
+                               text=[f"{imp.values[n]:.2f}" for n in names], textposition="auto"))
+        fig.update_layout(height=120 + 40 * len(names), xaxis_title="importance (share, sums to 1)", margin=dict(l=120, r=30, t=30, b=50))
+        figures["importance"] = fig
+
+    # validation accuracy against each hyperparameter
+    n = len(data.params)
+    cols = min(3, max(n, 1))
+    rows = max(1, math.ceil(n / cols))
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=data.params, shared_yaxes=True,
+                        horizontal_spacing=0.06, vertical_spacing=0.16 if rows > 1 else 0.1)
+    shown = set()
+    for i, p in enumerate(data.params):
+        r, c = i // cols + 1, i % cols + 1
+        axis = Axis(data, p)
+        for status, group in scored.groupby("status", sort=False):
+            x = group[p].astype(str) if axis.categorical else group[p]
+            fig.add_trace(go.Scatter(
+                x=x, y=group["best_val_acc"], mode="markers", name=status, legendgroup=status, showlegend=status not in shown,
+                marker=dict(color=STATUS_COLORS.get(status, "#333"), size=9, line=dict(width=0.5, color="white")),
+                text=[f"#{int(row['rank'])}: {_label(row, data.params)}" for _, row in group.iterrows()],
+                hovertemplate="%{text}<br>val acc %{y:.3f}<extra></extra>"), row=r, col=c)
+            shown.add(status)
+        best = scored.head(1)
+        if len(best):
+            x = best[p].astype(str) if axis.categorical else best[p]
+            fig.add_trace(go.Scatter(x=x, y=best["best_val_acc"], mode="markers", name="best (rank 1)", legendgroup="best",
+                                     showlegend=i == 0, marker=dict(symbol="star", size=16, color="gold", line=dict(width=1, color="black")),
+                                     hoverinfo="skip"), row=r, col=c)
+        # the searched range (every choice), so where the trials fell within it shows
+        pad = 0.04 * (axis.range[1] - axis.range[0])
+        if axis.categorical:
+            fig.update_xaxes(type="category", categoryorder="array", categoryarray=axis.choices,
+                             range=[axis.range[0] - 0.5, axis.range[1] + 0.5], row=r, col=c)
+        else:
+            fig.update_xaxes(type="log" if axis.log else "linear", range=[axis.range[0] - pad, axis.range[1] + pad],
+                             dtick=1 if not axis.log and axis.ticktext == [str(t) for t in axis.tickvals] else None, row=r, col=c)
+        if c == 1:
+            fig.update_yaxes(title_text="best val acc", row=r, col=c)
+    fig.update_layout(height=330 * rows + 60, margin=dict(l=60, r=20, t=50, b=40))
+    figures["params"] = fig
+
+    # learning curves
+    fig = go.Figure()
+    epochs = data.epochs
+    top = data.scored.head(curves)
+    top_ids = set(top["trial_id"])
+    first = True
+    for trial_id, group in epochs.groupby("trial_id", sort=False):
+        if trial_id in top_ids:
+            continue
+        group = group.sort_values("epoch")
+        fig.add_trace(go.Scatter(x=group["epoch"], y=group["val_acc"], mode="lines+markers", name="other trials",
+                                 legendgroup="other", showlegend=first, line=dict(color="rgba(128,128,128,0.35)", width=1),
+                                 marker=dict(size=4, color="rgba(128,128,128,0.35)"), hoverinfo="skip"))
+        first = False
+    for k, (_, row) in enumerate(top.iterrows()):
+        group = epochs[epochs["trial_id"] == row["trial_id"]].sort_values("epoch")
+        fig.add_trace(go.Scatter(x=group["epoch"], y=group["val_acc"], mode="lines+markers", name=_curve_name(row),
+                                 line=dict(color=CURVE_COLORS[k % len(CURVE_COLORS)], width=2.5),
+                                 hovertemplate=f"{html.escape(_label(row, data.params))}<br>epoch %{{x}}: val acc %{{y:.3f}}<extra></extra>"))
+    max_epoch = int(data.settings.base.get("epochs") or (epochs["epoch"].max() if len(epochs) else 1))
+    fig.update_layout(height=420, xaxis_title="epoch", yaxis_title="validation accuracy", margin=dict(l=60, r=20, t=30, b=50),
+                      xaxis=dict(dtick=1 if max_epoch <= 20 else None, range=[0.8, max_epoch + 0.2]))
+    figures["curves"] = fig
+    return figures
+
+
+# --- matplotlib (the PNG files) ----------------------------------------------------------------------
+def write_pngs(analysis: Analysis, out: Path, curves: int) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib import cm, colors
+
+    data, imp = analysis.data, analysis.importance
+    scored = data.scored
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    def save(fig, name: str) -> None:
+        path = out / name
+        tmp = out / f".{name}.tmp"
+        fig.savefig(tmp, format="png", dpi=130, bbox_inches="tight")
+        plt.close(fig)
+        os.replace(tmp, path)
+        written.append(path)
+
+    title = f"study {data.settings.name}"
+
+    # parallel coordinates
+    axes = [Axis(data, p) for p in data.params]
+    lo, hi = _acc_range(scored["best_val_acc"])
+    k = len(axes)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.9 * (k + 1) + 1.5), 4.8))
+    norm = colors.Normalize(lo, hi)
+    cmap = matplotlib.colormaps["viridis"]
+    columns = [a.normalized(scored[a.param]) for a in axes] + [((scored["best_val_acc"].to_numpy(dtype=float) - lo) / (hi - lo))]
+    matrix = np.vstack(columns).T if len(scored) else np.zeros((0, k + 1))
+    order = np.argsort(scored["best_val_acc"].to_numpy(dtype=float))  # best drawn last, on top
+    for i in order:
+        acc = float(scored["best_val_acc"].iloc[i])
+        ax.plot(range(k + 1), matrix[i], color=cmap(norm(acc)), lw=2.4 if i == order[-1] else 1.3, alpha=0.9)
+    for j, axis in enumerate(axes):
+        ax.axvline(j, color="black", lw=0.8)
+        span = axis.range[1] - axis.range[0]
+        for v, t in zip(axis.tickvals, axis.ticktext):
+            ax.text(j - 0.04, (v - axis.range[0]) / span, t, ha="right", va="center", fontsize=7)
+    ax.axvline(k, color="black", lw=0.8)
+    for v in np.linspace(lo, hi, 5):
+        ax.text(k - 0.04, (v - lo) / (hi - lo), f"{v:.3f}", ha="right", va="center", fontsize=7)
+    ax.set_xticks(range(k + 1), [a.param + (" (log)" if a.log else "") for a in axes] + ["best val acc"], fontsize=8)
+    ax.set_yticks([])
+    ax.set_xlim(-0.4, k + 0.15)
+    ax.set_ylim(-0.05, 1.05)
+    for side in ("left", "right", "top"):
+        ax.spines[side].set_visible(False)
+    fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="best val acc", pad=0.02)
+    ax.set_title(f"{title}: {len(scored)} trials, parallel coordinates")
+    save(fig, "parallel.png")
+
+    # importance
+    fig, ax = plt.subplots(figsize=(6.4, 0.9 + 0.45 * max(len(data.params), 1)))
+    if imp.values:
+        names = list(imp.values)[::-1]
+        shares = [imp.values[n] for n in names]
+        ax.barh(names, shares, color="#1f77b4")
+        for y, s in enumerate(shares):
+            ax.text(s, y, f" {s:.2f}", va="center", fontsize=8)
+        ax.set_xlim(0, max(shares) * 1.18 if max(shares) > 0 else 1)
+        ax.set_xlabel("importance (share, sums to 1)")
+        ax.set_title(f"{title}: {imp.method}", fontsize=9)
+    else:
+        ax.axis("off")
+        ax.text(0.5, 0.5, "importance not computable:\n" + _wrap(imp.note, 70), ha="center", va="center", fontsize=9, wrap=True)
+        ax.set_title(f"{title}: hyperparameter importance", fontsize=9)
+    save(fig, "importance.png")
+
+    # validation accuracy against each hyperparameter
+    n = max(len(data.params), 1)
+    cols = min(3, n)
+    rows = math.ceil(n / cols)
+    fig, grid = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False, sharey=True)
+    rng = np.random.default_rng(0)
+    for i, axis in enumerate(axes):
+        ax = grid[i // cols][i % cols]
+        for status, group in scored.groupby("status", sort=False):
+            x = axis.values(group[axis.param])
+            if axis.categorical:
+                x = x + rng.uniform(-0.12, 0.12, len(x))
+            elif axis.log:
+                x = 10 ** x
+            ax.scatter(x, group["best_val_acc"], s=30, color=STATUS_COLORS.get(status, "#333"), label=status, edgecolor="white", lw=0.5)
+        best = scored.head(1)
+        if len(best):
+            x = axis.values(best[axis.param])
+            ax.scatter(10 ** x if axis.log and not axis.categorical else x, best["best_val_acc"], marker="*", s=220,
+                       color="gold", edgecolor="black", lw=0.8, label="best (rank 1)", zorder=5)
+        if axis.categorical:
+            ax.set_xticks(axis.tickvals, axis.ticktext, rotation=30, ha="right", fontsize=8)
+            ax.set_xlim(axis.range[0] - 0.5, axis.range[1] + 0.5)
+        elif axis.log:
+            ax.set_xscale("log")
+            ax.set_xlim(10 ** axis.range[0] / 1.3, 10 ** axis.range[1] * 1.3)
+        else:
+            pad = 0.05 * (axis.range[1] - axis.range[0])
+            ax.set_xlim(axis.range[0] - pad, axis.range[1] + pad)
+        ax.set_title(axis.param, fontsize=10)
+        ax.grid(alpha=0.3)
+        if i % cols == 0:
+            ax.set_ylabel("best val acc")
+    for j in range(len(axes), rows * cols):
+        grid[j // cols][j % cols].axis("off")
+    handles, labels = grid[0][0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=8, frameon=False, bbox_to_anchor=(0.5, 1.0))
+    fig.suptitle(f"{title}: validation accuracy against each hyperparameter", y=1.04, fontsize=11)
+    fig.tight_layout()
+    save(fig, "params.png")
+
+    # learning curves
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    epochs = data.epochs
+    top = scored.head(curves)
+    top_ids = set(top["trial_id"])
+    first = True
+    for trial_id, group in epochs.groupby("trial_id", sort=False):
+        if trial_id in top_ids:
+            continue
+        group = group.sort_values("epoch")
+        ax.plot(group["epoch"], group["val_acc"], color="grey", alpha=0.35, lw=1, marker=".", label="other trials" if first else None)
+        first = False
+    for j, (_, row) in enumerate(top.iterrows()):
+        group = epochs[epochs["trial_id"] == row["trial_id"]].sort_values("epoch")
+        ax.plot(group["epoch"], group["val_acc"], color=CURVE_COLORS[j % len(CURVE_COLORS)], lw=2.2, marker="o", label=_curve_name(row))
+    max_epoch = int(data.settings.base.get("epochs") or 1)
+    if max_epoch <= 20:
+        ax.set_xticks(range(1, max_epoch + 1))
+    ax.set_xlim(0.8, max_epoch + 0.2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(f"{title}: learning curves of the top {len(top)} trial(s)")
+    save(fig, "curves.png")
+    return written
+
+
+def _wrap(text: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width))
+
+
+# --- the HTML page -----------------------------------------------------------------------------------
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 24px auto; max-width: 1320px; color: #222; padding: 0 16px; }
+h1 { margin-bottom: 4px; } h2 { margin-top: 36px; border-bottom: 1px solid #ddd; padding-bottom: 4px; }
+table { border-collapse: collapse; font-size: 13px; margin: 8px 0; }
+th, td { border: 1px solid #ddd; padding: 4px 8px; text-align: right; }
+th { background: #f4f4f4; } td.l, th.l { text-align: left; }
+.note { color: #8a5300; background: #fff7e6; padding: 6px 10px; border-left: 3px solid #f0a020; }
+.muted { color: #666; font-size: 13px; }
+"""
+
+
+def _table(columns: list[str], rows: list[list[str]], left: set[str] = frozenset()) -> str:
+    head = "".join(f'<th class="{"l" if c in left else ""}">{html.escape(c)}</th>' for c in columns)
+    body = "".join("<tr>" + "".join(f'<td class="{"l" if c in left else ""}">{html.escape(str(v))}</td>' for c, v in zip(columns, row)) + "</tr>"
+                   for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _rerun_section(data: StudyData) -> str:
+    rerun = data.rerun
+    if rerun is None or rerun.empty:
+        return ('<p class="muted">No final evaluation yet: <code>python -m study.rerun '
+                f'{html.escape(str(data.folder.path))}</code> retrains the best configuration with several seeds on '
+                "train + validation and measures it on the test split.</p>")
+    from .rerun import BOOK_FIGURE, is_book_hotdog
+
+    data_dir = data.settings.base.get("data_dir")
+    train_dir = Path(data_dir or "/nonexistent") / "train"
+    classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir() and not p.name.startswith(".")) if train_dir.is_dir() else None
+    book = f"; {html.escape(BOOK_FIGURE)}" if is_book_hotdog(data_dir, classes) else ""
+    parts = []
+    for (rank, trial_id), group in rerun.groupby(["rank", "trial_id"], sort=True):
+        acc = group["test_acc"].dropna()
+        sd = f" &plusmn; {acc.std(ddof=1):.3f}" if len(acc) > 1 else ""
+        parts.append(f"<p>rank {int(rank)} (trial {html.escape(str(trial_id))}): test accuracy <b>{acc.mean():.3f}{sd}</b> "
+                     f"(mean &plusmn; sd over {len(acc)} seed(s), {int(group['epochs'].iloc[0])} epoch(s) on train + validation){book}</p>")
+        cols = ["seed", "test_acc", "test_loss", "epochs", "seconds", "status"]
+        rows = [[fmt(r["seed"]), fmt_acc(r["test_acc"]), fmt(r["test_loss"]), fmt(r["epochs"]), f"{r['seconds']:.0f}", str(r["status"])]
+                for _, r in group.iterrows()]
+        parts.append(_table(cols, rows, {"status"}))
+    return "\n".join(parts)
+
+
+def build_html(analysis: Analysis, figures: dict, top: int = 10) -> str:
+    import plotly.io as pio
+
+    data, imp = analysis.data, analysis.importance
+    s, base = data.settings, data.settings.base
+    config = {"displaylogo": False, "responsive": True}
+    first = [True]
+
+    def plot(name: str) -> str:
+        if name not in figures:
+            return ""
+        out = pio.to_html(figures[name], full_html=False, include_plotlyjs=first[0], config=config)  # plotly.js once, inline
+        first[0] = False
+        return out
+
+    counts = ", ".join(f"{v} {html.escape(str(k))}" for k, v in data.trials["status"].value_counts().items())
+    best = data.scored.head(1)
+    baseline = data.trials[data.trials["baseline"].fillna(False).astype(bool)]
+    best_text = ""
+    if len(best):
+        b = best.iloc[0]
+        best_text = f"best validation accuracy <b>{b['best_val_acc']:.3f}</b> (rank 1, trial {fmt(b['optuna_trial'])})"
+        if len(baseline) and pd.notna(baseline.iloc[0]["best_val_acc"]):
+            best_text += f"; the book's recipe (baseline, * in the table) {baseline.iloc[0]['best_val_acc']:.3f}"
+    columns, rows = top_table_rows(data, top)
+    first_range = next(iter(analysis.ranges.values()), None)
+    where = f"top {first_range.n_top} of {first_range.n_scored} trials lie in" if first_range else "top trials lie in"
+    order = list(imp.values) if imp.values else data.params
+    imp_rows = [[p, f"{imp.values[p]:.3f}" if imp.values else "-", describe_range(analysis.ranges[p]), describe_space(data, p)] for p in order]
+    note = f'<p class="note">{html.escape(imp.note)}</p>' if imp.note else ""
+    skipped = len(data.trials) - len(data.scored)
+    skipped_text = f" ({skipped} trial(s) without a validation accuracy are left out)" if skipped else ""
+    data_text = base.get("data_dir") or "the book's hotdog set"
+
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>study {html.escape(s.name)}</title>
+<style>{CSS}</style></head><body>
+<h1>Study {html.escape(s.name)}</h1>
+<p class="muted">{html.escape(str(data_text))}; {html.escape(str(base.get('epochs')))} epoch(s) at {html.escape(str(base.get('image_size')))}px,
+weights {html.escape(str(base.get('weights')))}, batch {html.escape(str(base.get('batch_size')))}, validation {html.escape(str(base.get('val_fraction')))} of train;
+created {html.escape(s.created or '?')}; report written {dt.datetime.now():%Y-%m-%d %H:%M}.</p>
+<p>{len(data.trials)} trial(s) ({counts}); {best_text}.</p>
+
+<h2>Top trials</h2>
+{_table(columns, rows, {"status", *[p for p in data.params if data.is_categorical(p)]})}
+
+<h2>How much each hyperparameter matters</h2>
+<p>{html.escape(imp.method)}: each hyperparameter's share in telling the best trials from the rest; and the range
+where the best trials lie.</p>
+{note}
+{_table(["hyperparameter", "importance", where, "searched"], imp_rows, {"hyperparameter", where, "searched"})}
+{plot("importance")}
+
+<h2>Parallel coordinates</h2>
+<p class="muted">One line per trial, coloured by its best validation accuracy{skipped_text}. Drag along an axis to select a range.</p>
+{plot("parallel")}
+
+<h2>Validation accuracy against each hyperparameter</h2>
+{plot("params")}
+
+<h2>Learning curves of the top trials</h2>
+<p class="muted">Validation accuracy per epoch; grey: the other trials (short ones were stopped early by ASHA).</p>
+{plot("curves")}
+
+<h2>Final evaluation on the test split</h2>
+{_rerun_section(data)}
+
+<p class="muted">The same figures as PNG files: {", ".join(f"{FIGURES_DIR}/{n}" for n in PNG_NAMES)}.
+Tables: trials.parquet, epochs.parquet; Optuna storage: optuna.db.</p>
+</body></html>
+"""
+
+
+def write_report(analysis: Analysis, curves: int = 5, top: int = 10) -> tuple[Path, list[Path]]:
+    """Write ``report.html`` and ``figures/*.png`` into the study folder; return their paths."""
+    folder = analysis.data.folder.path
+    pngs = write_pngs(analysis, folder / FIGURES_DIR, curves)
+    page = build_html(analysis, plotly_figures(analysis, curves), top)
+    path = folder / REPORT_FILE
+    write_text_atomic(path, page)
+    return path, pngs

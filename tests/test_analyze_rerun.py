@@ -1,0 +1,384 @@
+"""python -m study.analyze and python -m study.rerun (issue 4).
+
+Most tests run on a synthetic study folder (the files study.run writes, made without Ray, in a second);
+the ``slow`` ones build one tiny real study with study.run and analyze and rerun it end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import trainable  # noqa: F401  (first: the torchvision-on-CPU import fix)
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from study import analyze as analyze_mod
+from study import rerun as rerun_mod
+from study.layout import StudyFolder, StudySettings
+from study.results import StudyTables
+from study.searcher import storage_url
+from study.space import BASELINE, DEFAULT_SPACE, to_distributions
+from trainable import TrainConfig, UserError, evaluate, prepare_data
+from trainable.cli import run_main
+from trainable.loop import resolve_device, use_bf16
+from trainable.model import build_model
+
+PARAMS = list(DEFAULT_SPACE)
+REPO = Path(__file__).resolve().parents[1]
+PNGS = ("parallel.png", "importance.png", "params.png", "curves.png")
+
+
+# --- data and study folders --------------------------------------------------------------------------
+def make_images(root: Path, n_train: int = 16, n_test: int = 6) -> Path:
+    """Two easy classes of 40x48 noise images: a reddish, b bluish."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("test", n_test)):
+        for cls, channel in (("a", 0), ("b", 2)):
+            folder = root / split / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                pixels = rng.integers(0, 110, (48, 40, 3)).astype(np.uint8)
+                pixels[..., channel] = rng.integers(160, 255, (48, 40))
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+def _sample(rng: np.random.Generator) -> dict:
+    out = {}
+    for name, spec in DEFAULT_SPACE.items():
+        if spec["type"] == "float":
+            lo, hi = math.log10(spec["low"]), math.log10(spec["high"])
+            out[name] = float(10 ** rng.uniform(lo, hi))
+        elif spec["type"] == "int":
+            out[name] = int(rng.integers(spec["low"], spec["high"] + 1))
+        else:
+            out[name] = str(rng.choice(spec["choices"]))
+    return out
+
+
+def make_fake_study(folder: Path, data_dir: Path, n: int = 14, epochs: int = 3, complete: int | None = None,
+                    constant: float | None = None, failures: bool = True, name: str = "fake") -> StudyFolder:
+    """The files of a finished study (study.json, trials/epochs.parquet, optuna.db) without running one.
+
+    Accuracy peaks at lr 1e-2 and falls with freeze depth; the worse trials are stopped after epoch 1 (as ASHA
+    does) unless ``complete`` says how many run every epoch. With ``failures``, one trial diverges, one errors.
+    """
+    study_folder = StudyFolder(folder / name)
+    study_folder.path.mkdir(parents=True)
+    base = TrainConfig(data_dir=str(data_dir), weights="none", epochs=epochs, image_size=32, batch_size=8, val_fraction=0.25)
+    settings = StudySettings(name=name, base=base.to_dict(), space=DEFAULT_SPACE, samples=n, seed=0,
+                             experiment_path=str(study_folder.path / "ray"), created="2026-01-01T00:00:00")
+    study_folder.write_settings(settings)
+    dists = to_distributions(DEFAULT_SPACE)
+    ostudy = optuna.create_study(study_name=name, storage=storage_url(study_folder.optuna_db), direction="maximize")
+    tables = StudyTables(study_folder.path, PARAMS, epochs, seed=0)
+    rng = np.random.default_rng(1)
+    trials = [{k: BASELINE[k] for k in PARAMS}] + [_sample(rng) for _ in range(n - 1)]
+    finals = [constant if constant is not None else
+              0.95 - 0.12 * abs(math.log10(p["lr"]) + 2) - 0.03 * p["freeze_depth"] + rng.normal(0, 0.01) for p in trials]
+    keep = complete if complete is not None else max(5, n // 2)
+    failing = 2 if failures else 0  # the last trial diverges, the one before errors
+    ranked = [i for i in np.argsort(finals)[::-1] if i < n - failing]
+    full = set(ranked[:keep])
+    for number, (params, final) in enumerate(zip(trials, finals)):
+        trial_id = f"t{number:04d}"
+        config = {**params, "optuna_trial": number, "baseline": number == 0}
+        tables.on_start(trial_id, config)
+        diverged, errored = failures and number == n - 1, failures and number == n - 2
+        run = epochs if number in full else 1
+        values = {}
+        for epoch in range(1, (0 if errored else run) + 1):
+            acc = math.nan if diverged else min(1.0, final - (0.0 if constant is not None else 0.04 * (epochs - epoch)))
+            values[epoch] = acc
+            tables.on_result(trial_id, config, {
+                "epoch": epoch, "train_loss": 0.5, "train_acc": 0.8, "val_loss": 0.4, "val_acc": acc, "seconds": 1.0,
+                "images_per_s": 30.0, "diverged": diverged, "node_id": "n", "node_ip": "127.0.0.1", "hostname": "h"})
+        tables.on_end(trial_id, config, "RuntimeError: boom" if errored else None)
+        if errored:
+            state, value, inter = optuna.trial.TrialState.FAIL, None, {}
+        elif diverged:
+            state, value, inter = optuna.trial.TrialState.PRUNED, None, {1: 0.0}
+        elif run == epochs:
+            state, value, inter = optuna.trial.TrialState.COMPLETE, max(values.values()), values
+        else:
+            state, value, inter = optuna.trial.TrialState.PRUNED, None, values
+        ostudy.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=value,
+                                                   intermediate_values=inter, state=state))
+    tables.write()
+    return study_folder
+
+
+def exit_code_and_stderr(capsys, main, argv) -> tuple[int, list[str], str]:
+    with pytest.raises(SystemExit) as exc:
+        run_main(main, argv)
+    captured = capsys.readouterr()
+    return exc.value.code, [line for line in captured.err.splitlines() if line.strip()], captured.out
+
+
+class ExternalRefs(HTMLParser):
+    """src/href attributes of tags that point at the network (script bodies are not parsed as tags)."""
+
+    def __init__(self):
+        super().__init__()
+        self.found: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        for key, value in attrs:
+            if key in ("src", "href") and value and value.strip().lower().startswith(("http:", "https:", "//")):
+                self.found.append(f"<{tag} {key}={value}>")
+
+
+def check_report(folder: Path) -> str:
+    html = (folder / "report.html").read_text()
+    for p in PARAMS:
+        assert p in html, f"the report does not name {p}"
+    refs = ExternalRefs()
+    refs.feed(html)
+    assert refs.found == [], f"the report loads from the network: {refs.found}"
+    assert "<script" in html and "Plotly" in html  # plotly.js is inline
+    for name in PNGS:
+        data = (folder / "figures" / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000, name
+    return html
+
+
+def check_rerun(folder: StudyFolder, seeds: int, epochs: int) -> pd.DataFrame:
+    table = pd.read_parquet(folder.path / "rerun.parquet")
+    assert len(table) == seeds and list(table["seed"]) == list(range(seeds))
+    assert set(table["epochs"]) == {epochs} and set(table["rank"]) == {1}
+    for p in PARAMS:
+        assert p in table.columns
+    base = TrainConfig.from_dict(folder.read_settings().base)
+    data = prepare_data(base.data_dir, base.image_size, val_fraction=0.0, with_test=True)
+    device = resolve_device("cpu")
+    for _, row in table.iterrows():
+        assert row["status"] == "completed" and Path(row["weights_file"]).is_file()
+        cfg = base.replace(**{p: row[p] for p in PARAMS}, val_fraction=0.0).replace(freeze_depth=int(row["freeze_depth"]))
+        model = build_model(row["weights_file"], len(data.classes)).to(memory_format=torch.channels_last)
+        loss, acc = evaluate(model, data.test, cfg, device, use_bf16(cfg.precision, device), True)
+        assert acc == pytest.approx(row["test_acc"], abs=1e-9)
+        assert loss == pytest.approx(row["test_loss"], rel=1e-3, abs=1e-4)
+    return table
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return make_images(tmp_path_factory.mktemp("images"))
+
+
+@pytest.fixture()
+def fake(tmp_path, data_dir) -> StudyFolder:
+    return make_fake_study(tmp_path, data_dir)
+
+
+# --- analyze -----------------------------------------------------------------------------------------
+def test_analyze_writes_a_self_contained_report(fake, capsys):
+    assert analyze_mod.main([str(fake.path)]) == 0
+    out = capsys.readouterr().out
+    for p in PARAMS:
+        assert p in out
+    assert "completed trials" in out  # enough COMPLETE trials: importance from the stored study
+    html = check_report(fake.path)
+    assert "How much each hyperparameter matters" in html and "Learning curves" in html
+
+
+def test_importance_and_best_ranges(fake):
+    analysis = analyze_mod.analyze(fake)
+    values = analysis.importance.values
+    assert values is not None and set(values) == set(PARAMS)
+    assert sum(values.values()) == pytest.approx(1.0)
+    assert list(values) == sorted(values, key=lambda p: -values[p])  # most important first
+    assert "PED-ANOVA" in analysis.importance.method and analysis.importance.note == ""
+    scored = analysis.data.scored
+    n_top = analyze_mod.top_count(len(scored))
+    top = scored.head(n_top)
+    lr = analysis.ranges["lr"]
+    assert lr.n_top == n_top and lr.low == pytest.approx(top["lr"].min()) and lr.high == pytest.approx(top["lr"].max())
+    assert sum(analysis.ranges["augment"].counts.values()) == n_top
+    # errored and epoch-1-diverged trials have no accuracy: left out of the figures, kept in the table
+    assert len(scored) == len(analysis.data.trials) - 2
+
+
+def test_importance_falls_back_on_pruned_trials(tmp_path, data_dir):
+    folder = make_fake_study(tmp_path, data_dir, n=10, complete=2)
+    imp = analyze_mod.analyze(folder).importance
+    assert imp.values is not None and set(imp.values) == set(PARAMS)
+    assert "stopped early" in imp.note and "all" in imp.method
+
+
+def test_importance_when_all_trials_tie(tmp_path, data_dir):
+    folder = make_fake_study(tmp_path, data_dir, n=6, constant=0.5, failures=False)
+    analysis = analyze_mod.analyze(folder)
+    assert analysis.importance.values is None and "same validation accuracy" in analysis.importance.note
+    from study.report import write_report
+
+    write_report(analysis)  # still writes every figure
+    check_report(folder.path)
+
+
+def test_importance_when_the_top_trials_tie(tmp_path, data_dir):
+    # all at 0.5 but the diverged trial (0.0 for Optuna): PED-ANOVA's top set would be nearly everything
+    folder = make_fake_study(tmp_path, data_dir, n=6, constant=0.5)
+    imp = analyze_mod.analyze(folder).importance
+    assert imp.values is None and "tie at the top" in imp.note
+
+
+def test_analyze_without_optuna_db_uses_the_table(fake):
+    fake.optuna_db.unlink()
+    imp = analyze_mod.analyze(fake).importance
+    assert imp.values is not None and "trials.parquet" in imp.note
+
+
+def test_analyze_picks_the_newest_study(tmp_path, data_dir, capsys):
+    folder = make_fake_study(tmp_path, data_dir, n=6)
+    assert analyze_mod.main(["--results-dir", str(tmp_path), "--no-report"]) == 0
+    assert "study fake" in capsys.readouterr().out
+    assert not (folder.path / "report.html").exists()
+
+
+def test_analyze_an_empty_folder_is_one_error_line(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    done = subprocess.run([sys.executable, "-m", "study.analyze", str(empty)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "holds no study" in lines[0], done.stderr
+    assert done.stdout == ""
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["{missing}"], "does not exist"),
+    (["--results-dir", "{empty}"], "no study in"),
+    (["{empty}", "--top", "0"], "--top 0"),
+])
+def test_analyze_errors(tmp_path, capsys, argv, words):
+    (tmp_path / "empty").mkdir()
+    argv = [a.format(missing=tmp_path / "missing", empty=tmp_path / "empty") for a in argv]
+    code, err, _ = exit_code_and_stderr(capsys, analyze_mod.main, argv)
+    assert code == 2 and len(err) == 1 and err[0].startswith("error:") and words in err[0], err
+
+
+def test_study_without_trials_is_an_error(tmp_path, data_dir, capsys):
+    folder = make_fake_study(tmp_path, data_dir, n=4)
+    folder.trials.unlink()
+    code, err, _ = exit_code_and_stderr(capsys, analyze_mod.main, [str(folder.path)])
+    assert code == 2 and len(err) == 1 and "no trials yet" in err[0]
+
+
+# --- rerun -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("extra, words", [
+    (["--rank", "99"], "beyond the table"),
+    (["--rank", "0"], "--rank 0"),
+    (["--seeds", "0"], "--seeds 0"),
+    (["--epochs", "0"], "--epochs 0"),
+])
+def test_rerun_rejects_bad_options(fake, capsys, extra, words):
+    code, err, out = exit_code_and_stderr(capsys, rerun_mod.main, [str(fake.path), *extra])
+    assert code == 2 and len(err) == 1 and err[0].startswith("error:") and words in err[0], err
+    assert not (fake.path / "rerun.parquet").exists()
+
+
+def test_chosen_config_is_the_trial_over_the_base(fake):
+    chosen = rerun_mod.choose(fake, rank=2, epochs=None)
+    row = pd.read_parquet(fake.trials).set_index("rank").loc[2]
+    cfg = chosen.config
+    for p in PARAMS:
+        assert getattr(cfg, p) == (int(row[p]) if p == "freeze_depth" else row[p])
+    base = fake.read_settings().base
+    assert cfg.val_fraction == 0.0 and cfg.epochs == base["epochs"] and cfg.image_size == base["image_size"]
+    assert cfg.data_dir == base["data_dir"] and cfg.weights == "none" and cfg.seed == base["seed"]
+    assert rerun_mod.choose(fake, 1, epochs=7).config.epochs == 7
+
+
+def test_export_and_command_line_give_the_same_config(fake, tmp_path, capsys):
+    from trainable.__main__ import config_from_args, parse_args
+
+    target = tmp_path / "best.json"
+    assert rerun_mod.main([str(fake.path), "--export", str(target)]) == 0
+    out = capsys.readouterr().out
+    exported = TrainConfig.from_json(target)
+    assert exported == rerun_mod.choose(fake, 1, None).config
+    command = next(line.strip() for line in out.splitlines() if line.strip().startswith("python -m trainable --data-dir"))
+    argv = shlex.split(command)[3:]
+    assert config_from_args(parse_args(argv), argv) == exported
+    argv = ["--config", str(target), "--epochs", "1"]
+    assert config_from_args(parse_args(argv), argv) == exported.replace(epochs=1)
+
+    assert rerun_mod.main([str(fake.path), "--export", "-"]) == 0
+    assert TrainConfig.from_dict(json.loads(capsys.readouterr().out)) == exported  # stdout: the JSON alone
+
+
+def test_export_runs_with_python_m_trainable(fake, tmp_path, capsys):
+    from trainable.__main__ import main as trainable_main
+
+    target = tmp_path / "best.json"
+    rerun_mod.main([str(fake.path), "--rank", "3", "--export", str(target)])
+    capsys.readouterr()
+    assert trainable_main(["--config", str(target), "--epochs", "1", "--threads", "1"]) == 0
+    assert "epoch 1/1" in capsys.readouterr().out
+
+
+def test_rerun_trains_each_seed_and_saves_weights(fake, capsys):
+    assert rerun_mod.main([str(fake.path), "--seeds", "2", "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "test accuracy over 2 seed(s)" in out and "+-" in out
+    assert "the book" not in out  # not the hotdog set
+    table = check_rerun(fake, seeds=2, epochs=1)
+    assert table["test_acc"].between(0, 1).all()
+    # a second rerun of another trial keeps these rows; rerunning the same trial replaces them
+    assert rerun_mod.main([str(fake.path), "--rank", "2", "--seeds", "1", "--epochs", "1"]) == 0
+    assert rerun_mod.main([str(fake.path), "--seeds", "1", "--epochs", "1"]) == 0
+    table = pd.read_parquet(fake.path / "rerun.parquet")
+    assert sorted(zip(table["rank"], table["seed"])) == [(1, 0), (2, 0)]
+    # the report shows the final evaluation
+    analyze_mod.main([str(fake.path)])
+    assert "test accuracy <b>" in (fake.path / "report.html").read_text()
+
+
+def test_book_figure_only_for_the_hotdog_set():
+    assert rerun_mod.is_book_hotdog(None, None)
+    assert rerun_mod.is_book_hotdog("/x/hotdog_mini", ["hotdog", "not-hotdog"])
+    assert not rerun_mod.is_book_hotdog("/x/tiny", ["a", "b"])
+    line = rerun_mod.summary_line([0.9, 0.92, 0.94], hotdog=True)
+    assert "0.920 +- 0.020" in line and "the book: 0.940 (0.933 +- 0.012 over its builds)" in line
+
+
+# --- one real study, end to end ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def real_study(tmp_path_factory, data_dir) -> StudyFolder:
+    from study.run import main as study_main
+
+    results = tmp_path_factory.mktemp("results")
+    code = study_main(["--samples", "3", "--epochs", "2", "--data-dir", str(data_dir), "--weights", "none", "--image-size", "32",
+                       "--batch-size", "8", "--val-fraction", "0.25", "--results-dir", str(results), "--name", "tiny"])
+    assert code == 0
+    return StudyFolder(results / "tiny")
+
+
+@pytest.mark.slow
+def test_real_study_analyze_rerun_export(real_study, tmp_path, capsys):
+    from trainable.__main__ import main as trainable_main
+
+    assert analyze_mod.main([str(real_study.path)]) == 0
+    check_report(real_study.path)
+
+    assert rerun_mod.main([str(real_study.path), "--seeds", "2", "--epochs", "1"]) == 0
+    assert "test accuracy over 2 seed(s)" in capsys.readouterr().out
+    check_rerun(real_study, seeds=2, epochs=1)
+
+    target = tmp_path / "best.json"
+    assert rerun_mod.main([str(real_study.path), "--export", str(target)]) == 0
+    capsys.readouterr()
+    assert trainable_main(["--config", str(target), "--epochs", "1"]) == 0
+    assert "epoch 1/1" in capsys.readouterr().out
