@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -66,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         print("the loss diverged (NaN/inf): lower --lr or --head-lr-mult", file=sys.stderr)
         return 1
     final = result.history[-1]
-    print(json.dumps({"final_val_acc": final.val_acc, "best_val_acc": best.val_acc if best else None, "best_epoch": best.epoch if best else None}))
+    final_val_acc = None if math.isnan(final.val_acc) else final.val_acc  # no validation split: null, not NaN (invalid JSON)
+    print(json.dumps({"final_val_acc": final_val_acc, "best_val_acc": best.val_acc if best else None, "best_epoch": best.epoch if best else None}))
     return 0
 
 

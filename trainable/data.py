@@ -163,7 +163,9 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode to 8-bit RGB: 16/32-bit greyscale rescaled, transparency composited on white."""
     if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        # Pillow opens 16-bit PNG/TIFF as I;16 but 16-bit PGM/PPM as I: 16-bit data keeps its absolute scale
+        sixteen_bit = img.mode.startswith("I;16") or (img.mode == "I" and arr.size and 0 <= arr.min() and arr.max() <= 65535)
+        top = 65535.0 if sixteen_bit else max(float(arr.max()), 1.0)
         img = Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8), "L")
     if img.mode == "P" and "transparency" in img.info or img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = img.convert("RGBA")

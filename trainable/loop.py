@@ -125,7 +125,7 @@ def evaluate(model: nn.Module, split: Split, cfg: TrainConfig, device: torch.dev
     crop = eval_transform(cfg.image_size)
     total_loss, correct = 0.0, 0
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        for index in _batches(len(labels), max(cfg.batch_size, 256), None):
+        for index in torch.arange(len(labels)).split(max(cfg.batch_size, 256)):  # every image: eval mode takes a batch of 1
             x = normalize(crop(images[index]), device, channels_last)
             y = labels[index].to(device)
             logits = model(x).float()

@@ -52,8 +52,14 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def build_model(weights: str, num_classes: int, seed: int = 0) -> nn.Module:
-    """torchvision resnet18 with ``weights`` ("imagenet", "none" or a path) and a new, seeded head."""
-    model = resnet18(weights=None)
+    """torchvision resnet18 with ``weights`` ("imagenet", "none" or a path) and a new, seeded head.
+
+    Every random draw (the from-scratch backbone, the head's weight and bias) comes from ``seed``, never
+    from the caller's global generator, which is left untouched: the same seed gives the same model.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = resnet18(weights=None)
     if weights == "imagenet":
         state, source = _imagenet_state_dict(), "ImageNet weights"
     elif weights == "none":
@@ -63,20 +69,25 @@ def build_model(weights: str, num_classes: int, seed: int = 0) -> nn.Module:
     own_head = False
     if state is not None:
         expected = model.state_dict()
-        head_fits = state.get("fc.weight") is not None and state["fc.weight"].shape == (num_classes, 512)
+        head_fits = (
+            state.get("fc.weight") is not None and state["fc.weight"].shape == (num_classes, 512)
+            and state.get("fc.bias") is not None and state["fc.bias"].shape == (num_classes,)
+        )
         backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}
-        missing = sorted(k for k in expected if not k.startswith("fc.") and k not in backbone)
+        # BatchNorm's num_batches_tracked is absent from pre-PyTorch-0.4 files such as torchvision's ImageNet
+        # ResNet18: it is only a counter, so a file without it still fits.
+        missing = sorted(k for k in expected if not k.startswith("fc.") and k not in backbone and not k.endswith(".num_batches_tracked"))
         wrong = sorted(k for k, v in backbone.items() if k in expected and expected[k].shape != v.shape)
-        if missing or wrong:
-            detail = f"missing {missing[:3]}" if missing else f"wrong shapes for {wrong[:3]}"
+        unexpected = sorted(k for k in backbone if k not in expected)  # e.g. a deeper ResNet's extra blocks
+        if missing or wrong or unexpected:
+            detail = f"missing {missing[:3]}" if missing else f"wrong shapes for {wrong[:3]}" if wrong else f"unexpected {unexpected[:3]}"
             raise UserError(f"{source} does not fit ResNet18 ({detail}): pass the state dict of a torchvision resnet18")
         model.load_state_dict(backbone, strict=False)
         own_head = head_fits
-    head = nn.Linear(model.fc.in_features, num_classes)
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    nn.init.xavier_uniform_(head.weight)  # as the book initialises its new head
-    torch.random.set_rng_state(generator_state)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = nn.Linear(model.fc.in_features, num_classes)  # its bias keeps nn.Linear's init, drawn from seed
+        nn.init.xavier_uniform_(head.weight)  # as the book initialises its new head
     if own_head:  # a fine-tuned file for the same classes keeps its head
         head.load_state_dict({"weight": state["fc.weight"], "bias": state["fc.bias"]})
     model.fc = head
