@@ -12,12 +12,14 @@ import datetime as dt
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
 
 from trainable import TrainConfig, UserError, prepare_data
 from trainable.cli import add_data_options, run_main
+from trainable.data import check_layout
 
 from .layout import StudyFolder, StudySettings, check_writable
 from .space import baseline_params, load_space, show_space
@@ -146,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         ).validate()
         if base.val_fraction <= 0:
             raise UserError("--val-fraction must be above 0 for a study: trials are compared on the validation split")
+        if base.data_dir is not None:
+            check_layout(base.data_dir)  # a wrong --data-dir fails now, before a study folder is created
         if base.weights not in ("imagenet", "none"):
             from trainable.model import build_model
             build_model(base.weights, 2)  # a bad weights file fails now, not in every trial
@@ -153,11 +157,18 @@ def main(argv: list[str] | None = None) -> int:
         folder = StudyFolder(results_dir / name)
         if folder.exists():
             raise UserError(f"a study named {name!r} already exists in {results_dir}: pass --resume to continue it, or choose another --name")
+        created = not folder.path.exists()
         check_writable(folder.path)
         experiment = Path(args.storage).expanduser().resolve() / name if args.storage and "://" not in args.storage else (
             f"{args.storage.rstrip('/')}/{name}" if args.storage else folder.path / "ray")
         settings = StudySettings(name=name, base=base.to_dict(), space=space, samples=args.samples, seed=args.seed,
                                  experiment_path=str(experiment), created=dt.datetime.now().isoformat(timespec="seconds"))
+        try:
+            return run_study(args, folder, settings)
+        except BaseException:
+            if created and not folder.exists():  # it failed before its study.json: leave no half-made study behind
+                shutil.rmtree(folder.path, ignore_errors=True)
+            raise
     return run_study(args, folder, settings)
 
 

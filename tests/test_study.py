@@ -163,7 +163,7 @@ def interrupted_then_resumed(tmp_path: Path, sig: int) -> tuple[pd.DataFrame, pd
     data = make_images(tmp_path / "data", per_class=24)
     results = tmp_path / "r"
     args = ["--samples", "4", "--data-dir", str(data), "--weights", "none", "--epochs", "3", "--image-size", "48",
-            "--batch-size", "4", "--results-dir", str(results), "--name", "s", "--reduction-factor", "100"]
+            "--batch-size", "4", "--results-dir", str(results), "--name", "s", "--grace-epochs", "3"]  # no early stopping
     folder = results / "s"
     proc = subprocess.Popen([sys.executable, "-m", "study.run", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

@@ -86,4 +86,24 @@ class TrainConfig:
             raise UserError(f"cannot read config file {path}: {exc}") from None
         if not isinstance(values, dict):
             raise UserError(f"config file {path} must hold a JSON object of TrainConfig fields")
+        for f in dataclasses.fields(cls):
+            if f.name in values and not _fits(values[f.name], f.default):
+                raise UserError(f"config file {path}: {f.name} is {json.dumps(values[f.name])} but must be {_KINDS[_kind(f.default)]}")
         return cls.from_dict(values)
+
+
+_KINDS = {"str": "a string", "str|None": "a string or null", "int": "a whole number", "float": "a number"}
+
+
+def _kind(default) -> str:
+    return "str|None" if default is None else "str" if isinstance(default, str) else "int" if isinstance(default, int) else "float"
+
+
+def _fits(value, default) -> bool:
+    """Whether a JSON value has the type of a field whose default is ``default``."""
+    kind = _kind(default)
+    if kind.startswith("str"):
+        return isinstance(value, str) or (value is None and kind == "str|None")
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) if kind == "int" else isinstance(value, (int, float))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from . import tv_compat  # noqa: F401  (must precede torchvision)
 
 import pickle
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,16 +34,28 @@ def _imagenet_state_dict() -> Mapping[str, torch.Tensor]:
         ) from None
 
 
+def _load_error_reason(exc: BaseException) -> str:
+    """The line of a torch.load error that says what is wrong, without torch's advice to retry with
+    ``weights_only=False`` (which would run whatever code the file holds)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if lines and lines[0].startswith("Weights only load failed"):
+        detail = [line for line in lines[1:] if not line.startswith(("Please file an issue", "Check the documentation"))]
+        reason = detail[0].removeprefix("WeightsUnpickler error:").strip() if detail else "unsupported content"
+        return f"refused by the safe loader: {reason}"
+    return lines[0] if lines else type(exc).__name__
+
+
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from a file, loaded with ``weights_only=True`` (no arbitrary code from pickles)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"weights file {path} does not exist: pass --weights imagenet, none, or the path of a ResNet18 state dict")
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": the error below says what matters
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"weights file {path} is not a PyTorch state dict ({first_line}): save one with torch.save(model.state_dict(), PATH)") from None
+        raise UserError(f"weights file {path} is not a PyTorch state dict ({_load_error_reason(exc)}): save one with torch.save(model.state_dict(), PATH)") from None
     for key in ("state_dict", "model"):  # common checkpoint wrappers
         if isinstance(loaded, Mapping) and isinstance(loaded.get(key), Mapping):
             loaded = loaded[key]
