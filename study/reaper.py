@@ -17,16 +17,24 @@ import psutil
 
 
 def spawn(driver_pid: int | None = None) -> subprocess.Popen:
+    # Run as a plain script, not ``-m study.reaper``: the package would import torch (seconds of CPU) for nothing.
     return subprocess.Popen(
-        [sys.executable, "-m", "study.reaper", str(driver_pid or os.getpid())],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        [sys.executable, os.path.abspath(__file__), str(driver_pid or os.getpid())],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _descendants(pid: int) -> dict[int, float]:
     try:
-        return {p.pid: p.create_time() for p in psutil.Process(pid).children(recursive=True)}
+        mine = os.getpid()  # the driver started this watchdog too: it must not end itself first
+        return {p.pid: p.create_time() for p in psutil.Process(pid).children(recursive=True) if p.pid != mine}
     except psutil.Error:
         return {}
 
@@ -37,7 +45,7 @@ def watch(driver_pid: int, interval: float = 1.0) -> int:
     except psutil.Error:
         return 0
     known: dict[int, float] = {}
-    while driver.is_running() and driver.status() != psutil.STATUS_ZOMBIE:
+    while _alive(driver):
         known.update(_descendants(driver_pid))
         time.sleep(interval)
     time.sleep(2 * interval)  # let Ray's own shutdown finish first

@@ -401,9 +401,14 @@ def test_tv_compat_is_a_no_op_when_torchvision_is_already_imported(monkeypatch):
     assert tc._LIBRARY is None, "nothing may be registered once torchvision is imported"
 
 
-@pytest.mark.xfail(reason="tv_compat.ensure_torchvision_importable returns True (not False) on repeated calls in a "
-                          "process where it registered the schemas; tv_compat.py is owned elsewhere", strict=False)
 def test_tv_compat_second_call_returns_false():
     import trainable.tv_compat as tc
 
     assert tc.ensure_torchvision_importable() is False
+
+
+def test_a_diverging_run_stops_in_its_first_epoch(tiny_data):
+    result = train(tiny_config(lr=1e7, epochs=3), tiny_data)
+    assert result.status == "diverged"
+    assert len(result.history) == 1 and result.history[0].diverged
+    assert math.isnan(result.history[0].val_acc)

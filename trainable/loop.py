@@ -199,6 +199,8 @@ def train(
             val_loss, val_acc = math.nan, math.nan
         elif data.val is not None and len(data.val):
             val_loss, val_acc = evaluate(model, data.val, cfg, device, bf16, channels_last)
+            if not math.isfinite(val_loss):  # the last step blew the weights up: no later epoch can recover
+                diverged, val_loss, val_acc = True, math.nan, math.nan
         else:
             val_loss, val_acc = math.nan, math.nan
         metrics = EpochMetrics(

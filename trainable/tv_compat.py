@@ -41,10 +41,10 @@ def _extension_loads() -> bool:
 
 
 def ensure_torchvision_importable() -> bool:
-    """Register the missing schemas when needed; returns True if it had to."""
+    """Register the missing schemas when needed; returns True if this call registered them."""
     global _LIBRARY
     if _LIBRARY is not None or "torchvision" in sys.modules:
-        return _LIBRARY is not None
+        return False  # done before, or torchvision already imported (registering now could not help)
     if _extension_loads():
         return False
     _LIBRARY = torch.library.Library("torchvision", "DEF")
