@@ -7,6 +7,7 @@ replays the per-epoch results table of the study, so the rungs are what they wer
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from ray.tune.schedulers import ASHAScheduler
@@ -31,7 +32,7 @@ class ResumableASHA(ASHAScheduler):
                 for trial_id, by_epoch in values.items():
                     reached = sorted(e for e in by_epoch if e >= milestone)
                     if reached and trial_id not in recorded:  # ASHA records the first result at/past a milestone
-                        recorded[trial_id] = self._metric_op * by_epoch[reached[0]]
+                        recorded[trial_id] = self._metric_op * _worst_if_nan(by_epoch[reached[0]])
         self._replayed = True
 
     def on_trial_add(self, tune_controller, trial):
@@ -40,5 +41,23 @@ class ResumableASHA(ASHAScheduler):
         self._replayed = True
         super().on_trial_add(tune_controller, trial)
 
+    # A diverged epoch reports NaN accuracy; in the rungs it counts as the worst result, not as a hole
+    # (NaN would make ASHA's percentile of an all-NaN rung warn and compare as nothing).
+    def on_trial_result(self, tune_controller, trial, result):
+        return super().on_trial_result(tune_controller, trial, _nan_as_worst(result))
+
+    def on_trial_complete(self, tune_controller, trial, result):
+        return super().on_trial_complete(tune_controller, trial, _nan_as_worst(result))
+
     def __getstate__(self):
         return {**self.__dict__, "_replayed": False}
+
+
+def _worst_if_nan(value: float) -> float:
+    return 0.0 if value is None or math.isnan(value) else value  # accuracy: 0 is the worst
+
+
+def _nan_as_worst(result: dict | None) -> dict | None:
+    if result and METRIC in result and isinstance(result[METRIC], float) and math.isnan(result[METRIC]):
+        return {**result, METRIC: _worst_if_nan(result[METRIC])}
+    return result

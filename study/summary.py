@@ -49,10 +49,12 @@ def print_summary(folder: StudyFolder, settings: StudySettings, wall_s: float, t
     counts = ", ".join(f"{v} {k}" for k, v in summary["status_counts"].items())
     best = summary["best"]
     console.print(f"{summary['trials']} trials ({counts}) in {wall_s:.0f}s; {summary['aggregate_train_images_per_s']} training images/s overall", markup=False)
-    if best:
+    if best and best["best_val_acc"] is not None:
         base = summary["baseline_val_acc"]
         versus = f" vs the book's recipe (baseline, marked *) {base:.3f}" if base is not None else ""
         console.print(f"best: val acc {best['best_val_acc']:.3f}{versus} with {best['params']}", markup=False)
+    elif best:
+        console.print("no trial reached a validation accuracy (all diverged or failed): lower the learning-rate range (--space)", markup=False)
     console.print(f"results: {folder.trials}\nnext: python -m study.analyze {folder.path}   then: python -m study.rerun {folder.path}", markup=False)
     return summary
 

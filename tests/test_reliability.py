@@ -73,7 +73,8 @@ def test_a_killed_trial_worker_is_retried_from_its_checkpoint(tmp_path):
         return (pd.read_parquet(folder / "epochs.parquet")["epoch"] >= 1).any()
 
     assert _wait_for(first_epoch_done, 300, proc)
-    workers = [p for p in _ray_processes_of(proc.pid) if "run_trial" in " ".join(p.cmdline())]
+    # Ray retitles a trial's actor process "ray::<trainable>.train()" (e.g. ray::ImplicitFunc.train)
+    workers = [p for p in _ray_processes_of(proc.pid) if " ".join(p.cmdline()).startswith("ray::") and ".train" in " ".join(p.cmdline())]
     assert workers, [p.cmdline() for p in _ray_processes_of(proc.pid)]
     for worker in workers:
         worker.kill()
