@@ -1,0 +1,513 @@
+"""``python -m study.bench``: how fast the trainable is, measured side by side in one process.
+
+For each image size and freeze depth it measures, on the same machine, one after the other:
+
+a  limit      the bare ResNet18 training step on tensors already in memory, at the trainable's settings
+              (precision, channels_last, threads, SGD parameter groups, frozen stages);
+b  trainable  real epochs of ``trainable.loop.train`` on the decoded data: augmentation, the step and
+              the epoch's validation; b = training images / epoch seconds (validation included), b_train =
+              the epoch's own training images/s (validation excluded). Decoding (once per run) is timed
+              apart;
+c  naive      the trainable a user copies from Ray Tune's tutorial: ImageFolder + PIL + DataLoader
+              (``--workers``) + RandomResizedCrop/flip/ToTensor/Normalize, fp32, contiguous, decoding
+              every image every epoch (training only: its validation is not counted, which favours c).
+
+Every figure covers the same number of images (``--steps`` x ``--batch-size``) after a warm-up, and is
+the best of ``--repeats`` windows (other work on the machine only ever slows a window down).
+
+``--scaling`` instead times whole studies (``python -m study.run``) of ``--scaling-samples`` trials on a
+stratified ``--scaling-images`` subset of the data (symlinks in a temporary folder), splits each wall time
+into start-up, data preparation, training, evaluation and Ray overhead, and projects the time of the same
+study on the full data from the rates it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import trainable  # noqa: F401  (first: makes torchvision importable)
+from trainable import TrainConfig, UserError
+from trainable.cli import run_main
+from trainable.data import IMAGE_SUFFIXES, PreparedData, Split, check_layout, prepare_data, stored_size
+from trainable.loop import available_cpus, resolve_device, use_bf16
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "assets" / "hotdog"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m study.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", help=f"train/<class>/, test/<class>/ image folders (default: $HOTDOG_ASSETS/hotdog or {DEFAULT_DATA})")
+    p.add_argument("--sizes", type=int, nargs="+", help="image sizes in px (default: 224 128; --tiny: 32)")
+    p.add_argument("--freeze", type=int, nargs="+", default=[0, 5], help="freeze depths (default: 0 5)")
+    p.add_argument("--batch-size", type=int, default=None, help="(default: 64; --tiny: 8)")
+    p.add_argument("--steps", type=int, default=None, help="training steps per measured window (default: 4; --tiny: 1)")
+    p.add_argument("--repeats", type=int, default=None, help="measured windows per figure, best taken (default: 2; --tiny: 1)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads for a, b and c (default: 0 = the CPUs given, as the trainable)")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the naive trainable c (default: %(default)s)")
+    p.add_argument("--tiny", action="store_true", help="generated 32 px images and a step or two: seconds, for tests")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    p.add_argument("--scaling", action="store_true", help="time whole studies instead (see --scaling-*)")
+    p.add_argument("--scaling-samples", type=int, nargs="+", default=[8, 16, 32], help="study sizes (default: 8 16 32)")
+    p.add_argument("--scaling-images", type=int, default=200, help="training images of the subset the studies run on (default: %(default)s)")
+    p.add_argument("--scaling-size", type=int, default=128, help="(default: %(default)s)")
+    p.add_argument("--scaling-epochs", type=int, default=3, help="(default: %(default)s)")
+    p.add_argument("--scaling-batch-size", type=int, default=64, help="(default: %(default)s)")
+    args = p.parse_args(argv)
+    tiny = args.tiny
+    args.sizes = args.sizes or ([32] if tiny else [224, 128])
+    args.batch_size = args.batch_size or (8 if tiny else 64)
+    args.steps = args.steps or (1 if tiny else 4)
+    args.repeats = args.repeats or (1 if tiny else 2)
+    checks = [
+        (all(s >= 32 for s in args.sizes), "--sizes must be 32 or more"),
+        (all(0 <= f <= 5 for f in args.freeze), "--freeze depths must be 0-5"),
+        (args.batch_size >= 2 and args.steps >= 1 and args.repeats >= 1, "--batch-size must be 2 or more, --steps and --repeats 1 or more"),
+        (args.threads >= 0 and args.workers >= 0, "--threads and --workers must be 0 or more"),
+        (all(n >= 1 for n in args.scaling_samples) and args.scaling_images >= 20, "--scaling-samples must be 1 or more, --scaling-images 20 or more"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+    return args
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("HOTDOG_ASSETS")
+    return Path(env) / "hotdog" if env else DEFAULT_DATA
+
+
+# --- the machine -------------------------------------------------------------------------------------
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else []
+
+
+def busy_processes(threshold: float = 20.0, own: set[int] | None = None) -> list[str]:
+    """Other processes using more than ``threshold`` % CPU now: the measurement's competition."""
+    try:
+        import psutil
+    except ImportError:
+        return []
+    own = own or {os.getpid()}
+    procs = list(psutil.process_iter(["pid", "name", "cmdline"]))
+    for proc in procs:
+        try:
+            proc.cpu_percent(None)
+        except psutil.Error:
+            pass
+    time.sleep(0.5)
+    out = []
+    for proc in procs:
+        try:
+            pct = proc.cpu_percent(None)
+            if pct >= threshold and proc.pid not in own:
+                cmd = " ".join(proc.info["cmdline"] or [proc.info["name"] or "?"])
+                out.append(f"{pct:.0f}% {cmd[:100].strip()}")
+        except psutil.Error:
+            pass
+    return out
+
+
+def machine() -> dict:
+    import torch
+
+    model = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": model, "cpus": available_cpus(), "torch": torch.__version__, "python": platform.python_version(),
+        "native_bf16": use_bf16("auto", resolve_device("cpu")), "cuda": torch.cuda.is_available(),
+    }
+
+
+# --- the three measurements --------------------------------------------------------------------------
+def _model(cfg: TrainConfig, classes: int, channels_last: bool):
+    import torch
+
+    from trainable.model import build_model, freeze, param_groups, set_train_mode
+
+    model = build_model("none", classes, seed=cfg.seed)  # speed does not depend on the weights' values
+    freeze(model, cfg.freeze_depth)
+    model = model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    optimizer = torch.optim.SGD(param_groups(model, cfg.lr, cfg.head_lr_mult, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
+    set_train_mode(model, cfg.freeze_depth)
+    return model, optimizer
+
+
+def _step(model, optimizer, x, y, bf16: bool) -> None:
+    import torch
+    from torch import nn
+
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        logits = model(x)
+        loss = nn.functional.cross_entropy(logits.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    loss.item()
+
+
+def measure_limit(cfg: TrainConfig, steps: int, repeats: int, classes: int = 2) -> float:
+    """a: images/s of the bare training step on normalised tensors already in memory."""
+    import torch
+
+    torch.set_num_threads(cfg.threads or available_cpus())
+    bf16 = use_bf16(cfg.precision, torch.device("cpu"))
+    model, optimizer = _model(cfg, classes, channels_last=True)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size, generator=gen).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, classes, (cfg.batch_size,), generator=gen)
+    _step(model, optimizer, x, y, bf16)  # warm-up: oneDNN primitives, allocator
+    best = 0.0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            _step(model, optimizer, x, y, bf16)
+        best = max(best, steps * cfg.batch_size / (time.perf_counter() - t0))
+    return best
+
+
+def bench_subset(data: PreparedData, n_train: int, val_fraction: float, seed: int = 0) -> PreparedData:
+    """``n_train`` training images (and the matching validation share) drawn from the decoded data."""
+    rng = np.random.default_rng(seed)
+
+    def take(split: Split, n: int) -> Split:
+        index = rng.permutation(len(split))
+        index = np.resize(index, n)  # repeats images when the split is smaller than asked
+        return split.subset(np.sort(index))
+
+    n_val = max(1, round(n_train * val_fraction / (1 - val_fraction)))
+    val = take(data.val, n_val) if data.val is not None and len(data.val) else None
+    return PreparedData(data.classes, data.stored_size, take(data.train, n_train), val, None, [], data.root)
+
+
+def measure_trainable(cfg: TrainConfig, data: PreparedData, steps: int, repeats: int) -> dict:
+    """b: ``repeats + 1`` real epochs of ``train`` on ``steps`` batches; the first is the warm-up."""
+    from trainable import train
+
+    subset = bench_subset(data, steps * cfg.batch_size, cfg.val_fraction)
+    result = train(cfg.replace(epochs=repeats + 1), subset)
+    measured = result.history[1:]
+    best = min(measured, key=lambda m: m.seconds)
+    n = len(subset.train)
+    return {
+        "images_per_s": n / best.seconds,
+        "train_images_per_s": best.images_per_s,
+        "first_epoch_images_per_s": n / result.history[0].seconds,
+        "val_images": len(subset.val) if subset.val is not None else 0,
+        "eval_share": max(0.0, 1 - (n / best.images_per_s) / best.seconds),
+    }
+
+
+def naive_loader(train_dir: Path, size: int, batch_size: int, workers: int):
+    """The tutorial's data pipeline: decode and transform every image, every epoch, in DataLoader workers."""
+    import torch
+    from torchvision import datasets, transforms
+
+    transform = transforms.Compose([
+        transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+        transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+    ])
+    dataset = datasets.ImageFolder(str(train_dir), transform=transform)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True), len(dataset.classes)
+
+
+def measure_naive(cfg: TrainConfig, train_dir: Path, steps: int, repeats: int, workers: int) -> float:
+    """c: images/s of the naive trainable's training (decode + transforms + fp32 contiguous step)."""
+    import torch
+
+    torch.set_num_threads(cfg.threads or available_cpus())
+    loader, classes = naive_loader(train_dir, cfg.image_size, cfg.batch_size, workers)
+    model, optimizer = _model(cfg, classes, channels_last=False)
+
+    def batches():
+        while True:  # epoch after epoch, a fresh iterator (and fresh workers) each, as a training loop does
+            yield from loader
+
+    stream = batches()
+    x, y = next(stream)
+    _step(model, optimizer, x, y, bf16=False)  # warm-up (also starts the workers)
+    best = 0.0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            x, y = next(stream)
+            _step(model, optimizer, x, y, bf16=False)
+        best = max(best, steps * cfg.batch_size / (time.perf_counter() - t0))
+    del stream
+    return best
+
+
+def make_tiny_folder(root: Path, per_class: int, size: int = 40) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", per_class), ("test", 2)):
+        for name, colour in (("hotdog", (200, 60, 40)), ("not-hotdog", (40, 80, 200))):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                pixels = np.clip(np.array(colour) + rng.normal(0, 40, (size, size, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i:03d}.png")
+    return root
+
+
+def run_cells(args: argparse.Namespace, data_dir: Path, log) -> dict:
+    cells, decode = [], []
+    for size in args.sizes:
+        t0 = time.perf_counter()
+        data = prepare_data(data_dir, size, val_fraction=0.1, split_seed=0)
+        seconds = time.perf_counter() - t0
+        n = len(data.train) + (len(data.val) if data.val is not None else 0)
+        decode.append({"size": size, "stored_size": stored_size(size), "images": n, "seconds": round(seconds, 2), "images_per_s": round(n / seconds, 1)})
+        log(f"decoded {n} images at {stored_size(size)} px in {seconds:.1f}s ({n / seconds:.0f}/s)")
+        for depth in args.freeze:
+            cfg = TrainConfig(
+                data_dir=str(data_dir), image_size=size, weights="none", freeze_depth=depth, batch_size=args.batch_size,
+                augment="d2l", device="cpu", threads=args.threads, val_fraction=0.1,
+            ).validate()
+            load_before = load_average()
+            a = measure_limit(cfg, args.steps, args.repeats, len(data.classes))
+            b = measure_trainable(cfg, data, args.steps, args.repeats)
+            c = measure_naive(cfg, data_dir / "train", args.steps, args.repeats, args.workers)
+            cell = {
+                "size": size, "freeze": depth, "a": round(a, 2), "b": round(b["images_per_s"], 2),
+                "b_train": round(b["train_images_per_s"], 2), "b_first_epoch": round(b["first_epoch_images_per_s"], 2),
+                "b_eval_share": round(b["eval_share"], 3), "c": round(c, 2),
+                "b_over_a": round(b["images_per_s"] / a, 3), "b_over_c": round(b["images_per_s"] / c, 3),
+                "load_before": load_before, "load_after": load_average(),
+            }
+            cells.append(cell)
+            log(f"{size}px freeze {depth}: a {a:.1f}  b {b['images_per_s']:.1f} (train {b['train_images_per_s']:.1f})  c {c:.1f} img/s")
+        del data
+    return {"decode": decode, "cells": cells}
+
+
+def print_cells(result: dict, console) -> None:
+    from rich.table import Table
+
+    table = Table(title="training images/s: a = bare step (limit), b = trainable epoch, c = naive ImageFolder+DataLoader", title_justify="left")
+    for col in ["size", "freeze", "a limit", "b trainable", "b train only", "b 1st epoch", "c naive", "b/a", "b/c", "load 1m"]:
+        table.add_column(col, justify="right")
+    for cell in result["cells"]:
+        table.add_row(
+            str(cell["size"]), str(cell["freeze"]), f"{cell['a']:.1f}", f"{cell['b']:.1f}", f"{cell['b_train']:.1f}",
+            f"{cell['b_first_epoch']:.1f}", f"{cell['c']:.1f}", f"{cell['b_over_a']:.2f}", f"{cell['b_over_c']:.2f}",
+            f"{cell['load_before'][0] if cell['load_before'] else float('nan'):.1f}",
+        )
+    console.print(table)
+    for d in result["decode"]:
+        console.print(f"decoding once per run (not in b): {d['images']} images at {d['stored_size']} px in {d['seconds']:.1f}s = {d['images_per_s']:.0f} images/s", markup=False)
+
+
+# --- scaling: whole studies --------------------------------------------------------------------------
+def stratified_subset(source: Path, target: Path, n_train: int, val_fraction: float = 0.1, seed: int = 0) -> Path:
+    """``target/{train,test}/<class>/`` of symlinks to ``n_train`` training images (an equal share per class)
+    and a test share: no image is copied."""
+    _, classes = check_layout(source)
+    rng = np.random.default_rng(seed)
+    n_test = max(len(classes), round(n_train * val_fraction))
+    for split, n in (("train", n_train), ("test", n_test)):
+        for i, name in enumerate(classes):
+            files = sorted(p for p in (source / split / name).glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            want = n // len(classes) + (1 if i < n % len(classes) else 0)
+            folder = target / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for path in rng.permutation(np.array(files, dtype=object))[:want]:
+                (folder / path.name).symlink_to(path.resolve())
+    return target
+
+
+def run_study_timed(argv: list[str], log) -> dict:
+    """Run ``python -m study.run`` and time its phases from the moments its lines appear."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "study.run", *argv], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    marks, lines = {}, []
+    for line in proc.stdout:
+        now = time.perf_counter() - t0
+        lines.append(line.rstrip())
+        if line.startswith("study ") and "started" not in marks:
+            marks["started"] = now
+        elif line.startswith("decoded ") and "decoded" not in marks:
+            marks["decoded"] = now
+            found = re.search(r"in ([\d.]+)s", line)
+            marks["decode_s"] = float(found.group(1)) if found else math.nan
+        elif "trial(s) at a time" in line and "ray_up" not in marks:
+            marks["ray_up"] = now
+            found = re.match(r"(\d+) trial", line)
+            marks["concurrent"] = int(found.group(1)) if found else 1
+    code = proc.wait()
+    marks["wall"] = time.perf_counter() - t0
+    if code != 0:
+        log("\n".join(lines[-20:]))
+        raise UserError(f"the study {argv} failed with exit code {code}")
+    return marks
+
+
+def scaling_breakdown(marks: dict, settings: dict, epochs, n_train: int, n_val: int) -> dict:
+    """Split one study's driver wall time into phases (seconds) from its lines, study.json and epochs.parquet."""
+    slots = max(1, round(settings["concurrent"]))
+    fit = float(settings["summary"]["wall_s"])
+    train_s = (n_train / epochs["images_per_s"]).clip(upper=epochs["seconds"])
+    eval_s = epochs["seconds"] - train_s
+    trials = int(epochs["trial_id"].nunique())
+    phases = {
+        "start-up": marks["started"] + (marks["ray_up"] - marks["decoded"]),  # imports, Ray start
+        "data preparation": marks["decode_s"],
+        "training": float(train_s.sum()) / slots,
+        "evaluation": float(eval_s.sum()) / slots,
+    }
+    phases["Ray overhead"] = max(0.0, marks["wall"] - sum(phases.values()))  # trial start-up, reporting, idle slots, shutdown
+    return {
+        "wall_s": round(marks["wall"], 1), "fit_s": round(fit, 1), "trials": trials, "slots": slots,
+        "epochs_trained": int(len(epochs)), "train_images_per_s_per_trial": round(float(epochs["images_per_s"].median()), 2),
+        "eval_images_per_s_per_trial": round(float(n_val / eval_s[eval_s > 0].median()), 2) if (eval_s > 0).any() else None,
+        "phases_s": {k: round(v, 1) for k, v in phases.items()},
+        "shares": {k: round(v / marks["wall"], 3) for k, v in phases.items()},
+        "ray_overhead_per_trial_s": round(max(0.0, fit * slots - float(epochs["seconds"].sum())) / max(trials, 1), 1),
+    }
+
+
+def project_full(measured: dict, samples: int, full_train: int, full_val: int, full_decode_s: float) -> dict:
+    """The same study on the full data: measured rates, start-up and per-trial overhead; ASHA's pattern of
+    epochs per trial taken as measured on the subset (real data may stop different trials)."""
+    slots = measured["slots"]
+    epochs = measured["epochs_trained"] * samples / max(measured["trials"], 1)
+    per_epoch = full_train / measured["train_images_per_s_per_trial"] + (full_val / measured["eval_images_per_s_per_trial"] if measured["eval_images_per_s_per_trial"] else 0)
+    compute = epochs * per_epoch / slots
+    overhead = measured["ray_overhead_per_trial_s"] * samples / slots
+    startup = measured["phases_s"]["start-up"]
+    total = startup + full_decode_s + compute + overhead
+    return {"samples": samples, "epochs_trained": round(epochs, 1), "train_images": full_train, "val_images": full_val,
+            "seconds": round(total, 0), "minutes": round(total / 60, 1),
+            "parts_s": {"start-up": round(startup, 1), "data preparation": round(full_decode_s, 1),
+                        "training + evaluation": round(compute, 1), "Ray overhead": round(overhead, 1)}}
+
+
+def run_scaling(args: argparse.Namespace, data_dir: Path, log) -> dict:
+    import pandas as pd
+
+    _, classes = check_layout(data_dir)
+    full_train_all = sum(1 for name in classes for p in (data_dir / "train" / name).glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    full_val = max(1, round(full_train_all * 0.1))
+    full_train = full_train_all - full_val
+    out = {"measured_on": {}, "studies": [], "projected_full": []}
+    with tempfile.TemporaryDirectory(prefix="bench-scaling-") as tmp:
+        subset = stratified_subset(data_dir, Path(tmp) / "data", args.scaling_images)
+        n_val = max(1, round(args.scaling_images * 0.1))
+        n_train = args.scaling_images - n_val
+        out["measured_on"] = {"data_dir": str(data_dir), "subset_train_images": n_train, "subset_val_images": n_val,
+                              "image_size": args.scaling_size, "epochs": args.scaling_epochs, "weights": "none",
+                              "batch_size": args.scaling_batch_size}
+        for samples in args.scaling_samples:
+            name = f"scaling-{samples}"
+            argv = ["--samples", str(samples), "--data-dir", str(subset), "--weights", "none", "--epochs", str(args.scaling_epochs),
+                    "--image-size", str(args.scaling_size), "--batch-size", str(args.scaling_batch_size),
+                    "--results-dir", str(Path(tmp) / "results"), "--name", name]
+            log(f"study of {samples} trials on {n_train}+{n_val} images: python -m study.run {' '.join(argv)}")
+            load_before = load_average()
+            marks = run_study_timed(argv, log)
+            folder = Path(tmp) / "results" / name
+            settings = json.loads((folder / "study.json").read_text())
+            trials = pd.read_parquet(folder / "trials.parquet")
+            epochs = pd.read_parquet(folder / "epochs.parquet")
+            settings["concurrent"] = marks.get("concurrent", 1)
+            measured = scaling_breakdown(marks, settings, epochs, n_train, n_val)
+            measured.update(samples=samples, load_before=load_before, load_after=load_average(),
+                            status_counts={str(k): int(v) for k, v in trials["status"].value_counts().items()})
+            out["studies"].append(measured)
+            log(f"  {samples} trials: {measured['wall_s']:.0f}s wall, {measured['epochs_trained']} epochs, shares {measured['shares']}")
+            decode_rate = (n_train + n_val) / marks["decode_s"] if marks["decode_s"] > 0 else math.inf
+            full_decode = (full_train + full_val) / decode_rate
+            out["projected_full"].append(project_full(measured, samples, full_train, full_val, full_decode))
+    return out
+
+
+def print_scaling(result: dict, console) -> None:
+    from rich.table import Table
+
+    m = result["measured_on"]
+    table = Table(title=f"MEASURED: studies on a subset of {m['subset_train_images']}+{m['subset_val_images']} images, "
+                        f"{m['image_size']} px, {m['epochs']} epochs, weights {m['weights']}", title_justify="left")
+    phases = ["start-up", "data preparation", "training", "evaluation", "Ray overhead"]
+    for col in ["samples", "wall s", "epochs", "img/s/trial", *phases, "Ray s/trial"]:
+        table.add_column(col, justify="right")
+    for s in result["studies"]:
+        table.add_row(str(s["samples"]), f"{s['wall_s']:.0f}", str(s["epochs_trained"]), f"{s['train_images_per_s_per_trial']:.1f}",
+                      *[f"{s['phases_s'][p]:.0f}s {100 * s['shares'][p]:.0f}%" for p in phases], f"{s['ray_overhead_per_trial_s']:.1f}")
+    console.print(table)
+    table = Table(title="PROJECTED (not measured): the same studies on the full data, from the rates measured above", title_justify="left")
+    for col in ["samples", "train+val images", "epochs", "start-up s", "data prep s", "train+eval s", "Ray s", "total min"]:
+        table.add_column(col, justify="right")
+    for p in result["projected_full"]:
+        parts = p["parts_s"]
+        table.add_row(str(p["samples"]), f"{p['train_images']}+{p['val_images']}", f"{p['epochs_trained']:.0f}", f"{parts['start-up']:.0f}",
+                      f"{parts['data preparation']:.0f}", f"{parts['training + evaluation']:.0f}", f"{parts['Ray overhead']:.0f}", f"{p['minutes']:.1f}")
+    console.print(table)
+
+
+# --- main --------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    from rich.console import Console
+
+    args = parse_args(argv)
+    console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+
+    def log(message: str) -> None:
+        console.print(message, markup=False)
+        sys.stdout.flush()
+
+    report = {"machine": machine(), "load_start": load_average(), "busy_processes_start": busy_processes()}
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-tiny-") as tmp:
+        if args.tiny and not args.data_dir:
+            data_dir = make_tiny_folder(Path(tmp), per_class=max(8, args.batch_size * (args.steps * args.repeats + 2) // 2 + 4))
+        else:
+            data_dir = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
+            check_layout(data_dir)
+        data_dir = data_dir.resolve()
+        log(f"bench on {data_dir}: {report['machine']['cpu']}, {report['machine']['cpus']} CPUs, load {report['load_start']}")
+        for line in report["busy_processes_start"]:
+            log(f"  busy: {line}")
+        report["settings"] = {
+            "data_dir": str(data_dir), "sizes": args.sizes, "freeze": args.freeze, "batch_size": args.batch_size,
+            "steps": args.steps, "repeats": args.repeats, "images_per_window": args.steps * args.batch_size,
+            "threads": args.threads or available_cpus(), "workers": args.workers, "tiny": args.tiny,
+        }
+        if args.scaling:
+            report["scaling"] = run_scaling(args, data_dir, log)
+            print_scaling(report["scaling"], console)
+        else:
+            report.update(run_cells(args, data_dir, log))
+            print_cells(report, console)
+    report["load_end"] = load_average()
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    log(f"load average (1, 5, 15 min) at start {report['load_start']}, at end {report['load_end']}; {report['seconds']:.0f}s in all")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
