@@ -20,7 +20,10 @@ from tests.test_study import ROOT, _wait_for, interrupted_then_resumed, make_ima
 
 @pytest.mark.slow
 def test_driver_killed_hard_then_resumed_keeps_every_trial_and_continues_checkpoints(tmp_path):
-    before, after, folder = interrupted_then_resumed(tmp_path, signal.SIGKILL)
+    left_behind: dict = {}
+    before, after, folder = interrupted_then_resumed(tmp_path, signal.SIGKILL, left_behind)
+    # the watchdog ended the Ray processes of the killed driver (raylet, GCS, agents, workers)
+    assert not left_behind, [p.cmdline() for p in left_behind.values() if p.is_running()]
     assert len(after) == 4 and after["trial_id"].is_unique and (after["status"] == "completed").all()
     epochs = pd.read_parquet(folder / "epochs.parquet")
     assert not epochs.duplicated(["trial_id", "epoch"]).any()
@@ -40,26 +43,6 @@ def _ray_processes_of(pid: int) -> list[psutil.Process]:
         return psutil.Process(pid).children(recursive=True)
     except psutil.Error:
         return []
-
-
-@pytest.mark.slow
-def test_a_hard_killed_driver_leaves_no_ray_processes_behind(tmp_path):
-    data = make_images(tmp_path / "data", per_class=16)
-    proc = subprocess.Popen([sys.executable, "-m", "study.run", *study_args(data, tmp_path / "r", "k", 2, 3)],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    children: dict[int, psutil.Process] = {}
-
-    def trials_running() -> bool:
-        children.update({p.pid: p for p in _ray_processes_of(proc.pid)})
-        return (tmp_path / "r" / "k" / "epochs.parquet").exists()
-
-    assert _wait_for(trials_running, 300, proc)
-    ray_procs = [p for p in children.values() if p.is_running()]
-    assert any("raylet" in " ".join(p.cmdline()) for p in ray_procs if p.is_running())
-    proc.kill()
-    proc.wait()
-    _, alive = psutil.wait_procs(ray_procs, timeout=30)
-    assert not alive, [p.cmdline() for p in alive]
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pandas as pd
+import psutil
 import pytest
 from PIL import Image
 
@@ -159,7 +160,9 @@ def _wait_for(predicate, timeout: float, proc: subprocess.Popen) -> bool:
     return False
 
 
-def interrupted_then_resumed(tmp_path: Path, sig: int) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
+def interrupted_then_resumed(tmp_path: Path, sig: int, descendants: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
+    """Start a 4-trial study, send it ``sig`` partway, resume it. ``descendants`` collects the driver's child
+    processes (Ray's) seen until the signal, as psutil.Process objects by pid."""
     data = make_images(tmp_path / "data", per_class=24)
     results = tmp_path / "r"
     args = ["--samples", "4", "--data-dir", str(data), "--weights", "none", "--epochs", "3", "--image-size", "48",
@@ -168,6 +171,8 @@ def interrupted_then_resumed(tmp_path: Path, sig: int) -> tuple[pd.DataFrame, pd
     proc = subprocess.Popen([sys.executable, "-m", "study.run", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     def partway() -> bool:  # one trial finished and another one has a checkpointed epoch
+        if descendants is not None:
+            descendants.update({p.pid: p for p in psutil.Process(proc.pid).children(recursive=True)})
         trials = pd.read_parquet(folder / "trials.parquet")
         running = trials[trials["status"] == "running"]
         return (trials["status"] != "running").sum() >= 1 and (running["epochs_run"] >= 1).any()
@@ -176,6 +181,10 @@ def interrupted_then_resumed(tmp_path: Path, sig: int) -> tuple[pd.DataFrame, pd
     proc.send_signal(sig)
     proc.communicate(timeout=120)
     assert reached, "the study ended before it could be interrupted"
+    if descendants is not None:  # what the interrupted driver left behind, before a new driver starts
+        _, alive = psutil.wait_procs(list(descendants.values()), timeout=30)
+        descendants.clear()
+        descendants.update({p.pid: p for p in alive})
     before = pd.read_parquet(folder / "trials.parquet")
     resumed = subprocess.run([sys.executable, "-m", "study.run", "--resume", "--name", "s", "--results-dir", str(results)],
                              cwd=ROOT, capture_output=True, text=True, timeout=600)
