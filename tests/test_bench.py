@@ -72,3 +72,24 @@ def test_scaling_breakdown_and_projection_add_up():
     assert p["epochs_trained"] == 8.0  # 4 epochs per 2 trials, for 4 trials
     assert p["parts_s"]["training + evaluation"] == 8 * (900 / 10 + 100 / 20) / 2
     assert math.isclose(p["seconds"], 7.0 + 15.0 + 380.0 + 18.0, abs_tol=1)
+
+
+def test_augmentation_runs_on_one_thread_and_restores_the_count():
+    import torch
+
+    import trainable  # noqa: F401
+    from trainable.augment import augment_batch, train_transform
+
+    images = torch.randint(0, 256, (4, 3, 40, 40), dtype=torch.uint8)
+    transform = train_transform("d2l", 32)
+    before = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (2, 1):
+            torch.set_num_threads(threads)
+            torch.manual_seed(0)
+            outs.append(augment_batch(images, transform))
+            assert torch.get_num_threads() == threads  # the caller's count is back
+        assert torch.equal(outs[0], outs[1])  # the same crops whatever the caller's thread count
+    finally:
+        torch.set_num_threads(before)
