@@ -56,7 +56,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def check_writable(folder: Path) -> None:
+def check_writable(folder: Path, option: str = "--results-dir") -> None:
     """Fail before any work if results cannot be written there."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -64,7 +64,7 @@ def check_writable(folder: Path) -> None:
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
-        raise UserError(f"cannot write results to {folder} ({exc.strerror or exc}): pass --results-dir a writable folder") from None
+        raise UserError(f"cannot write results to {folder} ({exc.strerror or exc}): pass {option} a writable folder") from None
 
 
 def newest_study(results_dir: Path) -> Path:

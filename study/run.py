@@ -104,12 +104,31 @@ def default_name(data_dir: str | None) -> str:
     return f"{stem}-{dt.datetime.now():%Y%m%d-%H%M%S}"
 
 
+def check_reachable(address: str) -> None:
+    """Fail at once where nothing listens at ``address``: ray.init would retry it for minutes."""
+    if address in ("auto", "local") or "://" in address:
+        return
+    import socket
+
+    try:  # 127.0.0.1 -> the node's IP, as ray.init does (Ray's GCS may listen on that IP only)
+        from ray._private.services import canonicalize_bootstrap_address
+    except ImportError:  # a Ray without it: probe the address as given
+        canonicalize_bootstrap_address = str
+    try:
+        host, _, port = canonicalize_bootstrap_address(address).rpartition(":")
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot reach the Ray cluster at {address} ({exc}): start it with ray start --head, or check --address") from None
+
+
 def start_ray(address: str | None) -> None:
     import ray
 
     from . import reaper
 
-    if not address:
+    if address:
+        check_reachable(address)
+    else:
         reaper.spawn()  # ends this driver's local Ray processes even if it is killed hard
     kwargs = dict(logging_level=logging.ERROR, log_to_driver=False, configure_logging=True)
     try:
@@ -119,7 +138,9 @@ def start_ray(address: str | None) -> None:
             ray.init(include_dashboard=False, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-        raise UserError(f"cannot start or reach {where} ({str(exc).splitlines()[0]}): check --address, or leave it out") from None
+        auth = ("; a cluster with token authentication (ray start --head's default where ~/.ray/auth_token exists) "
+                "also needs RAY_AUTH_MODE=token here") if address and not os.environ.get("RAY_AUTH_MODE") else ""
+        raise UserError(f"cannot start or reach {where} ({str(exc).splitlines()[0]}): check --address, or leave it out{auth}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         folder = StudyFolder(results_dir / name)
         if folder.exists():
             raise UserError(f"a study named {name!r} already exists in {results_dir}: pass --resume to continue it, or choose another --name")
+        if args.storage and "://" not in args.storage:
+            check_writable(Path(args.storage).expanduser().resolve(), "--storage")  # before any study folder is made
         created = not folder.path.exists()
         check_writable(folder.path)
         experiment = Path(args.storage).expanduser().resolve() / name if args.storage and "://" not in args.storage else (

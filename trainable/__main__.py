@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .cli import add_data_options, add_hyperparameter_options, run_main
+from .cli import add_data_options, add_hyperparameter_options, check_output_folder, run_main
 from .config import TrainConfig
 from .errors import UserError
 from .loop import Checkpoint, EpochMetrics, train
@@ -44,6 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(args, argv)
     if args.resume and not Checkpoint.exists(args.checkpoint_dir):
         raise UserError(f"--resume needs a checkpoint: none in {args.checkpoint_dir!r}; pass the --checkpoint-dir of the earlier run")
+    if args.checkpoint_dir:
+        check_output_folder(args.checkpoint_dir, "--checkpoint-dir")
+    if args.save_weights:
+        if Path(args.save_weights).expanduser().is_dir():
+            raise UserError(f"--save-weights {args.save_weights} is a folder: pass the path of a file to write")
+        check_output_folder(Path(args.save_weights).expanduser().parent, "--save-weights")
 
     def log(message: str) -> None:
         print(message, file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from .config import AUGMENT_POLICIES, TrainConfig
 from .errors import UserError
@@ -31,6 +32,18 @@ def add_hyperparameter_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--freeze-depth", type=int, default=d.freeze_depth, help="frozen leading stages of stem, layer1-4; 5 = head only (default: %(default)s)")
     parser.add_argument("--augment", default=d.augment, choices=AUGMENT_POLICIES, help="(default: %(default)s)")
     parser.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
+
+
+def check_output_folder(folder: str | Path, option: str) -> None:
+    """Fail before training, not after it, when ``folder`` cannot be created or written."""
+    folder = Path(folder).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"cannot write to {folder} ({exc.strerror or exc}): pass {option} a writable path") from None
 
 
 def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> None:

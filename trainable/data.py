@@ -17,6 +17,7 @@ import tempfile
 import urllib.request
 import warnings
 import zipfile
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,22 +175,25 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode_image(path: Path, size: int) -> np.ndarray:
-    """One file to a ``3 x size x size`` uint8 array. Raises OSError/ValueError for unreadable files."""
+def decode_image(path: Path, size: int, modes: list[str] | None = None) -> np.ndarray:
+    """One file to a ``3 x size x size`` uint8 array. Raises OSError/ValueError for unreadable files.
+    A file in another mode than RGB has its mode appended to ``modes`` (when given)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # PIL warns on odd metadata; broken files raise below
         with Image.open(path) as img:
+            if modes is not None and img.mode != "RGB":
+                modes.append(img.mode)
             img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when the image is much larger
             img = ImageOps.exif_transpose(img)
             img = _to_rgb(img).resize((size, size), Image.BILINEAR)
             return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
 
 
-def _decode_all(files: list[tuple[Path, int]], size: int, skipped: list[str]) -> Split:
+def _decode_all(files: list[tuple[Path, int]], size: int, skipped: list[str], modes: list[str] | None = None) -> Split:
     def work(item):
         path, label = item
         try:
-            return decode_image(path, size), label
+            return decode_image(path, size, modes), label
         except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
             return f"{path}: {exc}", label
 
@@ -205,6 +209,12 @@ def _decode_all(files: list[tuple[Path, int]], size: int, skipped: list[str]) ->
             images[n], labels[n] = decoded, label
             n += 1
     return Split(images[:n], labels[:n])
+
+
+def _not_images(split_dir: Path, classes: list[str]) -> list[Path]:
+    """Files in the class folders that are left out for their suffix (hidden files aside)."""
+    return sorted(p for name in classes for p in (split_dir / name).rglob("*")
+                  if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES and not p.name.startswith("."))
 
 
 def _files(split_dir: Path, classes: list[str]) -> list[tuple[Path, int]]:
@@ -236,19 +246,29 @@ def prepare_data(
     root, classes = check_layout(data_dir if data_dir is not None else fetch_hotdog(), need_test=with_test)
     size = stored_size(image_size)
     skipped: list[str] = []
-    train_all = _decode_all(_files(root / "train", classes), size, skipped)
+    modes: list[str] = []
+    train_all = _decode_all(_files(root / "train", classes), size, skipped, modes)
     for label, name in enumerate(classes):
         count = int((train_all.labels == label).sum())
         if count < (2 if val_fraction > 0 else 1):
+            broken = [s for s in skipped if s.startswith(f"{root / 'train' / name}{os.sep}")]
             raise UserError(
                 f"class {name!r} has {count} readable image(s) in {root / 'train' / name}: at least 2 are needed "
                 "(one for training, one for validation); add images"
+                + (f" ({len(broken)} file(s) there could not be decoded, e.g. {broken[0]})" if broken else "")
             )
-    test = _decode_all(_files(root / "test", classes), size, skipped) if with_test else None
+    test = _decode_all(_files(root / "test", classes), size, skipped, modes) if with_test else None
     if test is not None and len(test) == 0:
         raise UserError(f"{root / 'test'} holds no readable images: add test images")
-    if skipped and log is not None:
-        log(f"skipped {len(skipped)} unreadable file(s), e.g. {skipped[0]}")
+    if log is not None:
+        ignored = [p for split in (["train", "test"] if with_test else ["train"]) for p in _not_images(root / split, classes)]
+        if ignored:
+            log(f"ignored {len(ignored)} file(s) without an image suffix, e.g. {ignored[0]}")
+        if skipped:
+            log(f"skipped {len(skipped)} unreadable file(s), e.g. {skipped[0]}")
+        if modes:
+            counts = ", ".join(f"{mode} x{n}" for mode, n in sorted(Counter(modes).items()))
+            log(f"converted {len(modes)} image(s) to 8-bit RGB from other modes ({counts}): transparency on white, 16-bit scaled to 8-bit")
     if val_fraction > 0:
         train_idx, val_idx = stratified_split(train_all.labels, val_fraction, split_seed)
         train, val = train_all.subset(train_idx), train_all.subset(val_idx)
