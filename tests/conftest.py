@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import trainable.tv_compat  # noqa: F401  (before any test imports torchvision)
+
 # Distinct base colours per class (RGB): a model separates them after a step or two.
 CLASS_COLOURS = [(220, 40, 40), (40, 70, 220), (40, 200, 60), (230, 200, 30)]
 

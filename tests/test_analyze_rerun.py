@@ -14,7 +14,7 @@ import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
-import trainable  # noqa: F401  (first: the torchvision-on-CPU import fix)
+import trainable.tv_compat  # noqa: F401  (first: the torchvision-on-CPU import fix)
 
 import numpy as np
 import optuna

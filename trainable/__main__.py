@@ -8,12 +8,9 @@ import math
 import sys
 from pathlib import Path
 
-import torch
-
 from .cli import add_data_options, add_hyperparameter_options, check_output_folder, run_main
 from .config import TrainConfig
 from .errors import UserError
-from .loop import Checkpoint, EpochMetrics, train
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -42,6 +39,10 @@ def config_from_args(args: argparse.Namespace, argv: list[str] | None) -> TrainC
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = config_from_args(args, argv)
+    import torch  # only now: a wrong option is answered without importing torch
+
+    from .loop import Checkpoint, EpochMetrics, train
+
     if args.resume and not Checkpoint.exists(args.checkpoint_dir):
         raise UserError(f"--resume needs a checkpoint: none in {args.checkpoint_dir!r}; pass the --checkpoint-dir of the earlier run")
     if args.checkpoint_dir:
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(message, file=sys.stderr)
 
-    def on_epoch(m: EpochMetrics, save) -> None:
+    def on_epoch(m: "EpochMetrics", save) -> None:
         if args.checkpoint_dir:
             save(args.checkpoint_dir)
         flag = "  DIVERGED (loss is NaN/inf)" if m.diverged else ""

@@ -195,12 +195,12 @@ def train(
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(y)
         train_seconds = time.perf_counter() - t0
+        # The last step may have blown the weights up though its own loss was finite: no later epoch recovers.
+        diverged = diverged or not all(torch.isfinite(p).all() for p in model.parameters())
         if diverged:
             val_loss, val_acc = math.nan, math.nan
         elif data.val is not None and len(data.val):
             val_loss, val_acc = evaluate(model, data.val, cfg, device, bf16, channels_last)
-            if not math.isfinite(val_loss):  # the last step blew the weights up: no later epoch can recover
-                diverged, val_loss, val_acc = True, math.nan, math.nan
         else:
             val_loss, val_acc = math.nan, math.nan
         metrics = EpochMetrics(

@@ -7,8 +7,8 @@ extension (``torchvision/_C.so``) cannot load, and ``import torchvision`` then f
 models and transforms; the compiled ops themselves (nms, roi_align, ``torchvision.io`` decoding) stay
 unavailable, which is why images are decoded with PIL.
 
-This module must be imported before torchvision in every process (Ray workers included): importing
-``trainable`` does that. It does nothing when the extension loads (a CUDA build, or a matching CPU build).
+This module must be imported before torchvision in every process (Ray workers included): every module of
+``trainable`` that uses torchvision imports it first; other code imports ``trainable.tv_compat`` itself. It does nothing when the extension loads (a CUDA build, or a matching CPU build).
 """
 
 from __future__ import annotations
