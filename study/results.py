@@ -115,7 +115,11 @@ class StudyTables:
                    "last_val_acc", "epochs_run", "status", "error", "seconds", "images_per_s", "seed",
                    "node_id", "node_ip", "hostname"]
         trials = pd.DataFrame(list(self.trials.values())).reindex(columns=columns)
-        trials = trials.sort_values(["best_val_acc", "epochs_run", "optuna_trial"], ascending=[False, False, True], na_position="last")
+        # Diverged and errored trials rank last whatever they reached before: their recipe is not one to rerun.
+        failed = trials["status"].isin(["diverged", "errored"])
+        trials = trials.assign(_failed=failed).sort_values(
+            ["_failed", "best_val_acc", "epochs_run", "optuna_trial"], ascending=[True, False, False, True], na_position="last"
+        ).drop(columns="_failed")
         trials["rank"] = range(1, len(trials) + 1)
         trials = trials.astype({"best_epoch": "Int64", "optuna_trial": "Int64", "epochs_run": "Int64", "rank": "int64"})
         epochs = pd.DataFrame(list(self.epochs.values())).reindex(columns=EPOCH_COLUMNS)

@@ -205,3 +205,21 @@ def test_a_study_interrupted_and_resumed_ends_with_every_trial_once(tmp_path):
     assert not epochs.duplicated(["trial_id", "epoch"]).any()
     states = optuna_states(folder, "s")
     assert sum(s == optuna.trial.TrialState.COMPLETE for s in states.values()) == 4
+
+
+def test_diverged_and_errored_trials_rank_after_every_usable_one(tmp_path):
+    from study.results import StudyTables
+
+    tables = StudyTables(tmp_path, ["lr"], max_epochs=2, seed=0)
+    for trial_id, lr, accs, error in (("ok", 0.01, [0.6, 0.7], None), ("nan", 9.0, [0.9, None], None), ("err", 0.1, [0.95], "boom")):
+        tables.on_start(trial_id, {"lr": lr, "optuna_trial": len(tables.trials)})
+        for epoch, acc in enumerate(accs, 1):
+            tables.on_result(trial_id, {"lr": lr}, {"epoch": epoch, "val_acc": float("nan") if acc is None else acc,
+                                                    "diverged": acc is None, "seconds": 1.0, "images_per_s": 10.0})
+        tables.on_end(trial_id, {"lr": lr}, error)
+    tables.write()
+    trials = pd.read_parquet(tmp_path / "trials.parquet").set_index("trial_id")
+    assert trials.loc["ok", "rank"] == 1 and trials.loc["ok", "status"] == "completed"
+    assert trials.loc["nan", "status"] == "diverged" and trials.loc["err", "status"] == "errored"
+    assert set(trials.loc[["nan", "err"], "rank"]) == {2, 3}
+    assert trials.loc["nan", "best_val_acc"] == 0.9  # what it reached before diverging is kept, but ranks last
