@@ -41,6 +41,8 @@ def _load_error_reason(exc: BaseException) -> str:
     if lines and lines[0].startswith("Weights only load failed"):
         detail = [line for line in lines[1:] if not line.startswith(("Please file an issue", "Check the documentation"))]
         reason = detail[0].removeprefix("WeightsUnpickler error:").strip() if detail else "unsupported content"
+        if reason.startswith("Unsupported operand"):  # the pickle opcodes make no sense: not torch.save output at all
+            return "not a file written by torch.save"
         return f"refused by the safe loader: {reason}"
     return lines[0] if lines else type(exc).__name__
 
