@@ -12,8 +12,9 @@ c  naive      the trainable a user copies from Ray Tune's tutorial: ImageFolder 
               (``--workers``) + RandomResizedCrop/flip/ToTensor/Normalize, fp32, contiguous, decoding
               every image every epoch (training only: its validation is not counted, which favours c).
 
-Every figure covers the same number of images (``--steps`` x ``--batch-size``) after a warm-up, and is
-the best of ``--repeats`` windows (other work on the machine only ever slows a window down).
+Every figure covers the same number of images (``--steps`` x ``--batch-size``) after a warm-up; a, b and
+c are measured in turn ``--repeats`` times (a, b, c, a, b, c, ...), so a change in the machine's load hits
+all three alike, and each keeps its best window (other work on the machine only ever slows one down).
 
 ``--scaling`` instead times whole studies (``python -m study.run``) of ``--scaling-samples`` trials on a
 stratified ``--scaling-images`` subset of the data (symlinks in a temporary folder), splits each wall time
@@ -166,24 +167,33 @@ def _step(model, optimizer, x, y, bf16: bool) -> None:
     loss.item()
 
 
-def measure_limit(cfg: TrainConfig, steps: int, repeats: int, classes: int = 2) -> float:
-    """a: images/s of the bare training step on normalised tensors already in memory."""
-    import torch
+class Limit:
+    """a: the bare training step on one normalised batch already in memory, at the trainable's settings."""
 
-    torch.set_num_threads(cfg.threads or available_cpus())
-    bf16 = use_bf16(cfg.precision, torch.device("cpu"))
-    model, optimizer = _model(cfg, classes, channels_last=True)
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size, generator=gen).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, classes, (cfg.batch_size,), generator=gen)
-    _step(model, optimizer, x, y, bf16)  # warm-up: oneDNN primitives, allocator
-    best = 0.0
-    for _ in range(repeats):
+    def __init__(self, cfg: TrainConfig, classes: int = 2):
+        import torch
+
+        self.cfg = cfg
+        self.bf16 = use_bf16(cfg.precision, torch.device("cpu"))
+        self.model, self.optimizer = _model(cfg, classes, channels_last=True)
+        gen = torch.Generator().manual_seed(0)
+        self.x = torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size, generator=gen).contiguous(memory_format=torch.channels_last)
+        self.y = torch.randint(0, classes, (cfg.batch_size,), generator=gen)
+
+    def warm_up(self) -> None:
+        import torch
+
+        torch.set_num_threads(self.cfg.threads or available_cpus())
+        _step(self.model, self.optimizer, self.x, self.y, self.bf16)  # oneDNN primitives, allocator
+
+    def window(self, steps: int) -> float:
+        import torch
+
+        torch.set_num_threads(self.cfg.threads or available_cpus())
         t0 = time.perf_counter()
         for _ in range(steps):
-            _step(model, optimizer, x, y, bf16)
-        best = max(best, steps * cfg.batch_size / (time.perf_counter() - t0))
-    return best
+            _step(self.model, self.optimizer, self.x, self.y, self.bf16)
+        return steps * self.cfg.batch_size / (time.perf_counter() - t0)
 
 
 def bench_subset(data: PreparedData, n_train: int, val_fraction: float, seed: int = 0) -> PreparedData:
@@ -200,22 +210,25 @@ def bench_subset(data: PreparedData, n_train: int, val_fraction: float, seed: in
     return PreparedData(data.classes, data.stored_size, take(data.train, n_train), val, None, [], data.root)
 
 
-def measure_trainable(cfg: TrainConfig, data: PreparedData, steps: int, repeats: int) -> dict:
-    """b: ``repeats + 1`` real epochs of ``train`` on ``steps`` batches; the first is the warm-up."""
-    from trainable import train
+class Trainable:
+    """b: one real epoch of ``trainable.loop.train`` (augmentation, steps, the epoch's validation) on
+    ``steps`` batches of the decoded data, with the validation share of a real epoch."""
 
-    subset = bench_subset(data, steps * cfg.batch_size, cfg.val_fraction)
-    result = train(cfg.replace(epochs=repeats + 1), subset)
-    measured = result.history[1:]
-    best = min(measured, key=lambda m: m.seconds)
-    n = len(subset.train)
-    return {
-        "images_per_s": n / best.seconds,
-        "train_images_per_s": best.images_per_s,
-        "first_epoch_images_per_s": n / result.history[0].seconds,
-        "val_images": len(subset.val) if subset.val is not None else 0,
-        "eval_share": max(0.0, 1 - (n / best.images_per_s) / best.seconds),
-    }
+    def __init__(self, cfg: TrainConfig, data: PreparedData, steps: int):
+        self.cfg = cfg.replace(epochs=1)
+        self.subset = bench_subset(data, steps * cfg.batch_size, cfg.val_fraction)
+
+    def epoch(self):
+        from trainable import train
+
+        return train(self.cfg, self.subset).history[0]
+
+    def summary(self, metrics) -> dict:
+        n = len(self.subset.train)
+        return {
+            "images_per_s": n / metrics.seconds, "train_images_per_s": metrics.images_per_s,
+            "eval_share": max(0.0, 1 - (n / metrics.images_per_s) / metrics.seconds),
+        }
 
 
 def naive_loader(train_dir: Path, size: int, batch_size: int, workers: int):
@@ -231,30 +244,59 @@ def naive_loader(train_dir: Path, size: int, batch_size: int, workers: int):
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True), len(dataset.classes)
 
 
-def measure_naive(cfg: TrainConfig, train_dir: Path, steps: int, repeats: int, workers: int) -> float:
-    """c: images/s of the naive trainable's training (decode + transforms + fp32 contiguous step)."""
-    import torch
+class Naive:
+    """c: the naive trainable's training: decode + transforms in DataLoader workers, fp32 contiguous step.
 
-    torch.set_num_threads(cfg.threads or available_cpus())
-    loader, classes = naive_loader(train_dir, cfg.image_size, cfg.batch_size, workers)
-    model, optimizer = _model(cfg, classes, channels_last=False)
+    Each window starts a fresh pass over the loader (as each epoch does) and takes its first batch
+    before the clock starts: worker start-up is left out (which favours c), the steady state is timed.
+    """
 
-    def batches():
-        while True:  # epoch after epoch, a fresh iterator (and fresh workers) each, as a training loop does
-            yield from loader
+    def __init__(self, cfg: TrainConfig, train_dir: Path, workers: int):
+        self.cfg = cfg
+        self.loader, classes = naive_loader(train_dir, cfg.image_size, cfg.batch_size, workers)
+        self.model, self.optimizer = _model(cfg, classes, channels_last=False)
 
-    stream = batches()
-    x, y = next(stream)
-    _step(model, optimizer, x, y, bf16=False)  # warm-up (also starts the workers)
-    best = 0.0
-    for _ in range(repeats):
+    def _batches(self):
+        while True:  # epoch after epoch when a window needs more batches than one pass holds
+            yield from self.loader
+
+    def warm_up(self) -> None:
+        import torch
+
+        torch.set_num_threads(self.cfg.threads or available_cpus())
+        x, y = next(iter(self.loader))
+        _step(self.model, self.optimizer, x, y, bf16=False)
+
+    def window(self, steps: int) -> float:
+        import torch
+
+        torch.set_num_threads(self.cfg.threads or available_cpus())
+        stream = self._batches()
+        x, y = next(stream)
         t0 = time.perf_counter()
         for _ in range(steps):
+            _step(self.model, self.optimizer, x, y, bf16=False)
             x, y = next(stream)
-            _step(model, optimizer, x, y, bf16=False)
-        best = max(best, steps * cfg.batch_size / (time.perf_counter() - t0))
-    del stream
-    return best
+        rate = steps * self.cfg.batch_size / (time.perf_counter() - t0)
+        stream.close()  # ends this pass's workers
+        return rate
+
+
+def measure_cell(cfg: TrainConfig, data: PreparedData, train_dir: Path, steps: int, repeats: int, workers: int) -> dict:
+    """a, b and c, warmed up, then measured in turn ``repeats`` times (a, b, c, a, b, c, ...): a change in
+    the machine's load hits all three alike; the best window of each is kept."""
+    limit, trainable_, naive = Limit(cfg, len(data.classes)), Trainable(cfg, data, steps), Naive(cfg, train_dir, workers)
+    limit.warm_up()
+    first = trainable_.epoch()  # the trainable's first epoch: its warm-up, reported
+    naive.warm_up()
+    a, c, epochs = [], [], []
+    for _ in range(repeats):
+        a.append(limit.window(steps))
+        epochs.append(trainable_.epoch())
+        c.append(naive.window(steps))
+    b = trainable_.summary(min(epochs, key=lambda m: m.seconds))
+    return {"a": max(a), "b": b["images_per_s"], "b_train": b["train_images_per_s"], "b_eval_share": b["eval_share"],
+            "b_first_epoch": trainable_.summary(first)["images_per_s"], "c": max(c)}
 
 
 def make_tiny_folder(root: Path, per_class: int, size: int = 40) -> Path:
@@ -286,18 +328,16 @@ def run_cells(args: argparse.Namespace, data_dir: Path, log) -> dict:
                 augment="d2l", device="cpu", threads=args.threads, val_fraction=0.1,
             ).validate()
             load_before = load_average()
-            a = measure_limit(cfg, args.steps, args.repeats, len(data.classes))
-            b = measure_trainable(cfg, data, args.steps, args.repeats)
-            c = measure_naive(cfg, data_dir / "train", args.steps, args.repeats, args.workers)
+            m = measure_cell(cfg, data, data_dir / "train", args.steps, args.repeats, args.workers)
             cell = {
-                "size": size, "freeze": depth, "a": round(a, 2), "b": round(b["images_per_s"], 2),
-                "b_train": round(b["train_images_per_s"], 2), "b_first_epoch": round(b["first_epoch_images_per_s"], 2),
-                "b_eval_share": round(b["eval_share"], 3), "c": round(c, 2),
-                "b_over_a": round(b["images_per_s"] / a, 3), "b_over_c": round(b["images_per_s"] / c, 3),
+                "size": size, "freeze": depth, "a": round(m["a"], 2), "b": round(m["b"], 2),
+                "b_train": round(m["b_train"], 2), "b_first_epoch": round(m["b_first_epoch"], 2),
+                "b_eval_share": round(m["b_eval_share"], 3), "c": round(m["c"], 2),
+                "b_over_a": round(m["b"] / m["a"], 3), "b_over_c": round(m["b"] / m["c"], 3),
                 "load_before": load_before, "load_after": load_average(),
             }
             cells.append(cell)
-            log(f"{size}px freeze {depth}: a {a:.1f}  b {b['images_per_s']:.1f} (train {b['train_images_per_s']:.1f})  c {c:.1f} img/s")
+            log(f"{size}px freeze {depth}: a {cell['a']:.1f}  b {cell['b']:.1f} (train {cell['b_train']:.1f})  c {cell['c']:.1f} img/s")
         del data
     return {"decode": decode, "cells": cells}
 
