@@ -21,6 +21,7 @@ from trainable import UserError
 from trainable.cli import run_main
 
 from .layout import STUDY_FILE, StudyFolder, StudySettings, newest_study
+from .summary import noise_note
 
 MIN_COMPLETE = 5  # fewer COMPLETE trials than this: importances from all trials (pruned ones by their last value)
 MIN_TRIALS = 3  # fewer usable trials than this: no importances at all
@@ -75,6 +76,17 @@ class StudyData:
     def rerun(self) -> pd.DataFrame | None:
         path = self.folder.path / RERUN_FILE
         return pd.read_parquet(path) if path.is_file() else None
+
+
+def baseline_acc(data: StudyData) -> float | None:
+    """The book's recipe's best validation accuracy, when the study ran it and it scored."""
+    baseline = data.trials[data.trials["baseline"].fillna(False).astype(bool)]
+    value = baseline.iloc[0]["best_val_acc"] if len(baseline) else None
+    return None if value is None or pd.isna(value) else float(value)
+
+
+def val_images(data: StudyData) -> int | None:
+    return data.settings.val_images or data.settings.summary.get("val_images")
 
 
 def load_study(folder: StudyFolder) -> StudyData:
@@ -364,6 +376,8 @@ def print_analysis(analysis: Analysis, top: int) -> None:
         if len(baseline) and pd.notna(baseline.iloc[0]["best_val_acc"]):
             versus = f" (the book's recipe: {baseline.iloc[0]['best_val_acc']:.3f})"
         console.print(f"best: rank 1, val acc {b['best_val_acc']:.3f}{versus}", markup=False)
+        if note := noise_note(float(b["best_val_acc"]), baseline_acc(data), val_images(data)):
+            console.print(f"note: {note}", markup=False)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -23,6 +23,7 @@ class StudySettings:
     gpus_per_trial: float = 0.0
     cpus_per_trial: float = 1.0
     created: str = ""
+    val_images: int | None = None  # validation images each trial scores on (the same split for all)
     summary: dict = field(default_factory=dict)  # filled in when the study ends
 
 

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .analyze import Analysis, StudyData, describe_range, describe_space, fmt, fmt_acc, top_table_rows
+from .analyze import Analysis, StudyData, baseline_acc, describe_range, describe_space, fmt, fmt_acc, top_table_rows, val_images
 from .layout import write_text_atomic
+from .summary import noise_note
 
 REPORT_FILE = "report.html"
 FIGURES_DIR = "figures"
@@ -406,6 +407,8 @@ def build_html(analysis: Analysis, figures: dict, top: int = 10) -> str:
         best_text = f"best validation accuracy <b>{b['best_val_acc']:.3f}</b> (rank 1, trial {fmt(b['optuna_trial'])})"
         if len(baseline) and pd.notna(baseline.iloc[0]["best_val_acc"]):
             best_text += f"; the book's recipe (baseline, * in the table) {baseline.iloc[0]['best_val_acc']:.3f}"
+        if note := noise_note(float(b["best_val_acc"]), baseline_acc(data), val_images(data)):
+            best_text += f". Note: {html.escape(note)}"
     columns, rows = top_table_rows(data, top)
     first_range = next(iter(analysis.ranges.values()), None)
     where = f"top {first_range.n_top} of {first_range.n_scored} trials lie in" if first_range else "top trials lie in"

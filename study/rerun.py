@@ -241,7 +241,8 @@ def _retrain_ray(chosen: Chosen, data, seeds: list[int], weights: dict, save) ->
         data_ref = ray.put(data)
         threads = max(1, int(cpus))
         print(f"{len(seeds)} seed(s) as Ray tasks, each with {cpus:g} CPU(s)" + (f" and {gpus:g} GPU" if gpus else ""), flush=True)
-        pending = {task.remote(chosen.config.replace(seed=s, threads=threads), data_ref, weights[s]): s for s in seeds}
+        # progress=True: Ray forwards each task's per-epoch lines to this console, prefixed with its pid
+        pending = {task.remote(chosen.config.replace(seed=s, threads=threads), data_ref, weights[s], True): s for s in seeds}
         rows = []
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)

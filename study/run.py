@@ -218,6 +218,7 @@ def run_study(args: argparse.Namespace, folder: StudyFolder, settings: StudySett
         resources, slots, message = plan_resources(args, ray.cluster_resources())
         if message:
             print(message)
+        settings.val_images = len(data.val)
         if not args.resume:
             settings.gpus_per_trial, settings.cpus_per_trial = resources["gpu"], resources["cpu"]
             folder.write_settings(settings)
@@ -253,7 +254,7 @@ def run_study(args: argparse.Namespace, folder: StudyFolder, settings: StudySett
             )
         tuner.fit()
         wall = time.perf_counter() - fit_start
-        settings.summary = print_summary(folder, settings, wall, len(data.train))
+        settings.summary = print_summary(folder, settings, wall, len(data.train), len(data.val))
         folder.write_settings(settings)
         unfinished = [t for t in _trial_statuses(folder) if t == "running"]
         if unfinished:

@@ -12,7 +12,23 @@ from rich.table import Table
 from .layout import StudyFolder, StudySettings
 
 
-def summarize(trials: pd.DataFrame, epochs: pd.DataFrame, wall_s: float, train_images: int) -> dict:
+def noise_note(best_acc: float | None, baseline_acc: float | None, val_images: int | None) -> str:
+    """How far a validation accuracy on ``val_images`` images can move by chance, and whether the lead is inside it.
+
+    The binomial standard error sqrt(p(1-p)/n); a lead over the baseline under two standard errors of a
+    difference (2 * sqrt(2) * se) is within what a different split or seed could give.
+    """
+    if best_acc is None or not val_images:
+        return ""
+    se = math.sqrt(max(best_acc * (1 - best_acc), 0.0) / val_images)
+    text = f"a validation accuracy on {val_images} images is uncertain by about +-{se:.3f} (1 standard error)"
+    if baseline_acc is not None and best_acc - baseline_acc < 2 * math.sqrt(2) * se:
+        text += (f"; the lead over the book's recipe ({best_acc - baseline_acc:+.3f}) is within chance: "
+                 "compare them on the test split with python -m study.rerun --seeds 3")
+    return text
+
+
+def summarize(trials: pd.DataFrame, epochs: pd.DataFrame, wall_s: float, train_images: int, val_images: int | None = None) -> dict:
     params = [c for c in trials.columns if c in ("lr", "head_lr_mult", "weight_decay", "momentum", "freeze_depth", "augment", "batch_size")]
     best = trials.iloc[0] if len(trials) else None
     baseline = trials[trials["baseline"] == True]  # noqa: E712 (nullable column)
@@ -29,15 +45,16 @@ def summarize(trials: pd.DataFrame, epochs: pd.DataFrame, wall_s: float, train_i
             "params": {p: _plain(best[p]) for p in params},
         },
         "baseline_val_acc": _num(baseline.iloc[0]["best_val_acc"]) if len(baseline) else None,
+        "val_images": val_images,
     }
 
 
-def print_summary(folder: StudyFolder, settings: StudySettings, wall_s: float, train_images: int) -> dict:
+def print_summary(folder: StudyFolder, settings: StudySettings, wall_s: float, train_images: int, val_images: int | None = None) -> dict:
     if not folder.trials.exists():
         print("no trial finished")
         return {}
     trials, epochs = pd.read_parquet(folder.trials), pd.read_parquet(folder.epochs)
-    summary = summarize(trials, epochs, wall_s, train_images)
+    summary = summarize(trials, epochs, wall_s, train_images, val_images)
     console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
     table = Table(title=f"study {settings.name}: top trials", title_justify="left")
     params = list(settings.space)
@@ -53,6 +70,8 @@ def print_summary(folder: StudyFolder, settings: StudySettings, wall_s: float, t
         base = summary["baseline_val_acc"]
         versus = f" vs the book's recipe (baseline, marked *) {base:.3f}" if base is not None else ""
         console.print(f"best: val acc {best['best_val_acc']:.3f}{versus} with {best['params']}", markup=False)
+        if note := noise_note(best["best_val_acc"], base, val_images):
+            console.print(f"note: {note}", markup=False)
     elif best:
         console.print("no trial reached a validation accuracy (all diverged or failed): lower the learning-rate range (--space)", markup=False)
     console.print(f"results: {folder.trials}\nnext: python -m study.analyze {folder.path}   then: python -m study.rerun {folder.path}", markup=False)

@@ -354,6 +354,17 @@ def test_book_figure_only_for_the_hotdog_set():
     assert "0.920 +- 0.020" in line and "the book: 0.940 (0.933 +- 0.012 over its builds)" in line
 
 
+def test_noise_note_says_when_a_lead_is_within_chance():
+    from study.summary import noise_note
+
+    close = noise_note(0.63, 0.57, 200)  # the real 16-trial study's best against the baseline
+    assert "+-0.034" in close and "within chance" in close and "study.rerun --seeds 3" in close
+    clear = noise_note(0.95, 0.80, 800)
+    assert "+-0.008" in clear and "within chance" not in clear
+    assert "within chance" not in noise_note(0.9, None, 100)  # no baseline to compare
+    assert noise_note(0.9, 0.8, None) == "" and noise_note(None, 0.8, 100) == ""
+
+
 # --- one real study, end to end ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def real_study(tmp_path_factory, data_dir) -> StudyFolder:
@@ -370,11 +381,18 @@ def real_study(tmp_path_factory, data_dir) -> StudyFolder:
 def test_real_study_analyze_rerun_export(real_study, tmp_path, capsys):
     from trainable.__main__ import main as trainable_main
 
+    settings = real_study.read_settings()
+    assert settings.val_images and settings.val_images == settings.summary["val_images"]
     assert analyze_mod.main([str(real_study.path)]) == 0
+    assert f"validation accuracy on {settings.val_images} images is uncertain" in capsys.readouterr().out
     check_report(real_study.path)
 
     assert rerun_mod.main([str(real_study.path), "--seeds", "2", "--epochs", "1"]) == 0
     assert "test accuracy over 2 seed(s)" in capsys.readouterr().out
+    check_rerun(real_study, seeds=2, epochs=1)
+    # the same seeds as Ray tasks side by side: the same table, in seed order
+    assert rerun_mod.main([str(real_study.path), "--seeds", "2", "--epochs", "1", "--parallel"]) == 0
+    assert "2 seed(s) as Ray tasks" in capsys.readouterr().out
     check_rerun(real_study, seeds=2, epochs=1)
 
     target = tmp_path / "best.json"
