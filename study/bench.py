@@ -67,6 +67,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scaling-images", type=int, default=200, help="training images of the subset the studies run on (default: %(default)s)")
     p.add_argument("--scaling-size", type=int, default=128, help="(default: %(default)s)")
     p.add_argument("--scaling-epochs", type=int, default=3, help="(default: %(default)s)")
+    p.add_argument("--scaling-actors", choices=["reused", "fresh", "both"], default="reused",
+                   help="reused: study.run's default (a trial's worker process runs the next trial); fresh: --fresh-actors; "
+                        "both: each study size twice, fresh then reused, side by side (default: %(default)s)")
     p.add_argument("--scaling-batch-size", type=int, default=64, help="(default: %(default)s)")
     args = p.parse_args(argv)
     tiny = args.tiny
@@ -460,12 +463,13 @@ def run_scaling(args: argparse.Namespace, data_dir: Path, log) -> dict:
         out["measured_on"] = {"data_dir": str(data_dir), "subset_train_images": n_train, "subset_val_images": n_val,
                               "image_size": args.scaling_size, "epochs": args.scaling_epochs, "weights": "none",
                               "batch_size": args.scaling_batch_size}
-        for samples in args.scaling_samples:
-            name = f"scaling-{samples}"
+        modes = ["fresh", "reused"] if args.scaling_actors == "both" else [args.scaling_actors]
+        for samples, actors in ((n, mode) for n in args.scaling_samples for mode in modes):
+            name = f"scaling-{samples}-{actors}"
             argv = ["--samples", str(samples), "--data-dir", str(subset), "--weights", "none", "--epochs", str(args.scaling_epochs),
                     "--image-size", str(args.scaling_size), "--batch-size", str(args.scaling_batch_size),
-                    "--results-dir", str(Path(tmp) / "results"), "--name", name]
-            log(f"study of {samples} trials on {n_train}+{n_val} images: python -m study.run {' '.join(argv)}")
+                    "--results-dir", str(Path(tmp) / "results"), "--name", name] + (["--fresh-actors"] if actors == "fresh" else [])
+            log(f"study of {samples} trials on {n_train}+{n_val} images, {actors} actors: python -m study.run {' '.join(argv)}")
             load_before = load_average()
             marks = run_study_timed(argv, log)
             folder = Path(tmp) / "results" / name
@@ -474,13 +478,13 @@ def run_scaling(args: argparse.Namespace, data_dir: Path, log) -> dict:
             epochs = pd.read_parquet(folder / "epochs.parquet")
             settings["concurrent"] = marks.get("concurrent", 1)
             measured = scaling_breakdown(marks, settings, epochs, n_train, n_val)
-            measured.update(samples=samples, load_before=load_before, load_after=load_average(),
+            measured.update(samples=samples, actors=actors, load_before=load_before, load_after=load_average(),
                             status_counts={str(k): int(v) for k, v in trials["status"].value_counts().items()})
             out["studies"].append(measured)
             log(f"  {samples} trials: {measured['wall_s']:.0f}s wall, {measured['epochs_trained']} epochs, shares {measured['shares']}")
             decode_rate = (n_train + n_val) / marks["decode_s"] if marks["decode_s"] > 0 else math.inf
             full_decode = (full_train + full_val) / decode_rate
-            out["projected_full"].append(project_full(measured, samples, full_train, full_val, full_decode))
+            out["projected_full"].append({**project_full(measured, samples, full_train, full_val, full_decode), "actors": actors})
     return out
 
 
@@ -491,18 +495,18 @@ def print_scaling(result: dict, console) -> None:
     table = Table(title=f"MEASURED: studies on a subset of {m['subset_train_images']}+{m['subset_val_images']} images, "
                         f"{m['image_size']} px, {m['epochs']} epochs, weights {m['weights']}", title_justify="left")
     phases = ["start-up", "data preparation", "training", "evaluation", "Ray overhead"]
-    for col in ["samples", "wall s", "epochs", "img/s/trial", *phases, "Ray s/trial"]:
+    for col in ["samples", "actors", "wall s", "epochs", "img/s/trial", *phases, "Ray s/trial"]:
         table.add_column(col, justify="right")
     for s in result["studies"]:
-        table.add_row(str(s["samples"]), f"{s['wall_s']:.0f}", str(s["epochs_trained"]), f"{s['train_images_per_s_per_trial']:.1f}",
+        table.add_row(str(s["samples"]), s.get("actors", "reused"), f"{s['wall_s']:.0f}", str(s["epochs_trained"]), f"{s['train_images_per_s_per_trial']:.1f}",
                       *[f"{s['phases_s'][p]:.0f}s {100 * s['shares'][p]:.0f}%" for p in phases], f"{s['ray_overhead_per_trial_s']:.1f}")
     console.print(table)
     table = Table(title="PROJECTED (not measured): the same studies on the full data, from the rates measured above", title_justify="left")
-    for col in ["samples", "train+val images", "epochs", "start-up s", "data prep s", "train+eval s", "Ray s", "total min"]:
+    for col in ["samples", "actors", "train+val images", "epochs", "start-up s", "data prep s", "train+eval s", "Ray s", "total min"]:
         table.add_column(col, justify="right")
     for p in result["projected_full"]:
         parts = p["parts_s"]
-        table.add_row(str(p["samples"]), f"{p['train_images']}+{p['val_images']}", f"{p['epochs_trained']:.0f}", f"{parts['start-up']:.0f}",
+        table.add_row(str(p["samples"]), p.get("actors", "reused"), f"{p['train_images']}+{p['val_images']}", f"{p['epochs_trained']:.0f}", f"{parts['start-up']:.0f}",
                       f"{parts['data preparation']:.0f}", f"{parts['training + evaluation']:.0f}", f"{parts['Ray overhead']:.0f}", f"{p['minutes']:.1f}")
     console.print(table)
 

@@ -48,6 +48,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-concurrent", type=int, default=None, help="most trials at once (default: as many as the resources fit)")
     parser.add_argument("--grace-epochs", type=int, default=1, help="ASHA: epochs before a trial may be stopped (default: %(default)s)")
     parser.add_argument("--reduction-factor", type=float, default=3, help="ASHA: keep the best 1/this at each rung (default: %(default)s)")
+    parser.add_argument("--fresh-actors", action="store_true",
+                        help="start a new Ray worker process for every trial (default: a finished trial's process runs the next one, "
+                             "which saves each trial the seconds of importing torch and Ray Tune)")
     parser.add_argument("--address", help="an existing Ray cluster (e.g. auto or HOST:6379); default: start Ray on this machine")
     parser.add_argument("--storage", help="where the Ray experiment goes (a folder every node sees, or s3://...); default: inside the study folder")
     return parser.parse_args(argv)
@@ -244,7 +247,7 @@ def run_study(args: argparse.Namespace, folder: StudyFolder, settings: StudySett
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(num_samples=settings.samples, search_alg=ConcurrencyLimiter(searcher, concurrent),
-                                            scheduler=scheduler, reuse_actors=False, trial_dirname_creator=trial_dirname),
+                                            scheduler=scheduler, reuse_actors=not args.fresh_actors, trial_dirname_creator=trial_dirname),
                 run_config=tune.RunConfig(
                     name=exp_name, storage_path=storage_path, verbose=0,
                     callbacks=[StudyCallback(folder.path, params, base.epochs, settings.seed, settings.samples)],
