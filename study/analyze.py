@@ -85,10 +85,6 @@ def baseline_acc(data: StudyData) -> float | None:
     return None if value is None or pd.isna(value) else float(value)
 
 
-def val_images(data: StudyData) -> int | None:
-    return data.settings.val_images or data.settings.summary.get("val_images")
-
-
 def load_study(folder: StudyFolder) -> StudyData:
     settings = folder.read_settings()
     if not folder.trials.is_file():
@@ -369,14 +365,11 @@ def print_analysis(analysis: Analysis, top: int) -> None:
     if imp.note:
         console.print(f"note: {imp.note}", markup=False)
     best = data.scored.head(1)
-    baseline = data.trials[data.trials["baseline"].fillna(False).astype(bool)]
     if len(best):
-        b = best.iloc[0]
-        versus = ""
-        if len(baseline) and pd.notna(baseline.iloc[0]["best_val_acc"]):
-            versus = f" (the book's recipe: {baseline.iloc[0]['best_val_acc']:.3f})"
+        b, baseline = best.iloc[0], baseline_acc(data)
+        versus = f" (the book's recipe: {baseline:.3f})" if baseline is not None else ""
         console.print(f"best: rank 1, val acc {b['best_val_acc']:.3f}{versus}", markup=False)
-        if note := noise_note(float(b["best_val_acc"]), baseline_acc(data), val_images(data)):
+        if note := noise_note(float(b["best_val_acc"]), baseline, data.settings.val_images):
             console.print(f"note: {note}", markup=False)
 
 

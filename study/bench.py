@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-import trainable  # noqa: F401  (first: makes torchvision importable)
+import trainable.tv_compat  # noqa: F401  (first: makes torchvision importable)
 from trainable import TrainConfig, UserError
 from trainable.cli import run_main
 from trainable.data import IMAGE_SUFFIXES, PreparedData, Split, check_layout, prepare_data, stored_size
@@ -170,6 +170,13 @@ def _step(model, optimizer, x, y, bf16: bool) -> None:
     loss.item()
 
 
+def _use_threads(cfg: TrainConfig) -> None:
+    """The trainable's thread count (b's ``train`` sets it itself; a and c run in turn with it, so each resets it)."""
+    import torch
+
+    torch.set_num_threads(cfg.threads or available_cpus())
+
+
 class Limit:
     """a: the bare training step on one normalised batch already in memory, at the trainable's settings."""
 
@@ -184,15 +191,11 @@ class Limit:
         self.y = torch.randint(0, classes, (cfg.batch_size,), generator=gen)
 
     def warm_up(self) -> None:
-        import torch
-
-        torch.set_num_threads(self.cfg.threads or available_cpus())
+        _use_threads(self.cfg)
         _step(self.model, self.optimizer, self.x, self.y, self.bf16)  # oneDNN primitives, allocator
 
     def window(self, steps: int) -> float:
-        import torch
-
-        torch.set_num_threads(self.cfg.threads or available_cpus())
+        _use_threads(self.cfg)
         t0 = time.perf_counter()
         for _ in range(steps):
             _step(self.model, self.optimizer, self.x, self.y, self.bf16)
@@ -264,16 +267,12 @@ class Naive:
             yield from self.loader
 
     def warm_up(self) -> None:
-        import torch
-
-        torch.set_num_threads(self.cfg.threads or available_cpus())
+        _use_threads(self.cfg)
         x, y = next(iter(self.loader))
         _step(self.model, self.optimizer, x, y, bf16=False)
 
     def window(self, steps: int) -> float:
-        import torch
-
-        torch.set_num_threads(self.cfg.threads or available_cpus())
+        _use_threads(self.cfg)
         stream = self._batches()
         x, y = next(stream)
         t0 = time.perf_counter()
@@ -498,7 +497,7 @@ def print_scaling(result: dict, console) -> None:
     for col in ["samples", "actors", "wall s", "epochs", "img/s/trial", *phases, "Ray s/trial"]:
         table.add_column(col, justify="right")
     for s in result["studies"]:
-        table.add_row(str(s["samples"]), s.get("actors", "reused"), f"{s['wall_s']:.0f}", str(s["epochs_trained"]), f"{s['train_images_per_s_per_trial']:.1f}",
+        table.add_row(str(s["samples"]), s["actors"], f"{s['wall_s']:.0f}", str(s["epochs_trained"]), f"{s['train_images_per_s_per_trial']:.1f}",
                       *[f"{s['phases_s'][p]:.0f}s {100 * s['shares'][p]:.0f}%" for p in phases], f"{s['ray_overhead_per_trial_s']:.1f}")
     console.print(table)
     table = Table(title="PROJECTED (not measured): the same studies on the full data, from the rates measured above", title_justify="left")
@@ -506,7 +505,7 @@ def print_scaling(result: dict, console) -> None:
         table.add_column(col, justify="right")
     for p in result["projected_full"]:
         parts = p["parts_s"]
-        table.add_row(str(p["samples"]), p.get("actors", "reused"), f"{p['train_images']}+{p['val_images']}", f"{p['epochs_trained']:.0f}", f"{parts['start-up']:.0f}",
+        table.add_row(str(p["samples"]), p["actors"], f"{p['train_images']}+{p['val_images']}", f"{p['epochs_trained']:.0f}", f"{parts['start-up']:.0f}",
                       f"{parts['data preparation']:.0f}", f"{parts['training + evaluation']:.0f}", f"{parts['Ray overhead']:.0f}", f"{p['minutes']:.1f}")
     console.print(table)
 

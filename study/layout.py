@@ -57,17 +57,6 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def check_writable(folder: Path, option: str = "--results-dir") -> None:
-    """Fail before any work if results cannot be written there."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"cannot write results to {folder} ({exc.strerror or exc}): pass {option} a writable folder") from None
-
-
 def newest_study(results_dir: Path) -> Path:
     candidates = sorted((p.parent for p in Path(results_dir).glob(f"*/{STUDY_FILE}")), key=lambda p: p.stat().st_mtime)
     if not candidates:

@@ -39,6 +39,22 @@ def _descendants(pid: int) -> dict[int, float]:
         return {}
 
 
+def terminate_then_kill(procs: list[psutil.Process], grace: float) -> None:
+    """SIGTERM each, SIGKILL those still alive after ``grace`` seconds, and wait for them to go."""
+    for proc in procs:
+        try:
+            proc.terminate()
+        except psutil.Error:
+            pass
+    _, still = psutil.wait_procs(procs, timeout=grace)
+    for proc in still:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(still, timeout=grace)
+
+
 def watch(driver_pid: int, interval: float = 1.0) -> int:
     try:
         driver = psutil.Process(driver_pid)
@@ -54,16 +70,10 @@ def watch(driver_pid: int, interval: float = 1.0) -> int:
         try:
             proc = psutil.Process(pid)
             if proc.create_time() == created:  # not a recycled pid
-                proc.terminate()
                 alive.append(proc)
         except psutil.Error:
             continue
-    _, still = psutil.wait_procs(alive, timeout=5)
-    for proc in still:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
+    terminate_then_kill(alive, grace=5)
     return len(alive)
 
 

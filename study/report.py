@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .analyze import Analysis, StudyData, baseline_acc, describe_range, describe_space, fmt, fmt_acc, top_table_rows, val_images
+from .analyze import Analysis, StudyData, baseline_acc, describe_range, describe_space, fmt, fmt_acc, top_table_rows
 from .layout import write_text_atomic
 from .summary import noise_note
 
@@ -400,14 +400,13 @@ def build_html(analysis: Analysis, figures: dict, top: int = 10) -> str:
 
     counts = ", ".join(f"{v} {html.escape(str(k))}" for k, v in data.trials["status"].value_counts().items())
     best = data.scored.head(1)
-    baseline = data.trials[data.trials["baseline"].fillna(False).astype(bool)]
     best_text = ""
     if len(best):
-        b = best.iloc[0]
+        b, baseline = best.iloc[0], baseline_acc(data)
         best_text = f"best validation accuracy <b>{b['best_val_acc']:.3f}</b> (rank 1, trial {fmt(b['optuna_trial'])})"
-        if len(baseline) and pd.notna(baseline.iloc[0]["best_val_acc"]):
-            best_text += f"; the book's recipe (baseline, * in the table) {baseline.iloc[0]['best_val_acc']:.3f}"
-        if note := noise_note(float(b["best_val_acc"]), baseline_acc(data), val_images(data)):
+        if baseline is not None:
+            best_text += f"; the book's recipe (baseline, * in the table) {baseline:.3f}"
+        if note := noise_note(float(b["best_val_acc"]), baseline, s.val_images):
             best_text += f". Note: {html.escape(note)}"
     columns, rows = top_table_rows(data, top)
     first_range = next(iter(analysis.ranges.values()), None)

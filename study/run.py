@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 from trainable import TrainConfig, UserError, prepare_data
-from trainable.cli import add_data_options, run_main
+from trainable.cli import add_data_options, check_output_folder, run_main
 from trainable.data import check_layout
 
-from .layout import StudyFolder, StudySettings, check_writable
+from .layout import StudyFolder, StudySettings
 from .space import baseline_params, load_space, show_space
 
 # Quiet, and snapshot the experiment often: a hard kill then loses at most this many seconds of bookkeeping.
@@ -182,9 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         if folder.exists():
             raise UserError(f"a study named {name!r} already exists in {results_dir}: pass --resume to continue it, or choose another --name")
         if args.storage and "://" not in args.storage:
-            check_writable(Path(args.storage).expanduser().resolve(), "--storage")  # before any study folder is made
+            check_output_folder(Path(args.storage).expanduser().resolve(), "--storage", holds="results", kind="folder")  # before any study folder is made
         created = not folder.path.exists()
-        check_writable(folder.path)
+        check_output_folder(folder.path, "--results-dir", holds="results", kind="folder")
         experiment = Path(args.storage).expanduser().resolve() / name if args.storage and "://" not in args.storage else (
             f"{args.storage.rstrip('/')}/{name}" if args.storage else folder.path / "ray")
         settings = StudySettings(name=name, base=base.to_dict(), space=space, samples=args.samples, seed=args.seed,
@@ -257,7 +257,7 @@ def run_study(args: argparse.Namespace, folder: StudyFolder, settings: StudySett
             )
         tuner.fit()
         wall = time.perf_counter() - fit_start
-        settings.summary = print_summary(folder, settings, wall, len(data.train), len(data.val))
+        settings.summary = print_summary(folder, settings, wall, len(data.train))
         folder.write_settings(settings)
         unfinished = [t for t in _trial_statuses(folder) if t == "running"]
         if unfinished:

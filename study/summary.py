@@ -28,7 +28,7 @@ def noise_note(best_acc: float | None, baseline_acc: float | None, val_images: i
     return text
 
 
-def summarize(trials: pd.DataFrame, epochs: pd.DataFrame, wall_s: float, train_images: int, val_images: int | None = None) -> dict:
+def summarize(trials: pd.DataFrame, epochs: pd.DataFrame, wall_s: float, train_images: int) -> dict:
     params = [c for c in trials.columns if c in ("lr", "head_lr_mult", "weight_decay", "momentum", "freeze_depth", "augment", "batch_size")]
     best = trials.iloc[0] if len(trials) else None
     baseline = trials[trials["baseline"] == True]  # noqa: E712 (nullable column)
@@ -45,16 +45,15 @@ def summarize(trials: pd.DataFrame, epochs: pd.DataFrame, wall_s: float, train_i
             "params": {p: _plain(best[p]) for p in params},
         },
         "baseline_val_acc": _num(baseline.iloc[0]["best_val_acc"]) if len(baseline) else None,
-        "val_images": val_images,
     }
 
 
-def print_summary(folder: StudyFolder, settings: StudySettings, wall_s: float, train_images: int, val_images: int | None = None) -> dict:
+def print_summary(folder: StudyFolder, settings: StudySettings, wall_s: float, train_images: int) -> dict:
     if not folder.trials.exists():
         print("no trial finished")
         return {}
     trials, epochs = pd.read_parquet(folder.trials), pd.read_parquet(folder.epochs)
-    summary = summarize(trials, epochs, wall_s, train_images, val_images)
+    summary = summarize(trials, epochs, wall_s, train_images)
     console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
     table = Table(title=f"study {settings.name}: top trials", title_justify="left")
     params = list(settings.space)
@@ -70,7 +69,7 @@ def print_summary(folder: StudyFolder, settings: StudySettings, wall_s: float, t
         base = summary["baseline_val_acc"]
         versus = f" vs the book's recipe (baseline, marked *) {base:.3f}" if base is not None else ""
         console.print(f"best: val acc {best['best_val_acc']:.3f}{versus} with {best['params']}", markup=False)
-        if note := noise_note(best["best_val_acc"], base, val_images):
+        if note := noise_note(best["best_val_acc"], base, settings.val_images):
             console.print(f"note: {note}", markup=False)
     elif best:
         console.print("no trial reached a validation accuracy (all diverged or failed): lower the learning-rate range (--space)", markup=False)

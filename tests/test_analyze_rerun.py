@@ -382,7 +382,8 @@ def test_real_study_analyze_rerun_export(real_study, tmp_path, capsys):
     from trainable.__main__ import main as trainable_main
 
     settings = real_study.read_settings()
-    assert settings.val_images and settings.val_images == settings.summary["val_images"]
+    base = TrainConfig.from_dict(settings.base)
+    assert settings.val_images == len(prepare_data(base.data_dir, base.image_size, base.val_fraction, base.split_seed).val) > 0
     assert analyze_mod.main([str(real_study.path)]) == 0
     assert f"validation accuracy on {settings.val_images} images is uncertain" in capsys.readouterr().out
     check_report(real_study.path)

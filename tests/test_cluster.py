@@ -25,6 +25,7 @@ import pandas as pd
 import psutil
 import pytest
 
+from study.reaper import terminate_then_kill
 from test_study import make_images, study_args
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,19 +91,7 @@ class Cluster:
         return ids
 
     def stop(self) -> None:
-        procs = self.processes()
-        for proc in procs:
-            try:
-                proc.terminate()
-            except psutil.Error:
-                pass
-        _, alive = psutil.wait_procs(procs, timeout=15)
-        for proc in alive:
-            try:
-                proc.kill()
-            except psutil.Error:
-                pass
-        psutil.wait_procs(alive, timeout=10)
+        terminate_then_kill(self.processes(), grace=15)
 
 
 @pytest.fixture(scope="module")

@@ -34,8 +34,11 @@ def add_hyperparameter_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
 
 
-def check_output_folder(folder: str | Path, option: str) -> None:
-    """Fail before training, not after it, when ``folder`` cannot be created or written."""
+def check_output_folder(folder: str | Path, option: str, holds: str = "", kind: str = "path") -> None:
+    """Fail before any work, not after it, when ``folder`` cannot be created or written.
+
+    ``holds`` names what goes there ("results") and ``kind`` what ``option`` should be given, for the error.
+    """
     folder = Path(folder).expanduser()
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -43,7 +46,8 @@ def check_output_folder(folder: str | Path, option: str) -> None:
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
-        raise UserError(f"cannot write to {folder} ({exc.strerror or exc}): pass {option} a writable path") from None
+        what = f"{holds} to" if holds else "to"
+        raise UserError(f"cannot write {what} {folder} ({exc.strerror or exc}): pass {option} a writable {kind}") from None
 
 
 def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> None:
