@@ -1,65 +1,174 @@
-"""The thin layer between Ray Tune and the training loop: config in, one report (and checkpoint) per epoch."""
+"""The thin layer between Ray Tune and the training loop: config in, one report (and checkpoint) per epoch.
+
+A trial that raises is not a crash of the study: its exception becomes one final result (``trial_error``:
+the exception's last line, ``trial_traceback``: the whole text) and the function returns, so Ray does not
+retry it; only a worker process that dies (Ray's own error) is retried from the trial's checkpoint.
+"""
 
 from __future__ import annotations
 
-import re
+import errno
+import json
+import math
 import socket
 import tempfile
+import traceback
 from pathlib import Path
 
 import ray
 from ray import tune
 
-from trainable import Checkpoint, PreparedData, TrainConfig, train
+from trainable import Checkpoint, PreparedData, TrainConfig, UserError, train
+from trainable.loop import CHECKPOINT_FILE, META_FILE
 
-TRIAL_KEYS = ("optuna_trial", "baseline")  # study bookkeeping carried in the Tune config, not TrainConfig fields
+TRIAL_KEYS = ("optuna_trial", "baseline", "resume_dir")  # study bookkeeping carried in the Tune config, not TrainConfig fields
+CUDA_CONTEXT_BYTES = 1 << 30  # left outside a trial's memory cap: the CUDA context and allocator slack of its process
 
 
-def trial_config(base: dict, config: dict, cpus: float) -> TrainConfig:
+class TrialError(Exception):
+    """A trial that cannot run as asked; its message is the one line the study prints."""
+
+
+def trial_config(base: dict, config: dict, threads: int, gpus: list) -> TrainConfig:
     fields = {k: v for k, v in config.items() if k not in TRIAL_KEYS}
-    return TrainConfig.from_dict({**base, **fields, "threads": max(1, int(cpus))})
+    cfg = TrainConfig.from_dict({**base, **fields, "threads": threads})
+    if cfg.device == "auto":  # a trial runs where Ray put it: the GPU it was given, else the CPU (never a GPU it was not given)
+        cfg = cfg.replace(device="cuda" if gpus else "cpu")
+    return cfg
 
 
-def latest_checkpoint_on_disk(trial_dir: str | None) -> Path | None:
-    """The newest complete checkpoint in the trial's folder.
+def check_gpu(gpus: list) -> None:
+    """A trial given a GPU runs on it or fails at once: never 100x slower on the CPU without a word."""
+    import torch
 
-    After the driver is killed, Ray restores a trial from the checkpoint recorded in its last experiment
-    snapshot, which can be older than (or absent for) what the trial wrote since: the folder is the truth.
+    if gpus and not torch.cuda.is_available():
+        why = "a CPU build of torch" if torch.version.cuda is None else "no CUDA device visible to torch (driver older than the wheel's CUDA?)"
+        raise TrialError(f"Ray gave this trial GPU {gpus} but torch {torch.__version__} sees no CUDA device ({why}): "
+                         "install a CUDA build of torch on every GPU node, or train on CPUs with --gpus-per-trial 0")
+
+
+def cap_gpu_memory(share: float) -> None:
+    """Keep a trial to its share of the GPU: Ray's GPU fractions are logical and limit nothing themselves."""
+    import torch
+
+    if 0 < share < 1 and torch.cuda.is_available():
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(max(0.05, share - CUDA_CONTEXT_BYTES / total), 0)
+
+
+def checkpoint_dirs(trial_dir: str | None) -> list[tuple[int, str]]:
+    """(epoch, folder) of the complete checkpoints in a trial folder of an earlier driver run, newest first.
+
+    Complete means its meta file exists and names the state file's size: a copy cut short is passed over.
     """
-    if not trial_dir or not Path(trial_dir).is_dir():
-        return None
-    found = [p for p in Path(trial_dir).glob("checkpoint_*") if Checkpoint.exists(p)]
-    return max(found, key=lambda p: int(re.sub(r"\D", "", p.name) or 0), default=None)
+    if not trial_dir:
+        return []
+    import pyarrow.fs as pafs
+
+    fs, root = pafs.FileSystem.from_uri(trial_dir) if "://" in trial_dir else (pafs.LocalFileSystem(), trial_dir)
+    found = []
+    for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
+        if info.type != pafs.FileType.Directory or not Path(info.path).name.startswith("checkpoint_"):
+            continue
+        try:
+            with fs.open_input_file(f"{info.path}/{META_FILE}") as f:
+                meta = json.loads(f.read())
+            if fs.get_file_info(f"{info.path}/{CHECKPOINT_FILE}").size != meta["bytes"]:
+                continue
+            found.append((int(meta["epoch"]), info.path if "://" not in trial_dir else f"{trial_dir.split('://')[0]}://{info.path}"))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return sorted(found, reverse=True)
 
 
-def _epoch_of(directory: Path | None) -> int:
-    if directory is None:
-        return 0
-    return int(Checkpoint.load(directory)["epoch"])
+def _local(folder: str, scratch: str) -> str:
+    """A checkpoint folder on this machine (copied from remote storage where it lives there)."""
+    if "://" not in folder:
+        return folder
+    return tune.Checkpoint(folder).to_directory(str(Path(scratch) / Path(folder).name))
+
+
+def restore_state(scratch: str, resume_dir: str | None) -> tuple[dict | None, int, str]:
+    """The newest checkpoint that loads, from Ray's (a retry in this driver run) or an earlier run's folder.
+
+    Returns (state or None, its epoch, a note when a checkpoint could not be used). A damaged file is
+    skipped for the next older one, or the trial starts over: never retried as it is.
+    """
+    candidates: list[tuple[int, str]] = []
+    restored = tune.get_checkpoint()
+    if restored is not None:
+        folder = restored.to_directory(str(Path(scratch) / "restored"))
+        candidates.append((Checkpoint.epoch(folder) or 0, folder))
+    candidates += checkpoint_dirs(resume_dir)
+    skipped = []
+    for epoch, folder in sorted(candidates, key=lambda c: -c[0]):
+        try:
+            state = Checkpoint.load(_local(folder, scratch))
+            note = f"; checkpoint(s) {', '.join(skipped)} could not be read, continued from epoch {epoch}" if skipped else ""
+            return state, int(state["epoch"]), note.lstrip("; ")
+        except Exception as exc:  # truncated, zeroed or foreign: the next older one, else start over
+            skipped.append(f"{folder} ({type(exc).__name__})")
+    return None, 0, (f"checkpoint(s) {', '.join(skipped)} could not be read: started again from epoch 1" if skipped else "")
+
+
+def failure_message(exc: BaseException, cfg: TrainConfig | None) -> str:
+    """The one line the study shows for a trial that raised."""
+    import torch
+
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        batch = cfg.batch_size if cfg else "?"
+        return (f"CUDA out of memory at batch size {batch} in this trial's share of the GPU: "
+                "give each trial more of it (--gpus-per-trial) or use a smaller --batch-size")
+    if disk_full(exc):
+        return f"no space left on the device writing {getattr(exc, 'filename', None) or 'a checkpoint'}: free space, then resume the study"
+    if isinstance(exc, (TrialError, UserError)):
+        return str(exc)
+    text = "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()
+    return (text[-1] if text else type(exc).__name__)[:500]
 
 
 def run_trial(config: dict, data: PreparedData, base: dict) -> None:
     """A Ray Tune function trainable."""
     context = ray.get_runtime_context()
-    cpus = context.get_assigned_resources().get("CPU", 1)
-    cfg = trial_config(base, config, cpus)
+    resources = context.get_assigned_resources()
+    threads = max(1, int(resources.get("CPU", 1)))
+    gpus = ray.get_gpu_ids()
     node = {"node_id": context.get_node_id(), "node_ip": ray.util.get_node_ip_address(), "hostname": socket.gethostname()}
+    cfg = None
+    try:
+        check_gpu(gpus)
+        cfg = trial_config(base, config, threads, gpus)
+        cap_gpu_memory(float(resources.get("GPU", 0)))
+        with tempfile.TemporaryDirectory() as scratch:
+            state, resumed, note = restore_state(scratch, config.get("resume_dir"))
+            first = {"resume_note": note} if note else {}
+            # The driver may have died before it recorded the epochs this checkpoint holds: send them again
+            # (marked replayed; the driver keeps the rows it has, the searcher and ASHA ignore repeats).
+            for past in (state or {}).get("history", []):
+                tune.report({**past, **node, **first, "replayed": True, "resumed_from_epoch": 0, "threads": threads})
+                first = {}
+            if state and state["history"] and state["history"][-1].get("diverged"):
+                return  # it ended in that epoch; nothing follows a diverged one
 
-    with tempfile.TemporaryDirectory() as scratch:
-        resume_from = None
-        restored = tune.get_checkpoint()
-        if restored is not None:
-            resume_from = Path(restored.to_directory(str(Path(scratch) / "restored")))
-        on_disk = latest_checkpoint_on_disk(tune.get_context().get_trial_dir())
-        if on_disk is not None and _epoch_of(on_disk) > _epoch_of(resume_from):
-            resume_from = on_disk
+            def on_epoch(metrics, save) -> None:
+                with tempfile.TemporaryDirectory() as directory:
+                    save(directory)
+                    tune.report({**metrics.as_dict(), **node, **first, "resumed_from_epoch": resumed, "threads": threads},
+                                checkpoint=tune.Checkpoint.from_directory(directory))
+                first.clear()
 
-        def on_epoch(metrics, save) -> None:
-            with tempfile.TemporaryDirectory() as directory:
-                save(directory)
-                tune.report(
-                    {**metrics.as_dict(), **node, "resumed_from_epoch": _epoch_of(resume_from)},
-                    checkpoint=tune.Checkpoint.from_directory(directory),
-                )
+            train(cfg, data, on_epoch=on_epoch, resume_from=state)
+    except Exception as exc:  # reported once, not retried: rerunning the same configuration would fail the same way
+        tune.report({"val_acc": math.nan, "trial_error": failure_message(exc, cfg), "trial_traceback": traceback.format_exc(),
+                     "disk_full": disk_full(exc), **node})
 
-        train(cfg, data, on_epoch=on_epoch, resume_from=resume_from)
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether an exception (or one it wraps) is a full disk."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC or "No space left on device" in str(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+

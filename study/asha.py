@@ -1,45 +1,58 @@
-"""ASHA that rebuilds its rungs after a restore.
+"""ASHA whose rungs survive a restart of the driver.
 
-Ray does not carry the scheduler's rungs over a hard kill of the driver; without them resumed and new
-trials would be judged against empty rungs. On its first trial after being (re)created, this scheduler
-replays the per-epoch results table of the study, so the rungs are what they were.
+Each driver run builds a new scheduler; before its first trial, ``replay`` feeds it the study's earlier
+results in the order they arrived (a diverged epoch as 0, as the live scheduler counts it), through ASHA's
+own bracket code, so the rungs, and the decision each result got, are what they were. A sample that an
+earlier run left unfinished comes back as a new Ray trial: ``on_trial_add`` moves its replayed rung
+entries to that trial's id, so it is not judged twice at the same rung.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
+from dataclasses import dataclass
 
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from .results import StudyTables
-from .searcher import METRIC, MODE
+from .layout import METRIC, MODE
 
-TIME_ATTR = "epoch"  # the loop's own epoch, not Ray's iteration count, which restarts after a hard kill
+TIME_ATTR = "epoch"  # the loop's own epoch, not Ray's iteration count, which restarts in a resumed trial
+
+
+@dataclass(frozen=True)
+class _Replayed:
+    trial_id: str  # the bracket code reads only this
+
+
+def replay_key(number: int) -> str:
+    return f"sample-{number}"
 
 
 class ResumableASHA(ASHAScheduler):
-    def __init__(self, max_epochs: int, study_folder: Path | None = None, grace_period: int = 1, reduction_factor: float = 3):
+    def __init__(self, max_epochs: int, grace_period: int = 1, reduction_factor: float = 3):
         super().__init__(time_attr=TIME_ATTR, metric=METRIC, mode=MODE, max_t=max_epochs,
                          grace_period=min(grace_period, max_epochs), reduction_factor=reduction_factor)
-        self._study_folder = study_folder
-        self._replayed = False
 
-    def replay(self, values: dict[str, dict[int, float]]) -> None:
-        """``values[trial_id][epoch] = val_acc`` of earlier results: fill the rungs as they were."""
-        for bracket in self._brackets[:1]:
-            for milestone, recorded in bracket._rungs:
-                for trial_id, by_epoch in values.items():
-                    reached = sorted(e for e in by_epoch if e >= milestone)
-                    if reached and trial_id not in recorded:  # ASHA records the first result at/past a milestone
-                        recorded[trial_id] = self._metric_op * _worst_if_nan(by_epoch[reached[0]])
-        self._replayed = True
+    def replay(self, results: list[tuple[int, int, float]]) -> dict[int, str]:
+        """Feed earlier results ``(sample, epoch, val_acc)`` in arrival order; return each sample's last decision
+        (``TrialScheduler.STOP`` or ``CONTINUE``)."""
+        bracket = self._brackets[0]
+        decisions: dict[int, str] = {}
+        for number, epoch, value in results:
+            if epoch >= self._max_t and self._stop_last_trials:
+                decisions[number] = TrialScheduler.STOP  # it ran every epoch
+            decisions_now = bracket.on_result(_Replayed(replay_key(number)), epoch, self._metric_op * value)
+            if epoch < self._max_t:
+                decisions[number] = decisions_now
+        return decisions
 
     def on_trial_add(self, tune_controller, trial):
-        if not self._replayed and self._study_folder is not None:
-            self.replay(StudyTables(self._study_folder, [], self._max_t, 0).history())
-        self._replayed = True
         super().on_trial_add(tune_controller, trial)
+        old = replay_key(trial.config.get("optuna_trial"))
+        for bracket in self._brackets:
+            for _, recorded in bracket._rungs:
+                if old in recorded:
+                    recorded[trial.trial_id] = recorded.pop(old)
 
     # A diverged epoch reports NaN accuracy; in the rungs it counts as the worst result, not as a hole
     # (NaN would make ASHA's percentile of an all-NaN rung warn and compare as nothing).
@@ -49,15 +62,8 @@ class ResumableASHA(ASHAScheduler):
     def on_trial_complete(self, tune_controller, trial, result):
         return super().on_trial_complete(tune_controller, trial, _nan_as_worst(result))
 
-    def __getstate__(self):
-        return {**self.__dict__, "_replayed": False}
-
-
-def _worst_if_nan(value: float) -> float:
-    return 0.0 if value is None or math.isnan(value) else value  # accuracy: 0 is the worst
-
 
 def _nan_as_worst(result: dict | None) -> dict | None:
     if result and METRIC in result and isinstance(result[METRIC], float) and math.isnan(result[METRIC]):
-        return {**result, METRIC: _worst_if_nan(result[METRIC])}
+        return {**result, METRIC: 0.0}  # accuracy: 0 is the worst
     return result

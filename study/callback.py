@@ -1,68 +1,150 @@
-"""The Tune callback that keeps the study's parquet tables and console in step with the trials."""
+"""The Tune callback that keeps the study's parquet tables, logs and console in step with the trials.
+
+It runs in the driver. Every event is written to the tables at once (atomically), so a driver killed at any
+moment leaves tables that a resume can reconcile. A trial's failure becomes one console line with the
+exception's last line and the path of a log file holding the whole traceback. A full disk (a trial's
+checkpoint, or the tables themselves) stops the study cleanly, as Ctrl-C does, so it can resume once space
+is freed.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import time
 from pathlib import Path
 
 from ray import tune
 
+from . import faults
+from .adapter import disk_full
+from .layout import LOGS_DIR, write_text_atomic
 from .progress import Progress
 from .results import StudyTables
 
 
 def error_message(trial) -> str:
-    """The last line of the trial's traceback: the exception itself."""
+    """The last line of a Ray-level error (a worker that died, or a trainable that could not start)."""
     text = trial.get_error() if hasattr(trial, "get_error") else None
     lines = [line.strip() for line in str(text or "").splitlines() if line.strip()]
     return lines[-1][:500] if lines else "the trial failed (no error text was recorded)"
 
 
+def trial_location(trial, storage: str | None) -> str | None:
+    """Where the trial's checkpoints live: its folder, as a path or (cloud storage) a URI."""
+    try:
+        path = trial.path
+    except (RuntimeError, ValueError, AttributeError):
+        return None
+    if storage and "://" in storage:
+        return f"{storage.split('://', 1)[0]}://{path}"
+    return path
+
+
 class StudyCallback(tune.Callback):
-    """Pickled by Ray with the Tuner; its tables are rebuilt from the parquet files after a restore."""
+    def __init__(self, folder: Path, tables: StudyTables, samples: int, params: list[str], storage: str | None = None,
+                 progress: Progress | None = None):
+        self.folder, self.tables, self.samples, self.params, self.storage = Path(folder), tables, samples, params, storage
+        self.progress = progress or Progress(samples)
+        self.disk_full: str | None = None  # which disk filled up and what could not be written, once one has
+        self._errors: dict[int, dict] = {}  # sample -> its trial_error result
+        self._stopping = False
 
-    def __init__(self, folder: Path, params: list[str], max_epochs: int, seed: int, samples: int):
-        self.folder, self.params, self.max_epochs, self.seed, self.samples = Path(folder), params, max_epochs, seed, samples
-        self._tables: StudyTables | None = None
-        self._progress: Progress | None = None
+    def __getstate__(self):  # Ray pickles the run config: the live tables and console stay in this process
+        return {**self.__dict__, "tables": None, "progress": None}
 
-    def __getstate__(self):
-        return {**self.__dict__, "_tables": None, "_progress": None}
-
-    @property
-    def tables(self) -> StudyTables:
-        if self._tables is None:
-            self._tables = StudyTables(self.folder, self.params, self.max_epochs, self.seed)
-        return self._tables
-
-    @property
-    def progress(self) -> Progress:
-        if self._progress is None:
-            self._progress = Progress(self.samples)
-        return self._progress
-
+    # --- Tune's hooks ------------------------------------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.tables.on_start(trial.trial_id, trial.config)
-        self.tables.write()
-        self.progress.update(self.tables.trials)
+        number = trial.config["optuna_trial"]
+        self.tables.on_start(number, trial.trial_id, trial.config, trial_dir=trial_location(trial, self.storage))
+        self._write()
+        self.progress.update(self.tables)
+        faults.at("trial_started")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        number = trial.config["optuna_trial"]
+        if result.get("trial_error") is not None:
+            self._errors[number] = result
+            if result.get("disk_full"):
+                self._stop_for_disk(trial_location(trial, self.storage) or str(self.folder), "a trial's checkpoint could not be written")
+            return
         if "epoch" not in result:
             return
-        self.tables.on_result(trial.trial_id, trial.config, result)
-        self.tables.write()
-        self.progress.update(self.tables.trials)
+        if result.get("replayed") and (number, int(result["epoch"])) in self.tables.epochs:
+            return  # an epoch the table already holds, re-sent by a resumed trial: keep the original row
+        if result.get("resume_note"):
+            self.progress.note(f"trial {number}: {result['resume_note']}")
+        previous = self.tables.on_result(number, trial.trial_id, trial.config, {**result, "ended_at": time.time()},
+                                         trial_dir=trial_location(trial, self.storage))
+        self._write()
+        if previous and "://" not in previous and Path(previous).parent.parent == Path(trial_location(trial, self.storage) or "/").parent.parent:
+            shutil.rmtree(previous, ignore_errors=True)  # an earlier run's folder of this sample: its checkpoint is superseded
+        self.progress.update(self.tables)
+        faults.at("result")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._end(trial, None)
+        number = trial.config["optuna_trial"]
+        failed = self._errors.pop(number, None)
+        if failed is not None and failed.get("disk_full"):
+            return  # not a finished trial: it resumes from its last checkpoint once space is freed
+        if failed is not None:
+            self._end(trial, failed["trial_error"], failed.get("trial_traceback") or failed["trial_error"])
+        else:
+            self._end(trial, None, None)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._end(trial, error_message(trial))
-
-    def _end(self, trial, error: str | None) -> None:
-        self.tables.on_end(trial.trial_id, trial.config, error)
-        self.tables.write()
-        self.progress.finished(self.tables.trials, self.tables.trials[trial.trial_id], self.params)
+        text = ""
+        try:
+            text = Path(trial.error_file).read_text() if trial.error_file else ""
+        except OSError:
+            pass
+        self._end(trial, error_message(trial), text or error_message(trial))
 
     def on_experiment_end(self, trials, **info):
-        self.tables.write()
+        self._write()
         self.progress.stop()
+
+    # --- helpers -----------------------------------------------------------------------------------------
+    def _end(self, trial, error: str | None, log_text: str | None) -> None:
+        number = trial.config["optuna_trial"]
+        log = None
+        if log_text:
+            log = self.folder / LOGS_DIR / f"trial-{number}.log"
+            try:
+                log.parent.mkdir(exist_ok=True)
+                write_text_atomic(log, f"trial {number} (Ray trial {trial.trial_id}), config {trial.config}\n\n{log_text}\n")
+            except OSError as exc:
+                log = None
+                if disk_full(exc):
+                    self._stop_for_disk(str(self.folder), "a log could not be written")
+        self.tables.on_end(number, trial.trial_id, trial.config, error)
+        self._write()
+        self._drop_checkpoints(trial)
+        self.progress.finished(self.tables, number, self.params, log)
+        faults.at("trial_ended")
+
+    def _write(self) -> None:
+        """Write the tables; on a full disk keep them in memory (the files keep their last complete version)."""
+        try:
+            self.tables.write()
+        except OSError as exc:
+            if not disk_full(exc):
+                raise
+            self._stop_for_disk(str(self.folder), "the tables could not be written")
+
+    def _drop_checkpoints(self, trial) -> None:
+        """A finished trial never resumes: its checkpoint (45 MB for ResNet18) goes, so a study holds only those of
+        the trials running (what the start-up free-space check counts)."""
+        where = trial_location(trial, self.storage)
+        if where and "://" not in where:
+            for folder in Path(where).glob("checkpoint_*"):
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def _stop_for_disk(self, where: str, what: str) -> None:
+        """Stop the study as Ctrl-C does: Ray's own handler ends the trials and keeps their checkpoints."""
+        if self.disk_full is None:
+            self.disk_full = f"no space left on the disk holding {where} ({what})"
+        if not self._stopping:
+            self._stopping = True
+            os.kill(os.getpid(), signal.SIGINT)

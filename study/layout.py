@@ -1,15 +1,91 @@
-"""Where a study keeps its files, and its ``study.json`` (the settings that analyze, rerun and resume need)."""
+"""The study folder, in one place: its file names, its settings (``study.json``), the helpers that write its
+files atomically, and the constants the study's modules share (the hyperparameter names, the book's figures).
+
+Every other module of ``study`` imports from here; this module imports nothing of ``study``, nor Ray or
+Optuna, so ``study.analyze`` and ``study.rerun`` load it without either.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
-from dataclasses import asdict, dataclass, field
+import socket
+import time
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from trainable import UserError
 
+# --- file names ----------------------------------------------------------------------------------------
 STUDY_FILE = "study.json"
+TRIALS_FILE = "trials.parquet"
+EPOCHS_FILE = "epochs.parquet"
+OPTUNA_FILE = "optuna.db"
+CONFIRM_FILE = "confirm.parquet"
+RERUN_FILE = "rerun.parquet"
+RERUN_DIR = "rerun"
+REPORT_FILE = "report.html"
+FIGURES_DIR = "figures"
+LOGS_DIR = "logs"
+LOCK_FILE = ".lock"
+DRIVER_FILE = ".driver.json"  # who holds the lock: pid, host, since
+
+# --- shared constants ----------------------------------------------------------------------------------
+HYPERPARAMETERS = ("lr", "head_lr_mult", "weight_decay", "momentum", "freeze_depth", "augment", "batch_size")
+INT_HYPERPARAMETERS = ("freeze_depth", "batch_size")
+METRIC, MODE = "val_acc", "max"
+STATUSES = ("completed", "stopped early", "diverged", "errored", "running")
+FINISHED = ("completed", "stopped early", "diverged", "errored")
+# The book's fine-tuned ResNet18 on its hotdog.zip: 5 epochs, 224 px, ImageNet weights (d2l "Fine-Tuning").
+BOOK_TEST_ACC = 0.940
+BOOK_FIGURE = "the book: 0.940 (0.933 +- 0.012 over its builds)"
+BOOK_CLASSES = ["hotdog", "not-hotdog"]
+BOOK_TRAIN_IMAGES, BOOK_TEST_IMAGES = 2000, 800
+
+
+def isnan(value) -> bool:
+    """None, NaN, or pandas' NA."""
+    if value is None:
+        return True
+    try:
+        return bool(value != value) or (isinstance(value, float) and math.isnan(value))
+    except (TypeError, ValueError):  # pandas.NA refuses bool()
+        return True
+
+
+def plain(value):
+    """A numpy/pandas scalar as a plain Python value; missing values as None."""
+    if value is not None and not isinstance(value, str) and isnan(value):
+        return None
+    return value.item() if hasattr(value, "item") else value
+
+
+def storage_url(path: str | Path) -> str:
+    """The SQLAlchemy URL of an Optuna SQLite file."""
+    return f"sqlite:///{Path(path).resolve()}"
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text``: a reader or a crash sees the old file or the new one, never half.
+    A failed write (a full disk) leaves the old file and no temporary behind."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_parquet_atomic(frame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @dataclass
@@ -19,22 +95,44 @@ class StudySettings:
     space: dict
     samples: int
     seed: int
-    experiment_path: str  # Ray Tune's experiment folder (Tuner.restore reads it)
-    gpus_per_trial: float = 0.0
+    experiment_path: str  # where Ray Tune keeps the trials' folders and checkpoints; each driver run is run-<k> in it
+    gpus_per_trial: float = 0.0  # what the trials got (0 where the cluster had no GPU)
     cpus_per_trial: float = 1.0
     created: str = ""
     val_images: int | None = None  # validation images each trial scores on (the same split for all)
+    # --- what shapes the run: stored so that --resume runs the study as it was started -----------------------
+    gpus_requested: float = 0.25  # --gpus-per-trial as asked for
+    cpus_requested: float | None = None  # --cpus-per-trial as asked for (None: the default for the machine)
+    max_concurrent: int | None = None
+    grace_epochs: int = 1
+    reduction_factor: float = 3.0
+    fresh_actors: bool = False
+    address: str | None = None
+    storage: str | None = None
+    trackers: dict = field(default_factory=dict)  # {"tensorboard": bool, "mlflow": uri}
+    confirm: dict = field(default_factory=dict)  # {"top": K, "folds": F} or {} when off
+    baseline: dict | None = None  # the book's recipe as searched (None: it lies outside the space)
+    baseline_note: str = ""  # why there is no baseline
+    runs: list = field(default_factory=list)  # one entry per driver run: its timings and outcome
     summary: dict = field(default_factory=dict)  # filled in when the study ends
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "StudySettings":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
 
 
 class StudyFolder:
     def __init__(self, path: str | Path):
         self.path = Path(path).expanduser().resolve()
 
-    trials = property(lambda self: self.path / "trials.parquet")
-    epochs = property(lambda self: self.path / "epochs.parquet")
-    optuna_db = property(lambda self: self.path / "optuna.db")
+    trials = property(lambda self: self.path / TRIALS_FILE)
+    epochs = property(lambda self: self.path / EPOCHS_FILE)
+    optuna_db = property(lambda self: self.path / OPTUNA_FILE)
+    confirm = property(lambda self: self.path / CONFIRM_FILE)
+    rerun = property(lambda self: self.path / RERUN_FILE)
     settings_file = property(lambda self: self.path / STUDY_FILE)
+    logs = property(lambda self: self.path / LOGS_DIR)
 
     def exists(self) -> bool:
         return self.settings_file.is_file()
@@ -43,18 +141,37 @@ class StudyFolder:
         if not self.exists():
             raise UserError(f"{self.path} holds no study (no {STUDY_FILE}): pass a folder written by python -m study.run, e.g. results/<name>")
         try:
-            return StudySettings(**json.loads(self.settings_file.read_text()))
+            return StudySettings.from_dict(json.loads(self.settings_file.read_text()))
         except (ValueError, TypeError) as exc:
-            raise UserError(f"{self.settings_file} is damaged ({exc}): it was not written by this version of study.run") from None
+            raise UserError(f"{self.settings_file} is damaged ({exc}): the study's settings cannot be recovered from it; "
+                            "start the study again under a new --name") from None
 
     def write_settings(self, settings: StudySettings) -> None:
         write_text_atomic(self.settings_file, json.dumps(asdict(settings), indent=2))
 
+    def lock(self):
+        """Hold the study for this driver: a second ``study.run`` on it gets one line, not a shared folder.
 
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+        A ``filelock`` on ``.lock`` (released by the OS when the holder dies, even by SIGKILL).
+        """
+        from filelock import FileLock, Timeout
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.path / LOCK_FILE))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            holder = ""
+            try:
+                info = json.loads((self.path / DRIVER_FILE).read_text())
+                holder = f" (pid {info['pid']} on {info['host']}, since {info['since']})"
+            except (OSError, ValueError, KeyError):
+                pass
+            raise UserError(f"study {self.path.name!r} in {self.path.parent} is in use by another python -m study.run{holder}: "
+                            "wait for it to end, or choose another --name") from None
+        write_text_atomic(self.path / DRIVER_FILE, json.dumps(
+            {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}))
+        return lock
 
 
 def newest_study(results_dir: Path) -> Path:
@@ -62,3 +179,39 @@ def newest_study(results_dir: Path) -> Path:
     if not candidates:
         raise UserError(f"no study in {results_dir}: run python -m study.run first, or pass a study folder")
     return candidates[-1]
+
+
+def find_study(path: str | None, results_dir: str = "results", log=print) -> StudyFolder:
+    """The study folder ``path``, or the newest study under ``results_dir`` (or under ``path``, when
+    ``path`` is a folder of studies)."""
+    if path is None:
+        return StudyFolder(newest_study(Path(results_dir).expanduser()))
+    folder = Path(path).expanduser()
+    if not folder.exists():
+        raise UserError(f"{folder} does not exist: pass a study folder written by python -m study.run, e.g. results/<name>")
+    if not folder.is_dir():
+        raise UserError(f"{folder} is a file: pass a study folder written by python -m study.run, e.g. results/<name>")
+    if not (folder / STUDY_FILE).is_file() and any(folder.glob(f"*/{STUDY_FILE}")):
+        chosen = newest_study(folder)
+        log(f"{folder} holds several studies: using the newest, {chosen.name}")
+        folder = chosen
+    return StudyFolder(folder)
+
+
+def fmt(value) -> str:
+    """A table cell: 3 significant digits, whole numbers plain, missing as '-'."""
+    value = plain(value)
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        if value.is_integer() and abs(value) < 1e6:
+            return str(int(value))
+        return f"{value:.3g}"
+    return str(value)
+
+
+def fmt_acc(value) -> str:
+    value = plain(value)
+    return "-" if value is None else f"{float(value):.3f}"

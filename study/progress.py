@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from rich.console import Console
 
@@ -19,23 +20,29 @@ class Progress:
             self._status.start()
         return self._status
 
-    def update(self, trials: dict[str, dict]) -> None:
+    def update(self, tables) -> None:
         status = self._live()
         if status is None:
             return
-        counts = _counts(trials)
-        best = max((t.get("best_val_acc") or 0 for t in trials.values()), default=0)
-        status.update(f"{counts.get('running', 0)} running, {len(trials) - counts.get('running', 0)}/{self.samples} done, best val acc {best:.3f}")
+        counts = tables.counts()
+        running = counts.get("running", 0)
+        best = max((t.get("best_val_acc") or 0 for t in tables.trials.values() if t.get("best_val_acc") == t.get("best_val_acc")), default=0)
+        status.update(f"{running} running, {len(tables.trials) - running}/{self.samples} done, best val acc {best:.3f}")
 
-    def finished(self, trials: dict[str, dict], trial: dict, params: list[str]) -> None:
-        done = sum(1 for t in trials.values() if t["status"] != "running")
+    def note(self, line: str) -> None:
+        self.console.print(line, markup=False)
+        sys.stdout.flush()
+
+    def finished(self, tables, number: int, params: list[str], log: Path | None = None) -> None:
+        trial = tables.trials[number]
+        done = sum(1 for t in tables.trials.values() if t["status"] != "running")
         values = "  ".join(f"{p}={_fmt(trial.get(p))}" for p in params)
         tag = " (baseline)" if trial.get("baseline") else ""
         acc = trial.get("best_val_acc")
         acc_text = f"{acc:.3f}" if isinstance(acc, float) and acc == acc else "-"
-        line = f"[{done}/{self.samples}] trial {trial.get('optuna_trial')}{tag}: {trial['status']} after {trial.get('epochs_run', 0)} epoch(s), best val acc {acc_text}  {values}"
+        line = f"[{done}/{self.samples}] trial {number}{tag}: {trial['status']} after {trial.get('epochs_run', 0)} epoch(s), best val acc {acc_text}  {values}"
         if trial.get("error"):
-            line += f"\n    error: {trial['error']}"
+            line += f"\n    error: {trial['error']}" + (f" (log: {log})" if log else "")
         self.console.print(line, markup=False)
         sys.stdout.flush()
 
@@ -43,13 +50,6 @@ class Progress:
         if self._status is not None:
             self._status.stop()
             self._status = None
-
-
-def _counts(trials: dict[str, dict]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for t in trials.values():
-        out[t["status"]] = out.get(t["status"], 0) + 1
-    return out
 
 
 def _fmt(value) -> str:

@@ -17,12 +17,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .analyze import Analysis, StudyData, baseline_acc, describe_range, describe_space, fmt, fmt_acc, top_table_rows
-from .layout import write_text_atomic
+from .analysis import Analysis, StudyData, baseline_acc, describe_range, describe_space, top_table_rows
+from .layout import BOOK_FIGURE, FIGURES_DIR, REPORT_FILE, fmt, fmt_acc, write_text_atomic
 from .summary import noise_note
 
-REPORT_FILE = "report.html"
-FIGURES_DIR = "figures"
 PNG_NAMES = ("parallel.png", "importance.png", "params.png", "curves.png")
 STATUS_COLORS = {"completed": "#1f77b4", "stopped early": "#ff7f0e", "diverged": "#d62728", "errored": "#7f7f7f", "running": "#9467bd"}
 CURVE_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
@@ -364,17 +362,13 @@ def _rerun_section(data: StudyData) -> str:
         return ('<p class="muted">No final evaluation yet: <code>python -m study.rerun '
                 f'{html.escape(str(data.folder.path))}</code> retrains the best configuration with several seeds on '
                 "train + validation and measures it on the test split.</p>")
-    from .rerun import BOOK_FIGURE, is_book_hotdog
-
-    data_dir = data.settings.base.get("data_dir")
-    train_dir = Path(data_dir or "/nonexistent") / "train"
-    classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir() and not p.name.startswith(".")) if train_dir.is_dir() else None
-    book = f"; {html.escape(BOOK_FIGURE)}" if is_book_hotdog(data_dir, classes) else ""
     parts = []
-    for (rank, trial_id), group in rerun.groupby(["rank", "trial_id"], sort=True):
+    for (rank, number), group in rerun.groupby(["rank", "optuna_trial"], sort=True):
         acc = group["test_acc"].dropna()
         sd = f" &plusmn; {acc.std(ddof=1):.3f}" if len(acc) > 1 else ""
-        parts.append(f"<p>rank {int(rank)} (trial {html.escape(str(trial_id))}): test accuracy <b>{acc.mean():.3f}{sd}</b> "
+        comparable = "comparable_to_book" in group and bool(group["comparable_to_book"].all())
+        book = f"; {html.escape(BOOK_FIGURE)}" if comparable else ""
+        parts.append(f"<p>rank {int(rank)} (trial {int(number)}): test accuracy <b>{acc.mean():.3f}{sd}</b> "
                      f"(mean &plusmn; sd over {len(acc)} seed(s), {int(group['epochs'].iloc[0])} epoch(s) on train + validation){book}</p>")
         cols = ["seed", "test_acc", "test_loss", "epochs", "seconds", "status"]
         rows = [[fmt(r["seed"]), fmt_acc(r["test_acc"]), fmt(r["test_loss"]), fmt(r["epochs"]), f"{r['seconds']:.0f}", str(r["status"])]

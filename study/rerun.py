@@ -1,13 +1,14 @@
 """``python -m study.rerun [results/<study>] [--rank 1] [--seeds 3]``: the final, honest number.
 
-Takes the configuration of the trial with ``--rank`` (1 = the best) from ``trials.parquet`` over the
-study's shared settings, retrains it with each of ``--seeds`` seeds (the study's seed + 0, 1, ...) on the
+Takes a trial's configuration from ``trials.parquet`` over the study's shared settings (the confirmed winner
+where the study ran its confirmation stage, else rank 1; ``--rank N`` picks by the study's ranking), retrains it with each of ``--seeds`` seeds (the study's seed + 0, 1, ...) on the
 whole train split (train + validation), evaluates each model once on the test split, and prints the test
 accuracy as mean +- sd. Writes ``rerun.parquet`` beside the study's tables (one row per seed) and each
 seed's weights under ``rerun/``. The data is decoded once for all seeds.
 
 ``--export FILE`` (or ``-`` for stdout) writes that configuration as a JSON file for
-``python -m trainable --config FILE`` instead, and prints the equivalent plain command line.
+``python -m trainable --config FILE`` instead: the trial as it ran in the study (its validation split, epochs,
+seed and thread count), so that command reproduces the trial's numbers; ``--print-command`` prints it.
 """
 
 from __future__ import annotations
@@ -27,26 +28,23 @@ import pandas as pd
 from trainable import TrainConfig, UserError
 from trainable.cli import run_main
 
-from .analyze import RERUN_FILE, find_study, fmt
-from .layout import StudyFolder, StudySettings, write_text_atomic
+from .layout import (BOOK_CLASSES, BOOK_FIGURE, BOOK_TEST_IMAGES, BOOK_TRAIN_IMAGES, HYPERPARAMETERS, INT_HYPERPARAMETERS, RERUN_DIR,
+                     RERUN_FILE, StudyFolder, StudySettings, find_study, fmt, isnan, plain, write_parquet_atomic, write_text_atomic)
 
-WEIGHTS_DIR = "rerun"
-BOOK_HOTDOG_CLASSES = ["hotdog", "not-hotdog"]
-BOOK_FIGURE = "the book: 0.940 (0.933 +- 0.012 over its builds)"
-HYPERPARAMETERS = ("lr", "head_lr_mult", "weight_decay", "momentum", "freeze_depth", "augment", "batch_size")
-# TrainConfig fields and the flags of python -m trainable that set them (split_seed has none: with
-# --val-fraction 0 it does not matter)
-TRAINABLE_FLAGS = ("data_dir", "weights", "epochs", "image_size", "batch_size", "val_fraction", "precision", "device",
-                   "lr", "head_lr_mult", "weight_decay", "momentum", "freeze_depth", "augment", "seed", "threads")
+# TrainConfig fields and the flags of python -m trainable that set them: every one that shapes the numbers.
+TRAINABLE_FLAGS = ("data_dir", "weights", "epochs", "image_size", "batch_size", "val_fraction", "split_seed", "precision", "device",
+                   "augment_path", "lr", "head_lr_mult", "weight_decay", "momentum", "freeze_depth", "augment", "seed", "threads")
 
 
 @dataclass
 class Chosen:
-    """The trial picked by --rank and the configuration that retrains it."""
+    """The trial picked (by --rank, or the confirmed winner) and the configurations that reproduce and retrain it."""
 
     settings: StudySettings
     row: dict  # its trials.parquet row
-    config: TrainConfig  # train + validation (val_fraction 0), the rerun's epochs, the first seed
+    trial: TrainConfig  # the trial as it ran in the study: its validation split, epochs, seed and threads
+    config: TrainConfig  # the retraining: train + validation (val_fraction 0), the rerun's epochs and threads, the first seed
+    why: str = ""  # how it was picked
 
     @property
     def rank(self) -> int:
@@ -55,49 +53,69 @@ class Chosen:
     def describe(self) -> str:
         tag = ", the book's recipe" if self.row.get("baseline") else ""
         acc = self.row.get("best_val_acc")
-        acc_text = f"val acc {acc:.3f} in the study" if acc is not None and not _isnan(acc) else f"no val acc ({self.row.get('status')})"
-        return f"rank {self.rank} (trial {self.row.get('trial_id')}, Optuna trial {fmt(self.row.get('optuna_trial'))}{tag}): {acc_text}"
+        acc_text = f"val acc {acc:.3f} in the study" if acc is not None and not isnan(acc) else f"no val acc ({self.row.get('status')})"
+        return f"rank {self.rank} (Optuna trial {fmt(self.row.get('optuna_trial'))}{tag}): {acc_text}"
 
 
-def _isnan(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+def trial_threads(row: dict, settings: StudySettings) -> int:
+    """The torch threads the trial trained with (its numbers depend on them)."""
+    threads = row.get("threads")
+    if threads:
+        return int(threads)
+    return max(1, int(settings.cpus_per_trial or 1))
 
 
-def _plain(value):
-    if value is None or (not isinstance(value, str) and pd.isna(value)):
-        return None
-    return value.item() if hasattr(value, "item") else value
-
-
-def choose(folder: StudyFolder, rank: int, epochs: int | None, device: str | None = None) -> Chosen:
+def choose(folder: StudyFolder, rank: int | None, epochs: int | None, device: str | None = None, threads: int | None = None) -> Chosen:
     settings = folder.read_settings()
     if not folder.trials.is_file():
         raise UserError(f"study {settings.name!r} in {folder.path} has no trials yet (no trials.parquet): nothing to rerun")
     trials = pd.read_parquet(folder.trials)
     if len(trials) == 0:
         raise UserError(f"study {settings.name!r} has no trials yet: nothing to rerun")
+    why = ""
+    if rank is None:
+        winner = trials[trials["recommended"] == "winner"] if "recommended" in trials else trials.iloc[:0]
+        if len(winner):
+            rank = int(winner.iloc[0]["rank"])
+            why = (f"the confirmed winner: best mean validation accuracy over {int(winner.iloc[0]['confirm_folds'])} folds "
+                   f"({winner.iloc[0]['confirm_mean']:.3f}); --rank N picks by the study's ranking instead")
+        else:
+            rank = 1
+            why = "rank 1, the best validation accuracy in the study (no confirmation stage ran)"
+    else:
+        why = f"--rank {rank}, by the study's ranking"
     if not 1 <= rank <= len(trials):
         raise UserError(f"--rank {rank} is beyond the table: study {settings.name!r} has {len(trials)} trial(s), ranks 1-{len(trials)}")
-    row = {k: _plain(v) for k, v in trials[trials["rank"] == rank].iloc[0].to_dict().items()}
+    row = {k: plain(v) for k, v in trials[trials["rank"] == rank].iloc[0].to_dict().items()}
     params = {}
     for name in settings.space:
         value = row.get(name)
         if value is None:
-            raise UserError(f"trial {row.get('trial_id')} (rank {rank}) has no value for {name!r} in trials.parquet: choose another --rank")
-        params[name] = int(value) if name in ("freeze_depth", "batch_size") else value
+            raise UserError(f"trial {row.get('optuna_trial')} (rank {rank}) has no value for {name!r} in trials.parquet: choose another --rank")
+        params[name] = int(value) if name in INT_HYPERPARAMETERS else value
     base = TrainConfig.from_dict(settings.base)
-    config = base.replace(**params, val_fraction=0.0, epochs=epochs or base.epochs, threads=0,
-                          **({"device": device} if device else {}))
-    return Chosen(settings, row, config.validate())
+    trial = base.replace(**params, threads=trial_threads(row, settings), **({"device": device} if device else {})).validate()
+    config = trial.replace(val_fraction=0.0, epochs=epochs or base.epochs, threads=threads or trial.threads).validate()
+    return Chosen(settings, row, trial, config, why)
 
 
-def is_book_hotdog(data_dir: str | None, classes: list[str] | None) -> bool:
-    return data_dir is None or list(classes or []) == BOOK_HOTDOG_CLASSES
+def comparable_to_book(cfg: TrainConfig, classes: list[str], train_images: int, test_images: int) -> str:
+    """"" when a run is the book's setting (its data, ImageNet weights, 224 px, 5 epochs), else why it is not."""
+    reasons = []
+    if not (cfg.data_dir is None or (list(classes) == BOOK_CLASSES and train_images == BOOK_TRAIN_IMAGES and test_images == BOOK_TEST_IMAGES)):
+        reasons.append("other data than the book's hotdog.zip")
+    if cfg.weights != "imagenet":
+        reasons.append(f"weights {cfg.weights} instead of ImageNet's")
+    if cfg.image_size != 224:
+        reasons.append(f"{cfg.image_size} px instead of 224")
+    if cfg.epochs != 5:
+        reasons.append(f"{cfg.epochs} epoch(s) instead of 5")
+    return ", ".join(reasons)
 
 
 # --- export ------------------------------------------------------------------------------------------
 def command_line(cfg: TrainConfig) -> str:
-    """The plain ``python -m trainable`` command that trains ``cfg`` (every flag spelled out)."""
+    """The plain ``python -m trainable`` command that trains ``cfg`` (every flag that shapes the numbers)."""
     parts = ["python", "-m", "trainable"]
     for name in TRAINABLE_FLAGS:
         value = getattr(cfg, name)
@@ -108,8 +126,10 @@ def command_line(cfg: TrainConfig) -> str:
 
 
 def export(chosen: Chosen, target: str) -> None:
-    text = json.dumps(chosen.config.to_dict(), indent=2) + "\n"
-    line = command_line(chosen.config)
+    """Write the trial as it ran in the study: ``python -m trainable --config FILE`` reproduces its numbers."""
+    text = json.dumps(chosen.trial.to_dict(), indent=2) + "\n"
+    line = command_line(chosen.trial)
+    final = "--val-fraction 0 --test"
     if target == "-":
         sys.stdout.write(text)
         print(f"# {chosen.describe()}\n# the same as: {line}", file=sys.stderr)
@@ -121,10 +141,11 @@ def export(chosen: Chosen, target: str) -> None:
     except OSError as exc:
         raise UserError(f"cannot write {path} ({exc.strerror or exc}): pass --export a writable file, or - for stdout") from None
     print(f"{chosen.describe()}")
-    print(f"wrote its configuration (train + validation, {chosen.config.epochs} epoch(s)) to {path}; train it with:")
+    print(f"wrote the trial's configuration to {path} ({chosen.trial.epochs} epoch(s), its validation split, seed {chosen.trial.seed}, "
+          f"{chosen.trial.threads} thread(s): the same numbers as in the study). Train it with:")
     print(f"  python -m trainable --config {shlex.quote(str(path))}")
-    print("or, the same without the file:")
-    print(f"  {line}")
+    print(f"the final model on train + validation, with its test accuracy:\n  python -m trainable --config {shlex.quote(str(path))} {final}")
+    print(f"or, without the file:\n  {line}")
 
 
 # --- retraining --------------------------------------------------------------------------------------
@@ -160,26 +181,32 @@ def run_seed(cfg: TrainConfig, data, weights_path: str, progress: bool = False) 
     return row
 
 
-def _row(chosen: Chosen, result: dict) -> dict:
+RERUN_TYPES = {"rank": "int64", "trial_id": "str", "optuna_trial": "int64", "baseline": "bool", "study_val_acc": "float64",
+               "seed": "int64", "status": "str", "test_acc": "float64", "test_loss": "float64", "train_loss": "float64",
+               "train_acc": "float64", "epochs": "int64", "images_per_s": "float64", "weights_file": "str", "seconds": "float64",
+               "lr": "float64", "head_lr_mult": "float64", "weight_decay": "float64", "momentum": "float64", "freeze_depth": "int64",
+               "augment": "str", "batch_size": "int64", "image_size": "int64", "weights": "str", "data_dir": "str", "threads": "int64",
+               "comparable_to_book": "bool"}
+
+
+def _row(chosen: Chosen, result: dict, comparable: bool) -> dict:
     cfg = chosen.config
-    return {"rank": chosen.rank, "trial_id": chosen.row.get("trial_id"), "optuna_trial": chosen.row.get("optuna_trial"),
+    return {"comparable_to_book": comparable, "rank": chosen.rank, "trial_id": chosen.row.get("trial_id"), "optuna_trial": chosen.row.get("optuna_trial"),
             "baseline": bool(chosen.row.get("baseline")), "study_val_acc": chosen.row.get("best_val_acc"), **result,
             **{h: getattr(cfg, h) for h in HYPERPARAMETERS}, "image_size": cfg.image_size, "weights": cfg.weights,
-            "data_dir": cfg.data_dir}
+            "data_dir": cfg.data_dir, "threads": cfg.threads}
 
 
 def write_rerun(folder: StudyFolder, chosen: Chosen, rows: list[dict]) -> Path:
     """``rerun.parquet``: this trial's rows replace its earlier ones; other trials' rows stay. Atomic."""
-    from .results import write_parquet_atomic
-
     path = folder.path / RERUN_FILE
-    new = pd.DataFrame(rows)
+    new = pd.DataFrame(rows, columns=list(RERUN_TYPES))
     if path.is_file():
         old = pd.read_parquet(path)
-        old = old[old["trial_id"] != chosen.row.get("trial_id")]
+        old = old[old["optuna_trial"] != chosen.row.get("optuna_trial")].reindex(columns=list(RERUN_TYPES))
         new = pd.concat([old, new], ignore_index=True) if len(old) else new
-    new = new.sort_values(["rank", "seed"]).reset_index(drop=True)
-    write_parquet_atomic(new.astype({"optuna_trial": "Int64"}) if "optuna_trial" in new else new, path)
+    new = new.sort_values(["rank", "seed"]).reset_index(drop=True).astype(RERUN_TYPES)
+    write_parquet_atomic(new, path)
     return path
 
 
@@ -191,13 +218,16 @@ def _print_seed(row: dict) -> None:
               f"in {row['seconds']:.0f}s -> {row['weights_file']}", flush=True)
 
 
-def summary_line(accs: list[float], hotdog: bool) -> str:
+def summary_line(accs: list[float], not_the_book: str) -> str:
+    """The rerun's test accuracy; beside it the book's figure only where the run is the book's setting."""
     if not accs:
         return "no seed produced a test accuracy (every run diverged): try another --rank"
     mean = sum(accs) / len(accs)
     sd = math.sqrt(sum((a - mean) ** 2 for a in accs) / (len(accs) - 1)) if len(accs) > 1 else 0.0
     line = f"test accuracy over {len(accs)} seed(s): {mean:.3f} +- {sd:.3f} (mean +- sd)"
-    return f"{line}    {BOOK_FIGURE}" if hotdog else line
+    if not_the_book:
+        return f"{line}\nthe book's 0.940 is not shown beside it: this run differs from the book's setting ({not_the_book})"
+    return f"{line}    {BOOK_FIGURE}"
 
 
 def retrain(folder: StudyFolder, chosen: Chosen, seeds: int, parallel: bool = False) -> list[dict]:
@@ -208,47 +238,45 @@ def retrain(folder: StudyFolder, chosen: Chosen, seeds: int, parallel: bool = Fa
     data = prepare_data(cfg.data_dir, cfg.image_size, val_fraction=0.0, split_seed=cfg.split_seed, with_test=True, log=print)
     print(f"decoded {len(data.train)} train (train + validation) and {len(data.test)} test images once, classes {data.classes}, "
           f"in {time.perf_counter() - t0:.1f}s")
-    hotdog = is_book_hotdog(cfg.data_dir, data.classes)
+    not_the_book = comparable_to_book(cfg, data.classes, len(data.train), len(data.test))
     seeds_list = [cfg.seed + i for i in range(seeds)]
-    weights = {s: str(folder.path / WEIGHTS_DIR / f"rank{chosen.rank}-seed{s}.pt") for s in seeds_list}
+    weights = {s: str(folder.path / RERUN_DIR / f"trial{chosen.row.get('optuna_trial')}-seed{s}.pt") for s in seeds_list}
     rows: list[dict] = []
     if parallel:
-        rows = _retrain_ray(chosen, data, seeds_list, weights, lambda rs: write_rerun(folder, chosen, rs))
+        rows = _retrain_ray(chosen, data, seeds_list, weights, lambda rs: write_rerun(folder, chosen, rs), not not_the_book)
     else:
         for s in seeds_list:
             result = run_seed(cfg.replace(seed=s), data, weights[s], progress=True)
-            rows.append(_row(chosen, result))
+            rows.append(_row(chosen, result, not not_the_book))
             _print_seed(result)
             write_rerun(folder, chosen, rows)  # after every seed: an interrupted rerun keeps what it finished
-    accs = [r["test_acc"] for r in rows if not _isnan(r["test_acc"])]
-    print(summary_line(accs, hotdog))
+    accs = [r["test_acc"] for r in rows if not isnan(r["test_acc"])]
+    print(summary_line(accs, not_the_book))
     print(f"results: {folder.path / RERUN_FILE}")
     return rows
 
 
-def _retrain_ray(chosen: Chosen, data, seeds: list[int], weights: dict, save) -> list[dict]:
+def _retrain_ray(chosen: Chosen, data, seeds: list[int], weights: dict, save, comparable: bool) -> list[dict]:
     """Each seed as a Ray task with the study's per-trial resources; the data goes to the object store once."""
     import ray
 
     from .run import start_ray
 
     settings = chosen.settings
-    start_ray(None)
+    start_ray(None, log_to_driver=True)  # each task's epoch lines reach this console, prefixed with its pid
     try:
-        cpus = float(settings.cpus_per_trial or 1)
+        threads = chosen.config.threads
         gpus = float(settings.gpus_per_trial or 0) if ray.cluster_resources().get("GPU", 0) else 0.0
-        task = ray.remote(num_cpus=cpus, num_gpus=gpus)(run_seed)
+        task = ray.remote(num_cpus=threads, num_gpus=gpus)(run_seed)
         data_ref = ray.put(data)
-        threads = max(1, int(cpus))
-        print(f"{len(seeds)} seed(s) as Ray tasks, each with {cpus:g} CPU(s)" + (f" and {gpus:g} GPU" if gpus else ""), flush=True)
-        # progress=True: Ray forwards each task's per-epoch lines to this console, prefixed with its pid
-        pending = {task.remote(chosen.config.replace(seed=s, threads=threads), data_ref, weights[s], True): s for s in seeds}
+        print(f"{len(seeds)} seed(s) as Ray tasks, each with {threads} CPU(s)" + (f" and {gpus:g} GPU" if gpus else ""), flush=True)
+        pending = {task.remote(chosen.config.replace(seed=s), data_ref, weights[s], True): s for s in seeds}
         rows = []
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             pending.pop(done[0])
             result = ray.get(done[0])
-            rows.append(_row(chosen, result))
+            rows.append(_row(chosen, result, comparable))
             _print_seed(result)
             save(rows)
         return sorted(rows, key=lambda r: r["seed"])
@@ -262,16 +290,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("study", nargs="?", help="the study folder (default: the newest study under --results-dir)")
     parser.add_argument("--results-dir", default="results", help="where to look for the newest study (default: %(default)s)")
-    parser.add_argument("--rank", type=int, default=1, help="which trial of trials.parquet: 1 = the best (default: %(default)s)")
+    parser.add_argument("--rank", type=int, default=None,
+                        help="which trial of trials.parquet, 1 = the best by validation accuracy (default: the confirmed winner "
+                             "where the study ran its confirmation stage, else rank 1)")
     parser.add_argument("--seeds", type=int, default=3, help="retrain with this many seeds: the study's seed + 0, 1, ... (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs per seed (default: the study's epochs)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per seed (default: the trial's own, so the same seed gives the same numbers "
+                             "sequentially and with --parallel; another count changes them slightly)")
     parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the study's)")
-    parser.add_argument("--parallel", action="store_true", help="run the seeds at once as Ray tasks, with the study's per-trial CPUs/GPUs")
-    parser.add_argument("--export", metavar="FILE", help="write the configuration as JSON for python -m trainable --config (- for stdout), print the command, and exit")
-    parser.add_argument("--print-command", action="store_true", help="print the equivalent python -m trainable command line and exit")
+    parser.add_argument("--parallel", action="store_true", help="run the seeds at once as Ray tasks, each with the trial's threads as CPUs (and the study's GPU share)")
+    parser.add_argument("--export", metavar="FILE",
+                        help="write the trial's configuration as it ran in the study (JSON for python -m trainable --config; - for stdout) and exit")
+    parser.add_argument("--print-command", action="store_true", help="print the python -m trainable command that reproduces the trial and exit")
     args = parser.parse_args(argv)
     checks = [
-        (args.rank >= 1, f"--rank {args.rank} must be 1 or more (1 = the best trial)"),
+        (args.rank is None or args.rank >= 1, f"--rank {args.rank} must be 1 or more (1 = the best trial)"),
+        (args.threads is None or args.threads >= 1, f"--threads {args.threads} must be 1 or more"),
         (args.seeds >= 1, f"--seeds {args.seeds} must be 1 or more"),
         (args.epochs is None or args.epochs >= 1, f"--epochs {args.epochs} must be 1 or more"),
     ]
@@ -285,22 +320,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     log = (lambda m: print(m, file=sys.stderr)) if args.export == "-" else print
     folder = find_study(args.study, args.results_dir, log=log)
-    chosen = choose(folder, args.rank, args.epochs, args.device)
+    chosen = choose(folder, args.rank, args.epochs, args.device, args.threads)
     if args.export:
         export(chosen, args.export)
         return 0
     if args.print_command:
-        print(command_line(chosen.config))
+        print(command_line(chosen.trial))
         return 0
     cfg = chosen.config
     print(f"study {chosen.settings.name}, {chosen.describe()}")
+    print(f"picked: {chosen.why}")
     if chosen.row.get("status") in ("errored", "diverged"):
         print(f"note: this trial {chosen.row.get('status')} in the study; retraining it anyway")
     params = "  ".join(f"{p}={fmt(getattr(cfg, p))}" for p in chosen.settings.space)
     print(f"retraining {params}: {cfg.epochs} epoch(s) at {cfg.image_size}px, weights {cfg.weights}, on train + validation, "
-          f"{args.seeds} seed(s)")
+          f"{args.seeds} seed(s), {cfg.threads} thread(s) each")
     rows = retrain(folder, chosen, args.seeds, args.parallel)
-    return 0 if any(not _isnan(r["test_acc"]) for r in rows) else 1
+    return 0 if any(not isnan(r["test_acc"]) for r in rows) else 1
 
 
 if __name__ == "__main__":

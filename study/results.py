@@ -1,129 +1,182 @@
-"""The study's tables: ``trials.parquet`` (one ranked row per trial) and ``epochs.parquet`` (one row per
-trial per epoch), rewritten atomically after every result so an interrupted study keeps all it finished."""
+"""The study's tables: ``trials.parquet`` (one ranked row per sample) and ``epochs.parquet`` (one row per
+sample per epoch), rewritten atomically after every result so an interrupted study keeps all it finished.
+
+A sample is an Optuna trial: its number (``optuna_trial``) is the key. ``trial_id`` is the Ray Tune trial
+that ran it last; a trial resumed by a later driver run is a new Ray trial of the same sample, so its epoch
+rows carry the id of the Ray trial that trained each epoch.
+"""
 
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import pandas as pd
 
+from .layout import EPOCHS_FILE, TRIALS_FILE, isnan, write_parquet_atomic
+
 EPOCH_COLUMNS = [
     "trial_id", "optuna_trial", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds",
-    "images_per_s", "diverged", "resumed_from_epoch", "node_id", "node_ip", "hostname",
+    "images_per_s", "diverged", "resumed_from_epoch", "ended_at", "node_id", "node_ip", "hostname",
 ]
-STATUSES = ("completed", "stopped early", "diverged", "errored", "running")
-
-
-def write_parquet_atomic(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)  # readers see the old table or the new one, never half of one
+EPOCH_TYPES = {"trial_id": "str", "optuna_trial": "int64", "epoch": "int64", "train_loss": "float64", "train_acc": "float64",
+               "val_loss": "float64", "val_acc": "float64", "seconds": "float64", "images_per_s": "float64", "diverged": "bool",
+               "resumed_from_epoch": "int64", "ended_at": "float64", "node_id": "str", "node_ip": "str", "hostname": "str"}
+TRIAL_HEAD = ["rank", "trial_id", "optuna_trial", "baseline"]
+TRIAL_TAIL = ["best_val_acc", "best_epoch", "last_val_acc", "epochs_run", "status", "error", "seconds", "images_per_s",
+              "seed", "threads", "trial_dir", "node_id", "node_ip", "hostname"]
+TRIAL_TYPES = {"rank": "int64", "trial_id": "str", "optuna_trial": "int64", "baseline": "bool", "best_val_acc": "float64",
+               "best_epoch": "Int64", "last_val_acc": "float64", "epochs_run": "int64", "status": "str", "error": "str",
+               "seconds": "float64", "images_per_s": "float64", "seed": "int64", "threads": "int64", "trial_dir": "str",
+               "node_id": "str", "node_ip": "str", "hostname": "str"}
+PARAM_TYPES = {"lr": "float64", "head_lr_mult": "float64", "weight_decay": "float64", "momentum": "float64",
+               "freeze_depth": "int64", "batch_size": "int64", "augment": "str"}
 
 
 def read_table(path: Path) -> pd.DataFrame | None:
     return pd.read_parquet(path) if path.exists() else None
 
 
+def _or_inf(value) -> float:
+    return math.inf if isnan(value) else float(value)
+
+
 class StudyTables:
     """In-memory trial and epoch records of one study, and their parquet files."""
 
-    def __init__(self, folder: Path, params: list[str], max_epochs: int, seed: int):
+    def __init__(self, folder: Path, params: list[str], max_epochs: int, seed: int, load: bool = True):
         self.folder = Path(folder)
         self.params = params
         self.max_epochs = max_epochs
         self.seed = seed
-        self.trials: dict[str, dict] = {}
-        self.epochs: dict[tuple[str, int], dict] = {}
-        self._load()
+        self.trials: dict[int, dict] = {}  # optuna_trial -> row
+        self.epochs: dict[tuple[int, int], dict] = {}  # (optuna_trial, epoch) -> row
+        if load:
+            self.load()
 
     @property
     def trials_path(self) -> Path:
-        return self.folder / "trials.parquet"
+        return self.folder / TRIALS_FILE
 
     @property
     def epochs_path(self) -> Path:
-        return self.folder / "epochs.parquet"
+        return self.folder / EPOCHS_FILE
 
-    def _load(self) -> None:
-        """On resume: start from what the interrupted run wrote."""
+    def load(self) -> None:
+        """Start from what an earlier driver run wrote (raises where a file cannot be read)."""
         epochs, trials = read_table(self.epochs_path), read_table(self.trials_path)
         if epochs is not None:
             for row in epochs.to_dict("records"):
-                self.epochs[(row["trial_id"], int(row["epoch"]))] = row
+                self.epochs[(int(row["optuna_trial"]), int(row["epoch"]))] = row
         if trials is not None:
             for row in trials.to_dict("records"):
                 row.pop("rank", None)
-                self.trials[row["trial_id"]] = row
+                self.trials[int(row["optuna_trial"])] = row
 
-    def history(self) -> dict[str, dict[int, float]]:
-        """val_acc by trial and epoch (for rebuilding ASHA's rungs)."""
-        out: dict[str, dict[int, float]] = {}
-        for (trial_id, epoch), row in self.epochs.items():
-            if not row.get("diverged") and not _isnan(row.get("val_acc")):
-                out.setdefault(trial_id, {})[epoch] = float(row["val_acc"])
+    def history(self) -> list[tuple[int, int, float]]:
+        """(sample, epoch, val_acc) in the order the results arrived, a diverged epoch as 0: what ASHA saw."""
+        rows = sorted(self.epochs.values(), key=lambda r: (_or_inf(r.get("ended_at")), r["optuna_trial"], r["epoch"]))
+        out = []
+        for row in rows:
+            value = 0.0 if row.get("diverged") else row.get("val_acc")
+            if not isnan(value):
+                out.append((int(row["optuna_trial"]), int(row["epoch"]), float(value)))
         return out
 
-    def on_start(self, trial_id: str, config: dict) -> None:
-        row = self.trials.setdefault(trial_id, {"trial_id": trial_id, "status": "running", "error": None})
-        row["optuna_trial"] = config.get("optuna_trial")
-        row["baseline"] = bool(config.get("baseline", False))
+    def rows_of(self, number: int) -> list[dict]:
+        return sorted((r for (n, _), r in self.epochs.items() if n == number), key=lambda r: r["epoch"])
+
+    def on_start(self, number: int, trial_id: str, config: dict, trial_dir: str | None = None, threads: int | None = None) -> None:
+        row = self.trials.setdefault(number, {"optuna_trial": number, "status": "running", "error": None})
+        row.update(trial_id=trial_id, baseline=bool(config.get("baseline", False)), seed=self.seed, status="running", error=None)
         for name in self.params:
             row[name] = config.get(name)
-        row["seed"] = self.seed
+        if trial_dir is not None and isnan(row.get("trial_dir")):
+            row["trial_dir"] = trial_dir  # a resumed sample keeps its earlier folder until it checkpoints in the new one
+        if threads is not None:
+            row["threads"] = threads
+        self._summarise(number)
 
-    def on_result(self, trial_id: str, config: dict, result: dict) -> None:
-        if trial_id not in self.trials:
-            self.on_start(trial_id, config)
+    def on_result(self, number: int, trial_id: str, config: dict, result: dict, trial_dir: str | None = None) -> str | None:
+        """Record an epoch; returns the sample's previous checkpoint folder when this result moved it elsewhere."""
+        if number not in self.trials:
+            self.on_start(number, trial_id, config)
+        previous = None
+        trial = self.trials[number]
+        if trial_dir is not None and not result.get("replayed") and trial.get("trial_dir") != trial_dir:
+            previous = None if isnan(trial.get("trial_dir")) else trial["trial_dir"]
+            trial["trial_dir"] = trial_dir  # its newest checkpoint is there now
         epoch = int(result["epoch"])
         row = {k: result.get(k) for k in EPOCH_COLUMNS}
-        row.update(trial_id=trial_id, optuna_trial=config.get("optuna_trial"), epoch=epoch, diverged=bool(result.get("diverged")))
-        self.epochs[(trial_id, epoch)] = row
-        trial = self.trials[trial_id]
-        trial.update(node_id=result.get("node_id"), node_ip=result.get("node_ip"), hostname=result.get("hostname"))
-        if result.get("diverged"):
-            trial["status"] = "diverged"
-        self._summarise(trial_id)
+        row.update(trial_id=trial_id, optuna_trial=number, epoch=epoch, diverged=bool(result.get("diverged")),
+                   resumed_from_epoch=int(result.get("resumed_from_epoch") or 0))
+        self.epochs[(number, epoch)] = row
+        for later in [key for key in self.epochs if key[0] == number and key[1] > epoch]:
+            del self.epochs[later]  # a run restarted from an earlier epoch replaces what it trains again
+        trial = self.trials[number]
+        trial.update(trial_id=trial_id, node_id=result.get("node_id"), node_ip=result.get("node_ip"), hostname=result.get("hostname"))
+        if result.get("threads") is not None:
+            trial["threads"] = int(result["threads"])
+        self._summarise(number)
+        return previous
 
-    def on_end(self, trial_id: str, config: dict, error: str | None = None) -> str:
-        if trial_id not in self.trials:
-            self.on_start(trial_id, config)
-        trial = self.trials[trial_id]
-        self._summarise(trial_id)
+    def on_end(self, number: int, trial_id: str, config: dict, error: str | None = None) -> str:
+        if number not in self.trials:
+            self.on_start(number, trial_id, config)
+        trial = self.trials[number]
+        self._summarise(number)
         if error is not None:
             trial["status"], trial["error"] = "errored", error
-        elif trial["status"] != "diverged":
+        elif any(r.get("diverged") for r in self.rows_of(number)):
+            trial["status"] = "diverged"
+        else:
             trial["status"] = "completed" if trial.get("epochs_run", 0) >= self.max_epochs else "stopped early"
         return trial["status"]
 
-    def _summarise(self, trial_id: str) -> None:
-        rows = sorted((r for (t, _), r in self.epochs.items() if t == trial_id), key=lambda r: r["epoch"])
-        trial = self.trials[trial_id]
-        valid = [r for r in rows if not r["diverged"] and not _isnan(r["val_acc"])]
+    def forget(self, number: int) -> None:
+        """Drop a sample's rows (it will be run again from its start)."""
+        self.trials.pop(number, None)
+        for key in [key for key in self.epochs if key[0] == number]:
+            del self.epochs[key]
+
+    def _summarise(self, number: int) -> None:
+        rows = self.rows_of(number)
+        trial = self.trials[number]
+        valid = [r for r in rows if not r.get("diverged") and not isnan(r.get("val_acc"))]
         best = max(valid, key=lambda r: r["val_acc"], default=None)
         trial["best_val_acc"] = best["val_acc"] if best else math.nan
         trial["best_epoch"] = best["epoch"] if best else None
         trial["last_val_acc"] = valid[-1]["val_acc"] if valid else math.nan
         trial["epochs_run"] = rows[-1]["epoch"] if rows else 0
-        trial["seconds"] = float(sum(r["seconds"] or 0 for r in rows))
-        speeds = [r["images_per_s"] for r in rows if r["images_per_s"]]
+        trial["seconds"] = float(sum(r.get("seconds") or 0 for r in rows if not isnan(r.get("seconds"))))
+        speeds = [r["images_per_s"] for r in rows if not isnan(r.get("images_per_s")) and r.get("images_per_s")]
         trial["images_per_s"] = float(sum(speeds) / len(speeds)) if speeds else math.nan
+        if any(r.get("diverged") for r in rows) and trial.get("status") == "running":
+            trial["status"] = "diverged"
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for t in self.trials.values():
+            out[t["status"]] = out.get(t["status"], 0) + 1
+        return out
 
     def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
-        columns = ["rank", "trial_id", "optuna_trial", "baseline", *self.params, "best_val_acc", "best_epoch",
-                   "last_val_acc", "epochs_run", "status", "error", "seconds", "images_per_s", "seed",
-                   "node_id", "node_ip", "hostname"]
-        trials = pd.DataFrame(list(self.trials.values())).reindex(columns=columns)
+        columns = [*TRIAL_HEAD, *self.params, *TRIAL_TAIL]
+        trials = pd.DataFrame(list(self.trials.values()), columns=[c for c in columns if c != "rank"]).reindex(columns=columns)
         # Diverged and errored trials rank last whatever they reached before: their recipe is not one to rerun.
         failed = trials["status"].isin(["diverged", "errored"])
         trials = trials.assign(_failed=failed).sort_values(
             ["_failed", "best_val_acc", "epochs_run", "optuna_trial"], ascending=[True, False, False, True], na_position="last"
         ).drop(columns="_failed")
         trials["rank"] = range(1, len(trials) + 1)
-        trials = trials.astype({"best_epoch": "Int64", "optuna_trial": "Int64", "epochs_run": "Int64", "rank": "int64"})
-        epochs = pd.DataFrame(list(self.epochs.values())).reindex(columns=EPOCH_COLUMNS)
-        epochs = epochs.sort_values(["trial_id", "epoch"]).astype({"epoch": "int64", "optuna_trial": "Int64"})
+        trials["threads"] = trials["threads"].fillna(0)
+        trials["seed"] = trials["seed"].fillna(self.seed)
+        trials["baseline"] = trials["baseline"].fillna(False)
+        types = {**TRIAL_TYPES, **{p: PARAM_TYPES.get(p, "float64") for p in self.params}}
+        trials = trials.astype(types)
+        epochs = pd.DataFrame(list(self.epochs.values()), columns=EPOCH_COLUMNS)
+        epochs["resumed_from_epoch"] = epochs["resumed_from_epoch"].fillna(0)
+        epochs = epochs.sort_values(["optuna_trial", "epoch"]).astype(EPOCH_TYPES)
         return trials.reset_index(drop=True), epochs.reset_index(drop=True)
 
     def write(self) -> None:
@@ -131,7 +184,3 @@ class StudyTables:
         self.folder.mkdir(parents=True, exist_ok=True)
         write_parquet_atomic(epochs, self.epochs_path)
         write_parquet_atomic(trials, self.trials_path)
-
-
-def _isnan(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))

@@ -3,6 +3,11 @@
 Ray Tune runs the trials (fractional GPUs, or CPU slots), Optuna's TPE proposes each configuration (the
 book's recipe first, as the baseline), ASHA stops poor trials early. Results land in
 ``<results-dir>/<name>/``: ``trials.parquet`` (ranked), ``epochs.parquet``, ``optuna.db``, ``study.json``.
+
+Exit codes: 0 the study finished and at least one trial has a validation accuracy; 1 it stopped before
+every trial finished (Ctrl-C, SIGTERM, a full disk, a crash of Ray): the line before says how to resume;
+2 bad input, or the study cannot run as asked (one ``error:`` line); 3 it finished but no trial is usable
+(every one diverged or failed, so there is nothing to rerun).
 """
 
 from __future__ import annotations
@@ -12,38 +17,49 @@ import datetime as dt
 import logging
 import math
 import os
+import shlex
 import shutil
+import signal
 import sys
+import tempfile
 import time
+import traceback
 from pathlib import Path
 
 from trainable import TrainConfig, UserError, prepare_data
 from trainable.cli import add_data_options, check_output_folder, run_main
 from trainable.data import check_layout
 
-from .layout import StudyFolder, StudySettings
+from .layout import StudyFolder, StudySettings, isnan, write_text_atomic
 from .space import baseline_params, load_space, show_space
 
-# Quiet, and snapshot the experiment often: a hard kill then loses at most this many seconds of bookkeeping.
-os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+# Quiet: our own console lines instead of Ray's tables; no CSV/TensorBoard files per trial unless asked for.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no Ray tables; ours instead
-os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no CSV/TensorBoard files per trial
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
+EXIT_OK, EXIT_STOPPED, EXIT_BAD_INPUT, EXIT_NO_RESULT = 0, 1, 2, 3
+# Options that decide what a trial computes: fixed for the life of a study (--resume refuses a change).
+FIXED_ON_RESUME = ("data_dir", "weights", "epochs", "image_size", "batch_size", "val_fraction", "split_seed", "precision",
+                   "device", "augment_path", "momentum", "seed", "space", "grace_epochs", "reduction_factor", "storage")
+# Options that decide only where and how many trials run: kept from study.json unless given again.
+RUN_OPTIONS = {"gpus_per_trial": "gpus_requested", "cpus_per_trial": "cpus_requested", "max_concurrent": "max_concurrent",
+               "fresh_actors": "fresh_actors", "address": "address"}
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m study.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--samples", type=int, default=32, help="number of trials (default: %(default)s)")
+    parser.add_argument("--samples", type=int, default=32, help="number of trials (default: %(default)s; with --resume, more extends the study)")
     parser.add_argument("--name", help="study name: its folder under --results-dir (default: <data>-<date>-<time>)")
-    parser.add_argument("--results-dir", default="results", help="(default: %(default)s)")
-    parser.add_argument("--resume", action="store_true", help="continue the interrupted study --name")
+    parser.add_argument("--results-dir", default="results", help="the folder that holds the study folders (default: %(default)s)")
+    parser.add_argument("--resume", action="store_true", help="continue the study --name: its stored options, unfinished trials first")
     parser.add_argument("--seed", type=int, default=0, help="seeds the TPE sampler and every trial's training (default: %(default)s)")
     parser.add_argument("--space", help="JSON file with the search space (see --show-space)")
     parser.add_argument("--show-space", action="store_true", help="print the search space as JSON and exit")
     add_data_options(parser)
     parser.add_argument("--momentum", type=float, default=0.0, help="SGD momentum for every trial unless searched (default: the book's 0)")
-    parser.add_argument("--gpus-per-trial", type=float, default=0.25, help="GPU share per trial where there are GPUs (default: %(default)s: 4 trials per GPU)")
+    parser.add_argument("--gpus-per-trial", type=float, default=0.25, help="GPU share per trial where there are GPUs (default: %(default)s: 4 trials per GPU); 0 trains on CPUs")
     parser.add_argument("--cpus-per-trial", type=float, default=None, help="CPUs (= torch threads) per trial (default: 1 on CPU-only machines; CPUs/trials per GPU machine)")
     parser.add_argument("--max-concurrent", type=int, default=None, help="most trials at once (default: as many as the resources fit)")
     parser.add_argument("--grace-epochs", type=int, default=1, help="ASHA: epochs before a trial may be stopped (default: %(default)s)")
@@ -52,8 +68,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="start a new Ray worker process for every trial (default: a finished trial's process runs the next one, "
                              "which saves each trial the seconds of importing torch and Ray Tune)")
     parser.add_argument("--address", help="an existing Ray cluster (e.g. auto or HOST:6379); default: start Ray on this machine")
-    parser.add_argument("--storage", help="where the Ray experiment goes (a folder every node sees, or s3://...); default: inside the study folder")
-    return parser.parse_args(argv)
+    parser.add_argument("--storage", help="where Ray keeps the trials' checkpoints (a folder every node sees, or s3://...); default: <study>/ray")
+    return parser
+
+
+def given_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The ``dest`` of every option spelled out on the command line (``--x v`` or ``--x=v``)."""
+    spelled = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
+    return {action.dest for action in parser._actions if spelled & set(action.option_strings)}
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -72,14 +94,14 @@ def check_args(args: argparse.Namespace) -> None:
             raise UserError(message)
 
 
-def plan_resources(args: argparse.Namespace, cluster: dict) -> tuple[dict, int, str | None]:
+def plan_resources(gpus_requested: float, cpus_requested: float | None, cluster: dict) -> tuple[dict, int, str | None]:
     """Per-trial resources, how many trials fit at once, and a message when the request was changed.
 
     Never asks Ray for a GPU the cluster does not have: such trials would wait forever.
     """
     cpus, gpus = float(cluster.get("CPU", 1)), float(cluster.get("GPU", 0))
     message = None
-    gpu_share = args.gpus_per_trial
+    gpu_share = gpus_requested
     if gpu_share > 0 and gpus == 0:
         message = f"no GPU in the Ray cluster: running trials on CPU slots instead of {gpu_share:g} GPU each"
         gpu_share = 0.0
@@ -87,15 +109,14 @@ def plan_resources(args: argparse.Namespace, cluster: dict) -> tuple[dict, int, 
         raise UserError(f"--gpus-per-trial {gpu_share:g} is more than the {gpus:g} GPU(s) of the cluster: ask for at most {gpus:g}")
     if gpu_share > 0:
         slots = int(gpus / gpu_share + 1e-9)
-        cpu_share = args.cpus_per_trial or max(1.0, math.floor(cpus / slots))
+        cpu_share = cpus_requested or max(1.0, math.floor(cpus / slots))
         slots = min(slots, int(cpus / cpu_share + 1e-9))
     else:
-        cpu_share = args.cpus_per_trial or 1.0
+        cpu_share = cpus_requested or 1.0
         slots = int(cpus / cpu_share + 1e-9)
     if slots < 1:
         raise UserError(f"--cpus-per-trial {cpu_share:g} is more than the {cpus:g} CPU(s) of the cluster: ask for at most {cpus:g}")
-    resources = {"cpu": cpu_share, "gpu": gpu_share}
-    return resources, slots, message
+    return {"cpu": cpu_share, "gpu": gpu_share}, slots, message
 
 
 def trial_dirname(trial) -> str:
@@ -105,6 +126,10 @@ def trial_dirname(trial) -> str:
 def default_name(data_dir: str | None) -> str:
     stem = Path(data_dir).resolve().name if data_dir else "hotdog"
     return f"{stem}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+
+
+def resume_command(folder: StudyFolder) -> str:
+    return shlex.join(["python", "-m", "study.run", "--resume", "--name", folder.path.name, "--results-dir", str(folder.path.parent)])
 
 
 def check_reachable(address: str) -> None:
@@ -124,7 +149,7 @@ def check_reachable(address: str) -> None:
         raise UserError(f"cannot reach the Ray cluster at {address} ({exc}): start it with ray start --head, or check --address") from None
 
 
-def start_ray(address: str | None) -> None:
+def start_ray(address: str | None, log_to_driver: bool = False) -> None:
     import ray
 
     from . import reaper
@@ -133,7 +158,7 @@ def start_ray(address: str | None) -> None:
         check_reachable(address)
     else:
         reaper.spawn()  # ends this driver's local Ray processes even if it is killed hard
-    kwargs = dict(logging_level=logging.ERROR, log_to_driver=False, configure_logging=True)
+    kwargs = dict(logging_level=logging.ERROR, log_to_driver=log_to_driver, configure_logging=True)
     try:
         if address:
             ray.init(address=address, **kwargs)
@@ -146,12 +171,72 @@ def start_ray(address: str | None) -> None:
         raise UserError(f"cannot start or reach {where} ({str(exc).splitlines()[0]}): check --address, or leave it out{auth}") from None
 
 
+def check_cluster_gpus(resources: dict, local: bool) -> None:
+    """Trials given a GPU must be able to use it: check once, before the first trial, not 100x slower later.
+
+    On this machine the driver's own torch tells; on a cluster a probe task asks a GPU node's.
+    """
+    if not resources["gpu"]:
+        return
+    from .adapter import check_gpu
+
+    if local:
+        try:
+            check_gpu([0])
+        except Exception as exc:
+            raise UserError(str(exc)) from None
+        return
+    import ray
+
+    def probe():
+        from study.adapter import TrialError, check_gpu
+        try:
+            check_gpu(ray.get_gpu_ids())
+            return ""
+        except TrialError as exc:
+            return str(exc)
+
+    problem = ray.get(ray.remote(num_gpus=resources["gpu"], num_cpus=resources["cpu"])(probe).remote())
+    if problem:
+        raise UserError(problem)
+
+
+def checkpoint_bytes(base: TrainConfig, space: dict) -> int:
+    """The size of one trial checkpoint: the model's state, twice that with momentum (its buffers)."""
+    from trainable.model import build_model
+
+    model_bytes = sum(t.numel() * t.element_size() for t in build_model("none", 2).state_dict().values())
+    momentum = base.momentum > 0 or "momentum" in space
+    return model_bytes * (2 if momentum else 1)
+
+
+def check_free_space(folder: StudyFolder, experiment: str, concurrent: int, per_checkpoint: int) -> None:
+    """Fail before the first trial where the checkpoints cannot fit: a running trial holds one, two while the
+    next replaces it, and its worker writes it to a temporary folder first."""
+    need = concurrent * 2 * per_checkpoint + (16 << 20)
+    places = {"--results-dir": folder.path} | ({} if "://" in experiment else {"--storage": Path(experiment)})
+    places["the temporary folder (TMPDIR)"] = Path(tempfile.gettempdir())
+    for option, path in places.items():
+        probe = path
+        while not probe.exists():
+            probe = probe.parent
+        free = shutil.disk_usage(probe).free
+        want = concurrent * per_checkpoint + (16 << 20) if option.startswith("the temporary") else need
+        if free < want:
+            raise UserError(f"not enough free space in {path}: the study needs about {want >> 20} MB there "
+                            f"({concurrent} trial(s) at a time, a {per_checkpoint >> 20} MB checkpoint each) and {free >> 20} MB are free: "
+                            f"free space, or give {option} a larger disk")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    given = given_options(parser, argv)
     check_args(args)
     if args.show_space:
         print(show_space(load_space(args.space)))
-        return 0
+        return EXIT_OK
 
     results_dir = Path(args.results_dir).expanduser().resolve()
     if args.resume:
@@ -160,118 +245,222 @@ def main(argv: list[str] | None = None) -> int:
         folder = StudyFolder(results_dir / args.name)
         if not folder.exists():
             raise UserError(f"no study named {args.name!r} in {results_dir} to resume: check --name and --results-dir")
-        settings = folder.read_settings()
-    else:
-        space = load_space(args.space)
-        base = TrainConfig(
-            data_dir=str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None,
-            weights=args.weights if args.weights in ("imagenet", "none") else str(Path(args.weights).expanduser().resolve()),
-            epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size,
-            val_fraction=args.val_fraction, precision=args.precision, device=args.device, momentum=args.momentum,
-            seed=args.seed,
-        ).validate()
-        if base.val_fraction <= 0:
-            raise UserError("--val-fraction must be above 0 for a study: trials are compared on the validation split")
-        if base.data_dir is not None:
-            check_layout(base.data_dir)  # a wrong --data-dir fails now, before a study folder is created
-        if base.weights not in ("imagenet", "none"):
-            from trainable.model import build_model
-            build_model(base.weights, 2)  # a bad weights file fails now, not in every trial
-        name = args.name or default_name(args.data_dir)
-        folder = StudyFolder(results_dir / name)
-        if folder.exists():
-            raise UserError(f"a study named {name!r} already exists in {results_dir}: pass --resume to continue it, or choose another --name")
-        if args.storage and "://" not in args.storage:
-            check_output_folder(Path(args.storage).expanduser().resolve(), "--storage", holds="results", kind="folder")  # before any study folder is made
-        created = not folder.path.exists()
-        check_output_folder(folder.path, "--results-dir", holds="results", kind="folder")
-        experiment = Path(args.storage).expanduser().resolve() / name if args.storage and "://" not in args.storage else (
-            f"{args.storage.rstrip('/')}/{name}" if args.storage else folder.path / "ray")
-        settings = StudySettings(name=name, base=base.to_dict(), space=space, samples=args.samples, seed=args.seed,
-                                 experiment_path=str(experiment), created=dt.datetime.now().isoformat(timespec="seconds"))
+        lock = folder.lock()
         try:
-            return run_study(args, folder, settings)
+            settings = folder.read_settings()
+            apply_resume_options(args, given, settings)
+            return run_study(args, folder, settings, resumed=True)
+        finally:
+            lock.release()
+
+    space = load_space(args.space)
+    base = TrainConfig(
+        data_dir=str(Path(args.data_dir).expanduser().resolve()) if args.data_dir else None,
+        weights=args.weights if args.weights in ("imagenet", "none") else str(Path(args.weights).expanduser().resolve()),
+        epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size, val_fraction=args.val_fraction,
+        split_seed=args.split_seed, precision=args.precision, device=args.device, augment_path=args.augment_path,
+        momentum=args.momentum, seed=args.seed,
+    ).validate()
+    if base.val_fraction <= 0:
+        raise UserError("--val-fraction must be above 0 for a study: trials are compared on the validation split")
+    if base.data_dir is not None:
+        check_layout(base.data_dir)  # a wrong --data-dir fails now, before a study folder is created
+    if base.weights not in ("imagenet", "none"):
+        from trainable.model import build_model
+        build_model(base.weights, 2)  # a bad weights file fails now, not in every trial
+    name = args.name or default_name(args.data_dir)
+    folder = StudyFolder(results_dir / name)
+    if folder.exists():
+        raise UserError(f"a study named {name!r} already exists in {results_dir}: pass --resume to continue it, or choose another --name")
+    storage = str(Path(args.storage).expanduser().resolve()) if args.storage and "://" not in args.storage else args.storage
+    if storage and "://" not in storage:
+        check_output_folder(storage, "--storage", holds="results", kind="folder")  # before any study folder is made
+    created = not folder.path.exists()
+    check_output_folder(folder.path, "--results-dir", holds="results", kind="folder")
+    lock = folder.lock()
+    try:
+        if folder.exists():  # another driver created it between our check and our lock
+            raise UserError(f"a study named {name!r} already exists in {results_dir}: pass --resume to continue it, or choose another --name")
+        experiment = f"{storage.rstrip('/')}/{name}" if storage else str(folder.path / "ray")
+        baseline, baseline_note = baseline_params(space)
+        settings = StudySettings(
+            name=name, base=base.to_dict(), space=space, samples=args.samples, seed=args.seed, experiment_path=experiment,
+            created=dt.datetime.now().isoformat(timespec="seconds"), gpus_requested=args.gpus_per_trial, cpus_requested=args.cpus_per_trial,
+            max_concurrent=args.max_concurrent, grace_epochs=args.grace_epochs, reduction_factor=float(args.reduction_factor),
+            fresh_actors=args.fresh_actors, address=args.address, storage=storage, baseline=baseline, baseline_note=baseline_note)
+        try:
+            return run_study(args, folder, settings, resumed=False)
         except BaseException:
             if created and not folder.exists():  # it failed before its study.json: leave no half-made study behind
                 shutil.rmtree(folder.path, ignore_errors=True)
             raise
-    return run_study(args, folder, settings)
+    finally:
+        lock.release()
 
 
-def run_study(args: argparse.Namespace, folder: StudyFolder, settings: StudySettings) -> int:
-    import ray
-    from ray import tune
-    from ray.tune.search import ConcurrencyLimiter
+def apply_resume_options(args: argparse.Namespace, given: set[str], settings: StudySettings) -> None:
+    """--resume runs the study with the options it was started with; only where and how many trials run may
+    change (said in one line), and --samples may grow. Anything else given again is refused."""
+    base = settings.base
+    stored = {**base, "space": settings.space, "grace_epochs": settings.grace_epochs, "reduction_factor": settings.reduction_factor,
+              "storage": settings.storage, "seed": settings.seed}
+    for dest in FIXED_ON_RESUME:
+        if dest in given and getattr(args, dest) != stored.get(dest) and not _same_path(getattr(args, dest), stored.get(dest)):
+            flag = "--" + dest.replace("_", "-")
+            raise UserError(f"{flag} cannot change when resuming: study {settings.name!r} runs with {stored.get(dest)!r}; "
+                            f"leave {flag} out, or start a new study under another --name")
+    for dest, key in RUN_OPTIONS.items():
+        if dest in given and getattr(args, dest) != getattr(settings, key):
+            print(f"--{dest.replace('_', '-')} {getattr(args, dest)} from now on (the study was started with {getattr(settings, key)})")
+            setattr(settings, key, getattr(args, dest))
+    if "samples" in given and args.samples != settings.samples:
+        print(f"--samples {args.samples}: the study grows from {settings.samples} trial(s)" if args.samples > settings.samples
+              else f"--samples {args.samples}: fewer than the study's {settings.samples}")
+        settings.samples = args.samples
 
-    from .adapter import run_trial
-    from .asha import ResumableASHA
-    from .callback import StudyCallback
-    from .searcher import AskTellOptunaSearch, storage_url
-    from .summary import print_summary
 
-    base = TrainConfig.from_dict(settings.base)
-    print(f"study {settings.name}: {settings.samples} trials, {base.epochs} epoch(s) at {base.image_size}px, weights {base.weights}")
-    t0 = time.perf_counter()
-    data = prepare_data(base.data_dir, base.image_size, base.val_fraction, base.split_seed, log=print)
-    print(f"decoded {len(data.train) + len(data.val)} images once ({len(data.train)} train, {len(data.val)} validation, "
-          f"classes {data.classes}) in {time.perf_counter() - t0:.1f}s")
-
-    start_ray(args.address)
+def _same_path(a, b) -> bool:
     try:
-        resources, slots, message = plan_resources(args, ray.cluster_resources())
+        return a is not None and b is not None and Path(str(a)).expanduser().resolve() == Path(str(b)).expanduser().resolve()
+    except (OSError, ValueError):
+        return False
+
+
+def run_study(args: argparse.Namespace, folder: StudyFolder, settings: StudySettings, resumed: bool) -> int:
+    base = TrainConfig.from_dict(settings.base)
+    run = {"started": dt.datetime.now().isoformat(timespec="seconds"), "resumed": resumed, "timings": {}}
+    timings = run["timings"]
+    t0 = time.perf_counter()
+    print(f"study {settings.name}: {settings.samples} trials, {base.epochs} epoch(s) at {base.image_size}px, weights {base.weights}")
+    if settings.baseline_note and not resumed:
+        print(settings.baseline_note)
+    data = prepare_data(base.data_dir, base.image_size, base.val_fraction, base.split_seed, log=print)
+    timings["decode_s"] = round(time.perf_counter() - t0, 2)
+    print(f"decoded {len(data.train) + len(data.val)} images once ({len(data.train)} train, {len(data.val)} validation, "
+          f"classes {data.classes}) in {timings['decode_s']:.1f}s")
+    settings.val_images = len(data.val)
+
+    from .asha import ResumableASHA
+    from .state import prepare
+
+    params = list(settings.space)
+    scheduler = ResumableASHA(base.epochs, grace_period=settings.grace_epochs, reduction_factor=settings.reduction_factor)
+    plan = prepare(folder, settings, params, decisions_of=lambda tables: scheduler.replay(tables.history()))
+    for note in plan.notes:
+        print(note)
+    if settings.samples < plan.finished + len(plan.unfinished):
+        raise UserError(f"--samples {settings.samples} is fewer than the {plan.finished + len(plan.unfinished)} trial(s) study "
+                        f"{settings.name!r} already has: ask for at least that many")
+    remaining = settings.samples - plan.finished
+    if resumed:
+        print(f"resuming: {plan.finished} trial(s) finished, {len(plan.unfinished)} to continue, "
+              f"{remaining - len(plan.unfinished)} to start")
+
+    import ray
+
+    start_ray(settings.address)
+    try:
+        timings["ray_start_s"] = round(time.perf_counter() - t0 - timings["decode_s"], 2)
+        resources, slots, message = plan_resources(settings.gpus_requested, settings.cpus_requested, ray.cluster_resources())
         if message:
             print(message)
-        settings.val_images = len(data.val)
-        if not args.resume:
-            settings.gpus_per_trial, settings.cpus_per_trial = resources["gpu"], resources["cpu"]
-            folder.write_settings(settings)
-        concurrent = min(args.max_concurrent or slots, slots, settings.samples)
+        check_cluster_gpus(resources, local=not settings.address)
+        settings.gpus_per_trial, settings.cpus_per_trial = resources["gpu"], resources["cpu"]
+        concurrent = max(1, min(settings.max_concurrent or slots, slots, remaining or 1))
+        check_free_space(folder, settings.experiment_path, concurrent, checkpoint_bytes(base, settings.space))
+        settings.runs.append(run)
+        folder.write_settings(settings)
+        plan.tables.write()  # repairs and decisions made above, on disk before any trial runs
+        if remaining <= 0:
+            print("every trial of the study has finished")
+            return finish(folder, settings, plan.tables, run, t0, 0.0, stopped=None)
         print(f"{concurrent} trial(s) at a time, each with {resources['cpu']:g} CPU(s)"
               + (f" and {resources['gpu']:g} GPU" if resources["gpu"] else ""))
-
-        params = list(settings.space)
-        trainable = tune.with_resources(tune.with_parameters(run_trial, data=data, base=settings.base), resources)
-        experiment = settings.experiment_path
-        fit_start = time.perf_counter()
-        if args.resume:
-            if not tune.Tuner.can_restore(experiment):
-                raise UserError(f"study {settings.name!r} has no Ray experiment to restore at {experiment}: start it again under a new --name")
-            tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False)
-        else:
-            searcher = AskTellOptunaSearch(
-                settings.space, storage_url(folder.optuna_db), settings.name, max_epochs=base.epochs, seed=settings.seed,
-                baseline=baseline_params(settings.space), fixed={},
-            )
-            scheduler = ResumableASHA(base.epochs, folder.path, grace_period=args.grace_epochs, reduction_factor=args.reduction_factor)
-            storage_path, exp_name = str(Path(experiment).parent) if "://" not in experiment else experiment.rsplit("/", 1)[0], Path(experiment).name
-            tuner = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(num_samples=settings.samples, search_alg=ConcurrencyLimiter(searcher, concurrent),
-                                            scheduler=scheduler, reuse_actors=not args.fresh_actors, trial_dirname_creator=trial_dirname),
-                run_config=tune.RunConfig(
-                    name=exp_name, storage_path=storage_path, verbose=0,
-                    callbacks=[StudyCallback(folder.path, params, base.epochs, settings.seed, settings.samples)],
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                    failure_config=tune.FailureConfig(max_failures=2),  # a crashed worker: retried from its checkpoint
-                ),
-            )
-        tuner.fit()
-        wall = time.perf_counter() - fit_start
-        settings.summary = print_summary(folder, settings, wall, len(data.train))
-        folder.write_settings(settings)
-        unfinished = [t for t in _trial_statuses(folder) if t == "running"]
-        if unfinished:
-            print(f"the study stopped with {len(unfinished)} trial(s) unfinished: continue it with --resume --name {settings.name}")
-            return 1
-        return 0
+        timings["setup_s"] = round(time.perf_counter() - t0, 2)
+        fit_s, stopped = fit(args, folder, settings, data, plan, scheduler, resources, concurrent, remaining, len(settings.runs))
+        return finish(folder, settings, plan.tables, run, t0, fit_s, stopped)
     finally:
         ray.shutdown()
 
 
-def _trial_statuses(folder: StudyFolder) -> list[str]:
-    import pandas as pd
+def fit(args, folder: StudyFolder, settings: StudySettings, data, plan, scheduler, resources: dict, concurrent: int,
+        remaining: int, run_index: int) -> tuple[float, str | None]:
+    """Run the trials still to run; returns (seconds, why the study stopped early or None)."""
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
 
-    return list(pd.read_parquet(folder.trials)["status"]) if folder.trials.exists() else []
+    from .adapter import disk_full, run_trial
+    from .callback import StudyCallback
+    from .layout import storage_url
+    from .searcher import AskTellOptunaSearch
+
+    params = list(settings.space)
+    base = TrainConfig.from_dict(settings.base)
+    searcher = AskTellOptunaSearch(settings.space, storage_url(folder.optuna_db), settings.name, max_epochs=base.epochs,
+                                   seed=settings.seed, baseline=settings.baseline, unfinished=plan.unfinished)
+    callback = StudyCallback(folder.path, plan.tables, settings.samples, params, storage=settings.storage)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, data=data, base=settings.base), resources)
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(num_samples=remaining, search_alg=ConcurrencyLimiter(searcher, concurrent), scheduler=scheduler,
+                                    reuse_actors=not settings.fresh_actors, trial_dirname_creator=trial_dirname),
+        run_config=tune.RunConfig(
+            name=f"run-{run_index}", storage_path=settings.experiment_path, verbose=0, callbacks=[callback],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=2),  # a worker process that died: retried from its checkpoint
+        ),
+    )
+    interrupted: list[str] = []
+
+    def on_sigterm(signum, frame):  # preemption (Slurm, Kubernetes) is handled as Ctrl-C: state kept, resumable
+        interrupted.append("stopped by SIGTERM")
+        signal.raise_signal(signal.SIGINT)
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    start = time.perf_counter()
+    try:
+        tuner.fit()
+    except Exception as exc:  # Ray's own failure: one line here, the whole traceback in the study's log
+        log = folder.logs / "driver.log"
+        try:
+            log.parent.mkdir(exist_ok=True)
+            write_text_atomic(log, traceback.format_exc())
+        except OSError:
+            log = None
+        if disk_full(exc):
+            callback.disk_full = callback.disk_full or f"no space left on a disk Ray writes to ({str(exc).splitlines()[0][:200]})"
+        else:
+            interrupted.append(f"Ray failed: {(str(exc).strip().splitlines() or [type(exc).__name__])[-1][:300]}"
+                               + (f" (traceback in {log})" if log else ""))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if callback.disk_full:
+        return time.perf_counter() - start, f"{callback.disk_full}; free space there first"
+    return time.perf_counter() - start, interrupted[0] if interrupted else None
+
+
+def finish(folder: StudyFolder, settings: StudySettings, tables, run: dict, t0: float, fit_s: float, stopped: str | None) -> int:
+    """Summary, the run's record in study.json, and the exit code."""
+    from .summary import print_summary
+
+    run["timings"]["fit_s"] = round(fit_s, 2)
+    run["timings"]["wall_s"] = round(time.perf_counter() - t0, 2)
+    counts = tables.counts()
+    unfinished = counts.get("running", 0) + max(0, settings.samples - len(tables.trials))
+    total_fit = sum(r.get("timings", {}).get("fit_s", 0.0) for r in settings.runs if r is not run) + fit_s
+    settings.summary = print_summary(folder, settings, tables, total_fit)
+    run["outcome"] = "finished" if not unfinished else "stopped"
+    try:
+        folder.write_settings(settings)
+    except OSError as exc:
+        print(f"could not update {folder.settings_file} ({exc.strerror or exc})")
+    if unfinished:
+        reason = f": {stopped}" if stopped else ""
+        print(f"the study stopped with {unfinished} trial(s) unfinished{reason}; continue it with:\n  {resume_command(folder)}")
+        return EXIT_STOPPED
+    if not any(t["status"] in ("completed", "stopped early") and not isnan(t.get("best_val_acc")) for t in tables.trials.values()):
+        return EXIT_NO_RESULT  # every trial diverged or failed: nothing to rerun
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -1,39 +1,102 @@
-"""A Ray Tune searcher on Optuna's ask/tell API that tells Optuna the truth about early-stopped trials.
+"""A Ray Tune searcher on Optuna's ask/tell API that tells Optuna the truth about every trial.
 
-Ray's own ``OptunaSearch`` creates its study with a no-op pruner and tells every finished trial
-COMPLETE, so TPE takes a trial ASHA cut after one epoch as a final result. Here each epoch is reported as
-an intermediate value; a trial that ran all epochs is COMPLETE with its best validation accuracy, one that
-ASHA stopped (or that diverged) is PRUNED at its last epoch (TPE uses pruned trials by their last value),
-one that crashed is FAIL. The study lives in an Optuna storage beside the results, so optuna-dashboard and
-the analysis can open it, and the searcher's own state is plain JSON (nothing unpickled).
+Ray's own ``OptunaSearch`` creates its study with a no-op pruner and tells every finished trial COMPLETE,
+so TPE takes a trial ASHA cut after one epoch as a final result. Here each epoch is an intermediate value,
+and a trial ends as:
+
+- COMPLETE with its best validation accuracy, when it ran every epoch;
+- PRUNED at its last epoch, when ASHA stopped it (TPE ranks pruned trials by how far they got, then by
+  their last value);
+- PRUNED and *infeasible* (``Trial.set_constraint("diverged", 1)``), when its loss diverged. TPE ranks
+  infeasible trials after every feasible one, complete or pruned, so a recipe that blows up never looks
+  better than one that trained, however late it blew up. (Told as PRUNED alone it would rank by its step
+  and beat every trial ASHA stopped earlier; a COMPLETE value of 0 would rank above every pruned trial.)
+- FAIL, when it raised: TPE ignores it.
+
+The study lives in an Optuna storage beside the results, the only state this searcher has: a driver run
+that resumes the study opens it again, and hands out first the samples an earlier run left unfinished,
+with their own Optuna trial numbers and parameters.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import math
-from pathlib import Path
+from dataclasses import dataclass
 
+import numpy as np
 import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
+from . import faults
+from .layout import METRIC, MODE
 from .space import to_distributions
 
-METRIC, MODE = "val_acc", "max"
-STATE_FILE = "searcher-state-{}.json"
+N_STARTUP_TRIALS = 5
 
 
-def storage_url(path: Path) -> str:
-    return f"sqlite:///{Path(path).resolve()}"
+@dataclass
+class Unfinished:
+    """A sample an earlier driver run started but did not finish: run it again, from its checkpoint if any."""
+
+    number: int
+    params: dict
+    baseline: bool = False
+    trial_dir: str | None = None
+
+
+def sampler_seed(seed: int, trials_so_far: int) -> int:
+    """The sampler's seed for a driver run that finds ``trials_so_far`` trials in the study.
+
+    A resumed study must not replay the random start-up draws of the run before it: the seed moves on with
+    the study (and is still the same for the same study at the same point).
+    """
+    return int(np.random.SeedSequence([seed, trials_so_far]).generate_state(1)[0])
+
+
+def open_study(storage: str, name: str, seed: int, baseline: dict | None) -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    existing = len(optuna.load_study(study_name=name, storage=storage).trials) if _exists(storage, name) else 0
+    sampler = optuna.samplers.TPESampler(seed=sampler_seed(seed, existing), n_startup_trials=N_STARTUP_TRIALS)
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", sampler=sampler, load_if_exists=True)
+    if baseline and not study.trials:
+        study.enqueue_trial(baseline, user_attrs={"baseline": True})  # the book's recipe is trial 0
+    return study
+
+
+def _exists(storage: str, name: str) -> bool:
+    return any(s.study_name == name for s in optuna.get_all_study_summaries(storage=storage))
+
+
+def tell_finished(study: optuna.Study, trial: optuna.Trial, status: str, best: float | None, error: str | None = None) -> None:
+    """Tell Optuna how a sample ended (``status`` as in trials.parquet)."""
+    number = trial.number
+    if status == "diverged":
+        trial.set_constraint("diverged", 1.0)  # infeasible: TPE ranks it after every trial that trained
+    trial.set_user_attr("status", status)
+    if error:
+        trial.set_user_attr("error", error)
+    if status == "completed" and best is not None and math.isfinite(best):
+        study.tell(number, best)
+    elif status in ("stopped early", "diverged"):
+        study.tell(number, state=TrialState.PRUNED)
+    else:
+        study.tell(number, state=TrialState.FAIL)
+
+
+def handle(study: optuna.Study, number: int) -> optuna.Trial:
+    """A Trial for a RUNNING trial asked by this or an earlier process (to report and set attributes on).
+
+    Optuna 5.0 has no public way to get a ``Trial`` for a trial number: ``FrozenTrial._trial_id`` is the
+    storage id its constructor needs (``study.tell`` takes a number, ``Trial.report`` needs a Trial).
+    """
+    frozen = study.get_trials(deepcopy=False)[number]
+    return optuna.Trial(study, frozen._trial_id)
 
 
 class AskTellOptunaSearch(Searcher):
-    CKPT_FILE_TMPL = STATE_FILE
-
     def __init__(self, space: dict, storage: str, study_name: str, max_epochs: int, seed: int = 0,
-                 baseline: dict | None = None, fixed: dict | None = None):
+                 baseline: dict | None = None, fixed: dict | None = None, unfinished: list[Unfinished] | None = None):
         super().__init__(metric=METRIC, mode=MODE)
         self._space = space
         self._storage = storage
@@ -42,103 +105,90 @@ class AskTellOptunaSearch(Searcher):
         self._seed = seed
         self._baseline = baseline
         self._fixed = dict(fixed or {})
-        self._trial_numbers: dict[str, int] = {}  # Ray trial id -> Optuna trial number
-        self._best: dict[str, float] = {}  # Ray trial id -> best val_acc so far
-        self._last_epoch: dict[str, int] = {}
-        self._finished: set[str] = set()
+        self._unfinished = list(unfinished or [])
+        self._numbers: dict[str, int] = {}  # Ray trial id -> Optuna trial number
+        self._trials: dict[str, optuna.Trial] = {}
+        self._reported: dict[int, set[int]] = {}  # Optuna number -> steps with an intermediate value
+        self._diverged: set[int] = set()
         self._study: optuna.Study | None = None
 
     # --- the Optuna study, opened lazily (it holds a DB connection and is not pickled) ------------------
     @property
     def study(self) -> optuna.Study:
         if self._study is None:
-            optuna.logging.set_verbosity(optuna.logging.WARNING)
-            sampler = optuna.samplers.TPESampler(seed=self._seed, n_startup_trials=5)
-            self._study = optuna.create_study(
-                study_name=self._study_name, storage=self._storage, direction="maximize",
-                sampler=sampler, load_if_exists=True,
-            )
-            if self._baseline and not self._study.trials:
-                self._study.enqueue_trial(self._baseline, user_attrs={"baseline": True})
+            self._study = open_study(self._storage, self._study_name, self._seed, self._baseline)
         return self._study
 
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_study"] = None
+        state["_trials"] = {}
         return state
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True  # the space is ours; metric and mode are fixed
 
-    def suggest(self, trial_id: str) -> dict | None:
-        trial = self.study.ask(to_distributions(self._space))
-        self._trial_numbers[trial_id] = trial.number
-        trial.set_user_attr("ray_trial_id", trial_id)
-        return {**self._fixed, **trial.params, "optuna_trial": trial.number,
-                "baseline": bool(trial.user_attrs.get("baseline", False))}
+    # The study's state is optuna.db and the parquet tables; Ray's searcher state file is not used.
+    def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
+        pass
 
-    def _trial(self, trial_id: str) -> optuna.Trial | None:
-        number = self._trial_numbers.get(trial_id)
-        if number is None:
-            return None
-        return optuna.Trial(self.study, self.study._storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number))
+    def restore_from_dir(self, checkpoint_dir: str) -> None:
+        pass
+
+    def suggest(self, trial_id: str) -> dict | None:
+        extra = {}
+        if self._unfinished:
+            item = self._unfinished.pop(0)
+            trial, params, baseline = handle(self.study, item.number), item.params, item.baseline
+            extra = {"resume_dir": item.trial_dir}
+        else:
+            trial = self.study.ask(to_distributions(self._space))
+            params, baseline = trial.params, bool(trial.user_attrs.get("baseline", False))
+        faults.at("asked")
+        trial.set_user_attr("ray_trial_id", trial_id)
+        self._numbers[trial_id] = trial.number
+        self._trials[trial_id] = trial
+        self._reported.setdefault(trial.number, set(self._frozen(trial.number).intermediate_values))
+        return {**self._fixed, **params, "optuna_trial": trial.number, "baseline": baseline, **extra}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        epoch, value = result.get("epoch"), result.get(METRIC)
-        trial = self._trial(trial_id)
-        if trial is None or epoch is None or value is None or result.get("diverged") or math.isnan(value):
+        trial = self._trials.get(trial_id)
+        if trial is None or result.get("trial_error") is not None:
             return
-        if epoch > self._last_epoch.get(trial_id, 0):  # a resumed trial may repeat an epoch: report once
+        epoch, value = result.get("epoch"), result.get(METRIC)
+        if epoch is None:
+            return
+        if result.get("diverged"):
+            self._diverged.add(trial.number)
+            return
+        reported = self._reported.setdefault(trial.number, set())
+        if value is not None and not math.isnan(value) and int(epoch) not in reported:  # a resumed trial may repeat an epoch
             trial.report(float(value), step=int(epoch))
-            self._last_epoch[trial_id] = int(epoch)
-        self._best[trial_id] = max(self._best.get(trial_id, -math.inf), float(value))
+            reported.add(int(epoch))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        trial = self._trial(trial_id)
-        if trial is None or trial_id in self._finished:
+        trial = self._trials.get(trial_id)
+        if trial is None:
+            return
+        number = trial.number
+        if self._frozen(number).state.is_finished():
             return
         result = result or {}
-        if not error and result:
+        if result.get("disk_full"):
+            return  # interrupted, not failed: it stays RUNNING and resumes once space is freed
+        if not error and result and result.get("trial_error") is None:
             self.on_trial_result(trial_id, result)  # Ray passes a trial's final result here only
-        epochs_run = int(result.get("epoch", 0) or 0)
-        storage = self.study._storage
-        if storage.get_trial(trial._trial_id).state.is_finished():
-            self._finished.add(trial_id)
-            return
-        if error:
-            trial.set_user_attr("status", "errored")
-            self.study.tell(trial, state=TrialState.FAIL)
-        elif result.get("diverged"):
-            trial.set_user_attr("status", "diverged")
-            # pruned at the step it diverged, with the worst accuracy: TPE learns to avoid the region
-            trial.report(0.0, step=max(epochs_run, self._last_epoch.get(trial_id, 0) + 1))
-            self.study.tell(trial, state=TrialState.PRUNED)
-        elif epochs_run < self._max_epochs:
-            trial.set_user_attr("status", "stopped early")
-            self.study.tell(trial, state=TrialState.PRUNED)
+        values = self._frozen(number).intermediate_values
+        epochs_run = max(values, default=0)
+        if error or result.get("trial_error") is not None:
+            status = "errored"
+        elif number in self._diverged or result.get("diverged"):
+            status = "diverged"
         else:
-            trial.set_user_attr("status", "completed")
-            self.study.tell(trial, self._best.get(trial_id, float(result.get(METRIC, 0.0))))
-        self._finished.add(trial_id)
+            epochs_run = max(epochs_run, int(result.get("epoch") or 0))
+            status = "completed" if epochs_run >= self._max_epochs else "stopped early"
+        best = max(values.values(), default=None)
+        tell_finished(self.study, trial, status, best, error=result.get("trial_error"))
 
-    # --- state: JSON beside Ray's experiment state; the study itself lives in its storage --------------
-    def save(self, checkpoint_path: str) -> None:
-        state = {"trial_numbers": self._trial_numbers, "best": self._best, "last_epoch": self._last_epoch,
-                 "finished": sorted(self._finished)}
-        Path(checkpoint_path).write_text(json.dumps(state))
-
-    def restore(self, checkpoint_path: str) -> None:
-        state = json.loads(Path(checkpoint_path).read_text())
-        self._trial_numbers = {k: int(v) for k, v in state["trial_numbers"].items()}
-        self._best = {k: float(v) for k, v in state["best"].items()}
-        self._last_epoch = {k: int(v) for k, v in state["last_epoch"].items()}
-        self._finished = set(state["finished"])
-        self.fail_orphans()
-
-    def fail_orphans(self) -> None:
-        """Optuna trials asked for but never tracked by Ray (the driver died in between) are marked FAIL."""
-        known = set(self._trial_numbers.values())
-        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if trial.number not in known:
-                self.study.tell(trial.number, state=TrialState.FAIL)
-                logging.getLogger(__name__).info("marked orphan Optuna trial %d as failed", trial.number)
+    def _frozen(self, number: int) -> optuna.trial.FrozenTrial:
+        return self.study.get_trials(deepcopy=False)[number]

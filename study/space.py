@@ -25,9 +25,9 @@ DEFAULT_SPACE: dict[str, dict] = {
 }
 
 _BOOK = TrainConfig()
-BASELINE = {  # the book's recipe, evaluated first
-    "lr": _BOOK.lr, "head_lr_mult": _BOOK.head_lr_mult, "weight_decay": _BOOK.weight_decay,
-    "freeze_depth": _BOOK.freeze_depth, "augment": _BOOK.augment, "momentum": _BOOK.momentum,
+BASELINE = {  # the book's recipe, evaluated first (trial 0) wherever it lies in the search space
+    "lr": _BOOK.lr, "head_lr_mult": _BOOK.head_lr_mult, "weight_decay": _BOOK.weight_decay, "freeze_depth": _BOOK.freeze_depth,
+    "augment": _BOOK.augment, "momentum": _BOOK.momentum, "batch_size": _BOOK.batch_size,
 }
 SEARCHABLE = {"lr", "head_lr_mult", "weight_decay", "momentum", "freeze_depth", "augment", "batch_size"}
 
@@ -70,16 +70,25 @@ def load_space(path: str | None) -> dict[str, dict]:
     return space
 
 
-def baseline_params(space: dict[str, dict]) -> dict | None:
-    """The book's recipe restricted to the searched parameters, if it lies inside the space."""
+def baseline_params(space: dict[str, dict]) -> tuple[dict | None, str]:
+    """The book's recipe restricted to the searched parameters, and, where it lies outside the space, None
+    and a line saying which of its values falls outside."""
     dists = to_distributions(space)
-    params = {name: BASELINE[name] for name in dists if name in BASELINE}
-    if len(params) != len(dists):
-        return None
-    for name, value in params.items():
-        if not dists[name]._contains(dists[name].to_internal_repr(value)):
-            return None
-    return params
+    params = {name: BASELINE[name] for name in dists}
+    outside = [name for name, value in params.items() if not _contains(dists[name], value)]
+    if outside:
+        described = ", ".join(f"{name} {BASELINE[name]:g}" if isinstance(BASELINE[name], float) else f"{name} {BASELINE[name]!r}" for name in outside)
+        return None, (f"the book's recipe is not in the search space ({described} outside it): "
+                      "the study runs without a baseline; widen the space (--space) to compare with it")
+    return params, ""
+
+
+def _contains(dist: optuna.distributions.BaseDistribution, value) -> bool:
+    """Whether ``dist`` can propose ``value`` (Optuna 5.0 has no public test: ``_contains`` is its own)."""
+    try:
+        return dist._contains(dist.to_internal_repr(value))
+    except (ValueError, TypeError):  # e.g. a categorical without the value
+        return False
 
 
 def show_space(space: dict[str, dict]) -> str:

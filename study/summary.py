@@ -9,7 +9,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from .layout import StudyFolder, StudySettings
+from .layout import HYPERPARAMETERS, StudyFolder, StudySettings, fmt, isnan, plain
 
 
 def noise_note(best_acc: float | None, baseline_acc: float | None, val_images: int | None) -> str:
@@ -28,10 +28,11 @@ def noise_note(best_acc: float | None, baseline_acc: float | None, val_images: i
     return text
 
 
-def summarize(trials: pd.DataFrame, epochs: pd.DataFrame, wall_s: float, train_images: int) -> dict:
-    params = [c for c in trials.columns if c in ("lr", "head_lr_mult", "weight_decay", "momentum", "freeze_depth", "augment", "batch_size")]
-    best = trials.iloc[0] if len(trials) else None
-    baseline = trials[trials["baseline"] == True]  # noqa: E712 (nullable column)
+def summarize(trials: pd.DataFrame, epochs: pd.DataFrame, wall_s: float, train_images: int | None) -> dict:
+    params = [c for c in trials.columns if c in HYPERPARAMETERS]
+    usable = trials[trials["best_val_acc"].notna() & ~trials["status"].isin(["diverged", "errored"])]
+    best = usable.iloc[0] if len(usable) else None
+    baseline = trials[trials["baseline"].fillna(False).astype(bool)]
     counts = trials["status"].value_counts().to_dict()
     trained_epochs = int((~epochs["diverged"].astype(bool)).sum()) if len(epochs) else 0
     return {
@@ -39,57 +40,60 @@ def summarize(trials: pd.DataFrame, epochs: pd.DataFrame, wall_s: float, train_i
         "trials": int(len(trials)),
         "status_counts": {str(k): int(v) for k, v in counts.items()},
         "epochs_trained": trained_epochs,
-        "aggregate_train_images_per_s": round(trained_epochs * train_images / wall_s, 2) if wall_s > 0 else None,
+        "aggregate_train_images_per_s": round(trained_epochs * train_images / wall_s, 2) if wall_s > 0 and train_images else None,
         "best": None if best is None else {
-            "trial_id": best["trial_id"], "best_val_acc": _num(best["best_val_acc"]),
-            "params": {p: _plain(best[p]) for p in params},
+            "optuna_trial": int(best["optuna_trial"]), "trial_id": best["trial_id"], "best_val_acc": _num(best["best_val_acc"]),
+            "params": {p: plain(best[p]) for p in params},
         },
         "baseline_val_acc": _num(baseline.iloc[0]["best_val_acc"]) if len(baseline) else None,
     }
 
 
-def print_summary(folder: StudyFolder, settings: StudySettings, wall_s: float, train_images: int) -> dict:
-    if not folder.trials.exists():
-        print("no trial finished")
+def print_summary(folder: StudyFolder, settings: StudySettings, tables, fit_s: float) -> dict:
+    if not tables.trials:
+        print("no trial ran")
         return {}
-    trials, epochs = pd.read_parquet(folder.trials), pd.read_parquet(folder.epochs)
-    summary = summarize(trials, epochs, wall_s, train_images)
+    trials, epochs = tables.frames()
+    train_images = round((settings.val_images or 0) * (1 - settings.base["val_fraction"]) / settings.base["val_fraction"]) or None
+    summary = summarize(trials, epochs, fit_s, train_images)
     console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
     table = Table(title=f"study {settings.name}: top trials", title_justify="left")
     params = list(settings.space)
-    for col in ["rank", *params, "best_val_acc", "best_epoch", "epochs_run", "status"]:
-        table.add_column(col, justify="right" if col != "augment" and col != "status" else "left")
+    columns = ["rank", "optuna_trial", *params, "best_val_acc", "best_epoch", "epochs_run", "status"]
+    for col in columns:
+        table.add_column("trial" if col == "optuna_trial" else col, justify="left" if col in ("augment", "status") else "right")
     for _, row in trials.head(5).iterrows():
-        table.add_row(*[_text(row[c]) + (" *" if c == "rank" and row["baseline"] else "") for c in ["rank", *params, "best_val_acc", "best_epoch", "epochs_run", "status"]])
+        table.add_row(*[_text(row[c]) + (" *" if c == "rank" and row["baseline"] else "") for c in columns])
     console.print(table)
     counts = ", ".join(f"{v} {k}" for k, v in summary["status_counts"].items())
-    best = summary["best"]
-    console.print(f"{summary['trials']} trials ({counts}) in {wall_s:.0f}s; {summary['aggregate_train_images_per_s']} training images/s overall", markup=False)
-    if best and best["best_val_acc"] is not None:
-        base = summary["baseline_val_acc"]
-        versus = f" vs the book's recipe (baseline, marked *) {base:.3f}" if base is not None else ""
-        console.print(f"best: val acc {best['best_val_acc']:.3f}{versus} with {best['params']}", markup=False)
+    rate = summary["aggregate_train_images_per_s"]
+    runs = f" over {len(settings.runs)} runs" if len(settings.runs) > 1 else ""
+    console.print(f"{summary['trials']} trials ({counts}) in {fit_s:.0f}s of training{runs}" + (f"; {rate} training images/s overall" if rate else ""), markup=False)
+    best, base = summary["best"], summary["baseline_val_acc"]
+    if settings.baseline is None:
+        console.print("no baseline: the book's recipe lies outside the search space, so nothing here compares with it", markup=False)
+    if best:
+        if base is not None:
+            versus = f" vs the book's recipe (baseline, marked *) {base:.3f}"
+        else:
+            versus = "" if settings.baseline is None else " (the baseline has no validation accuracy)"
+        console.print(f"best: trial {best['optuna_trial']}, val acc {best['best_val_acc']:.3f}{versus} with {best['params']}", markup=False)
         if note := noise_note(best["best_val_acc"], base, settings.val_images):
             console.print(f"note: {note}", markup=False)
-    elif best:
-        console.print("no trial reached a validation accuracy (all diverged or failed): lower the learning-rate range (--space)", markup=False)
+    else:
+        console.print("no usable trial: every trial diverged or failed (see the lines above); "
+                      "for divergence lower the learning-rate range (--space)", markup=False)
     console.print(f"results: {folder.trials}\nnext: python -m study.analyze {folder.path}   then: python -m study.rerun {folder.path}", markup=False)
     return summary
 
 
 def _num(value) -> float | None:
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) or pd.isna(value) else float(value)
-
-
-def _plain(value):
-    if hasattr(value, "item"):
-        return value.item()
-    return value
+    return None if isnan(value) else float(value)
 
 
 def _text(value) -> str:
-    if value is None or (not isinstance(value, str) and pd.isna(value)):
+    if isnan(value) if not isinstance(value, str) else False:
         return "-"
     if isinstance(value, float):
         return f"{value:.4g}"
-    return str(value)
+    return fmt(value)

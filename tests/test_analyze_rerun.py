@@ -23,11 +23,11 @@ import pytest
 import torch
 from PIL import Image
 
+from study import analysis as analysis_mod
 from study import analyze as analyze_mod
 from study import rerun as rerun_mod
-from study.layout import StudyFolder, StudySettings
+from study.layout import StudyFolder, StudySettings, storage_url
 from study.results import StudyTables
-from study.searcher import storage_url
 from study.space import BASELINE, DEFAULT_SPACE, to_distributions
 from trainable import TrainConfig, UserError, evaluate, prepare_data
 from trainable.cli import run_main
@@ -94,17 +94,17 @@ def make_fake_study(folder: Path, data_dir: Path, n: int = 14, epochs: int = 3, 
     for number, (params, final) in enumerate(zip(trials, finals)):
         trial_id = f"t{number:04d}"
         config = {**params, "optuna_trial": number, "baseline": number == 0}
-        tables.on_start(trial_id, config)
+        tables.on_start(number, trial_id, config)
         diverged, errored = failures and number == n - 1, failures and number == n - 2
         run = epochs if number in full else 1
         values = {}
         for epoch in range(1, (0 if errored else run) + 1):
             acc = math.nan if diverged else min(1.0, final - (0.0 if constant is not None else 0.04 * (epochs - epoch)))
             values[epoch] = acc
-            tables.on_result(trial_id, config, {
+            tables.on_result(number, trial_id, config, {
                 "epoch": epoch, "train_loss": 0.5, "train_acc": 0.8, "val_loss": 0.4, "val_acc": acc, "seconds": 1.0,
                 "images_per_s": 30.0, "diverged": diverged, "node_id": "n", "node_ip": "127.0.0.1", "hostname": "h"})
-        tables.on_end(trial_id, config, "RuntimeError: boom" if errored else None)
+        tables.on_end(number, trial_id, config, "RuntimeError: boom" if errored else None)
         if errored:
             state, value, inter = optuna.trial.TrialState.FAIL, None, {}
         elif diverged:
@@ -194,14 +194,14 @@ def test_analyze_writes_a_self_contained_report(fake, capsys):
 
 
 def test_importance_and_best_ranges(fake):
-    analysis = analyze_mod.analyze(fake)
+    analysis = analysis_mod.analyze(fake)
     values = analysis.importance.values
     assert values is not None and set(values) == set(PARAMS)
     assert sum(values.values()) == pytest.approx(1.0)
     assert list(values) == sorted(values, key=lambda p: -values[p])  # most important first
     assert "PED-ANOVA" in analysis.importance.method and analysis.importance.note == ""
     scored = analysis.data.scored
-    n_top = analyze_mod.top_count(len(scored))
+    n_top = analysis_mod.top_count(len(scored))
     top = scored.head(n_top)
     lr = analysis.ranges["lr"]
     assert lr.n_top == n_top and lr.low == pytest.approx(top["lr"].min()) and lr.high == pytest.approx(top["lr"].max())
@@ -210,16 +210,25 @@ def test_importance_and_best_ranges(fake):
     assert len(scored) == len(analysis.data.trials) - 2
 
 
+def test_importance_finds_the_planted_effects(tmp_path, data_dir):
+    # the fake study's accuracy depends on lr and the freeze depth alone: with 40 completed trials both come out
+    # on top, far above the three hyperparameters that do nothing
+    folder = make_fake_study(tmp_path, data_dir, n=40, complete=40, failures=False)
+    values = analysis_mod.analyze(folder).importance.values
+    assert set(list(values)[:2]) == {"lr", "freeze_depth"}, values
+    assert min(values["lr"], values["freeze_depth"]) > 2 * max(values["head_lr_mult"], values["weight_decay"], values["augment"]), values
+
+
 def test_importance_falls_back_on_pruned_trials(tmp_path, data_dir):
     folder = make_fake_study(tmp_path, data_dir, n=10, complete=2)
-    imp = analyze_mod.analyze(folder).importance
+    imp = analysis_mod.analyze(folder).importance
     assert imp.values is not None and set(imp.values) == set(PARAMS)
     assert "stopped early" in imp.note and "all" in imp.method
 
 
 def test_importance_when_all_trials_tie(tmp_path, data_dir):
     folder = make_fake_study(tmp_path, data_dir, n=6, constant=0.5, failures=False)
-    analysis = analyze_mod.analyze(folder)
+    analysis = analysis_mod.analyze(folder)
     assert analysis.importance.values is None and "same validation accuracy" in analysis.importance.note
     from study.report import write_report
 
@@ -230,13 +239,13 @@ def test_importance_when_all_trials_tie(tmp_path, data_dir):
 def test_importance_when_the_top_trials_tie(tmp_path, data_dir):
     # all at 0.5 but the diverged trial (0.0 for Optuna): PED-ANOVA's top set would be nearly everything
     folder = make_fake_study(tmp_path, data_dir, n=6, constant=0.5)
-    imp = analyze_mod.analyze(folder).importance
+    imp = analysis_mod.analyze(folder).importance
     assert imp.values is None and "tie at the top" in imp.note
 
 
 def test_analyze_without_optuna_db_uses_the_table(fake):
     fake.optuna_db.unlink()
-    imp = analyze_mod.analyze(fake).importance
+    imp = analysis_mod.analyze(fake).importance
     assert imp.values is not None and "trials.parquet" in imp.note
 
 
@@ -291,6 +300,7 @@ def test_rerun_rejects_bad_options(fake, capsys, extra, words):
 
 def test_chosen_config_is_the_trial_over_the_base(fake):
     chosen = rerun_mod.choose(fake, rank=2, epochs=None)
+    assert chosen.trial.val_fraction == fake.read_settings().base["val_fraction"] and chosen.trial.threads == 1
     row = pd.read_parquet(fake.trials).set_index("rank").loc[2]
     cfg = chosen.config
     for p in PARAMS:
@@ -308,7 +318,8 @@ def test_export_and_command_line_give_the_same_config(fake, tmp_path, capsys):
     assert rerun_mod.main([str(fake.path), "--export", str(target)]) == 0
     out = capsys.readouterr().out
     exported = TrainConfig.from_json(target)
-    assert exported == rerun_mod.choose(fake, 1, None).config
+    assert exported == rerun_mod.choose(fake, 1, None).trial  # the trial as it ran: its validation split and threads
+    assert exported.val_fraction == fake.read_settings().base["val_fraction"] and exported.threads == 1
     command = next(line.strip() for line in out.splitlines() if line.strip().startswith("python -m trainable --data-dir"))
     argv = shlex.split(command)[3:]
     assert config_from_args(parse_args(argv), argv) == exported
@@ -326,14 +337,20 @@ def test_export_runs_with_python_m_trainable(fake, tmp_path, capsys):
     rerun_mod.main([str(fake.path), "--rank", "3", "--export", str(target)])
     capsys.readouterr()
     assert trainable_main(["--config", str(target), "--epochs", "1", "--threads", "1"]) == 0
-    assert "epoch 1/1" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "epoch 1/1" in out
+    final = json.loads(out.strip().splitlines()[-1])
+    assert 0 <= final["final_val_acc"] <= 1 and final["status"] == "completed"  # an accuracy, never a line of nulls
+    assert trainable_main(["--config", str(target), "--epochs", "1", "--val-fraction", "0", "--test"]) == 0
+    final = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert final["final_val_acc"] is None and 0 <= final["test_acc"] <= 1
 
 
 def test_rerun_trains_each_seed_and_saves_weights(fake, capsys):
     assert rerun_mod.main([str(fake.path), "--seeds", "2", "--epochs", "1"]) == 0
     out = capsys.readouterr().out
     assert "test accuracy over 2 seed(s)" in out and "+-" in out
-    assert "the book" not in out  # not the hotdog set
+    assert "0.933 +- 0.012" not in out and "not shown beside it" in out  # not the book's setting
     table = check_rerun(fake, seeds=2, epochs=1)
     assert table["test_acc"].between(0, 1).all()
     # a second rerun of another trial keeps these rows; rerunning the same trial replaces them
@@ -346,12 +363,18 @@ def test_rerun_trains_each_seed_and_saves_weights(fake, capsys):
     assert "test accuracy <b>" in (fake.path / "report.html").read_text()
 
 
-def test_book_figure_only_for_the_hotdog_set():
-    assert rerun_mod.is_book_hotdog(None, None)
-    assert rerun_mod.is_book_hotdog("/x/hotdog_mini", ["hotdog", "not-hotdog"])
-    assert not rerun_mod.is_book_hotdog("/x/tiny", ["a", "b"])
-    line = rerun_mod.summary_line([0.9, 0.92, 0.94], hotdog=True)
+def test_book_figure_only_where_the_run_is_the_books_setting():
+    book = TrainConfig(data_dir=None, weights="imagenet", image_size=224, epochs=5)
+    assert rerun_mod.comparable_to_book(book, ["hotdog", "not-hotdog"], 2000, 800) == ""
+    assert rerun_mod.comparable_to_book(book.replace(data_dir="/x/hotdog"), ["hotdog", "not-hotdog"], 2000, 800) == ""
+    scratch = rerun_mod.comparable_to_book(book.replace(data_dir="/x/hotdog", weights="none", image_size=64, epochs=3),
+                                           ["hotdog", "not-hotdog"], 2000, 400)
+    for words in ("other data", "weights none", "64 px", "3 epoch(s)"):
+        assert words in scratch
+    line = rerun_mod.summary_line([0.9, 0.92, 0.94], "")
     assert "0.920 +- 0.020" in line and "the book: 0.940 (0.933 +- 0.012 over its builds)" in line
+    line = rerun_mod.summary_line([0.9], "64 px instead of 224")
+    assert "0.933" not in line and "not shown beside it" in line and "64 px" in line
 
 
 def test_noise_note_says_when_a_lead_is_within_chance():

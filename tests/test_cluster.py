@@ -123,7 +123,8 @@ def run_study(cluster: Cluster, tmp_path: Path, name: str, *extra: str, env: dic
 def test_a_study_on_a_two_node_cluster_runs_trials_on_both_nodes(cluster, tmp_path):
     nodes = cluster.node_ids()
     assert len(nodes) == 2, "the cluster should have two raylets"
-    out = run_study(cluster, tmp_path, "two", "--cpus-per-trial", "1", "--gpus-per-trial", "0", "--max-concurrent", "2")
+    # 4 epochs each: the two trials overlap long enough that neither waits for the other's process
+    out = run_study(cluster, tmp_path, "two", "--cpus-per-trial", "1", "--gpus-per-trial", "0", "--max-concurrent", "2", "--epochs", "4")
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
     assert "2 trial(s) at a time, each with 1 CPU(s)" in out.stdout
     folder = tmp_path / "results" / "two"
@@ -153,3 +154,38 @@ def test_joining_a_token_cluster_without_RAY_AUTH_MODE_says_what_to_set(cluster,
     assert last.startswith(f"error: cannot start or reach the Ray cluster at {cluster.address}") and "RAY_AUTH_MODE=token" in last
     assert "Traceback" not in out.stdout + out.stderr
     assert not (tmp_path / "results" / "noauth").exists()
+
+
+def test_trials_given_a_gpu_torch_cannot_see_are_refused_before_the_first_trial(cluster, tmp_path):
+    """The worker node declares a GPU (logical); this machine's torch is a CPU build. Ray would give each trial a
+    quarter of that GPU: study.run must refuse at once, not train 100x slower on the CPU."""
+    out = run_study(cluster, tmp_path, "nocuda", "--gpus-per-trial", "0.25", timeout=240)
+    text = out.stdout + out.stderr
+    assert out.returncode == 2, text[-3000:]
+    last = [line for line in out.stderr.splitlines() if line.strip()][-1]
+    assert last.startswith("error: Ray gave this trial GPU [") and "sees no CUDA device (a CPU build of torch)" in last, last
+    assert "--gpus-per-trial 0" in last and "Traceback" not in text
+    assert not (tmp_path / "results" / "nocuda").exists()
+
+
+def test_a_trial_given_a_gpu_torch_cannot_see_errors_in_one_line(cluster, tmp_path):
+    """The same check inside the trial itself (for a trial that reaches a node the driver's probe did not see)."""
+    data = make_images(tmp_path / "data", per_class=4, size=(32, 32))
+    script = f"""
+import ray
+from ray import tune
+from study.adapter import run_trial
+from trainable import TrainConfig, prepare_data
+ray.init(address={cluster.address!r}, logging_level="ERROR", log_to_driver=False)
+base = TrainConfig(data_dir={str(data)!r}, weights="none", epochs=1, image_size=32, batch_size=4).to_dict()
+data = prepare_data(base["data_dir"], 32, 0.25)
+trainable = tune.with_resources(tune.with_parameters(run_trial, data=data, base=base), {{"cpu": 1, "gpu": 0.5}})
+tuner = tune.Tuner(trainable, param_space={{"optuna_trial": 0, "baseline": False}},
+                   run_config=tune.RunConfig(storage_path={str(tmp_path / "ray")!r}, verbose=0))
+result = tuner.fit()[0]
+print("ERROR:", result.metrics["trial_error"])
+"""
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300, env=cluster.env)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    line = [line for line in out.stdout.splitlines() if line.startswith("ERROR:")][0]
+    assert "Ray gave this trial GPU [" in line and "a CPU build of torch" in line, line

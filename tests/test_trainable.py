@@ -342,7 +342,7 @@ def test_cli_end_to_end_on_hotdog_mini(asset, tmp_path):
     assert len(lines) == 2, proc.stdout
     assert lines[0].startswith("epoch 1/1  train loss ") and " val loss " in lines[0] and "img/s" in lines[0]
     final = json.loads(lines[-1])
-    assert set(final) == {"final_val_acc", "best_val_acc", "best_epoch"}
+    assert set(final) == {"status", "final_val_acc", "best_val_acc", "best_epoch"} and final["status"] == "completed"
     assert final["best_epoch"] == 1 and 0 <= final["final_val_acc"] <= 1 and final["best_val_acc"] == final["final_val_acc"]
     assert "Traceback" not in proc.stderr
     assert build_model(str(tmp_path / "w.pt"), 2).fc.weight.shape == (2, 512)
@@ -357,7 +357,7 @@ def test_cli_final_line_is_strict_json_without_validation(tiny_image_folder, cap
         raise AssertionError(f"final line is not strict JSON: {constant}")
 
     final = json.loads(out.strip().splitlines()[-1], parse_constant=no_nan)
-    assert final == {"final_val_acc": None, "best_val_acc": None, "best_epoch": None}
+    assert final == {"status": "completed", "final_val_acc": None, "best_val_acc": None, "best_epoch": None}
 
 
 def test_cli_config_file_and_flag_override(tiny_image_folder, tmp_path, capsys):
@@ -413,3 +413,80 @@ def test_a_diverging_run_stops_in_the_epoch_its_loss_turns_nan(tiny_data):
     *before, last = result.history
     assert len(result.history) <= 2 and last.diverged and math.isnan(last.val_acc)
     assert not any(m.diverged for m in before) and all(math.isfinite(m.train_loss) for m in before)
+
+
+def test_a_diverging_cli_run_still_ends_with_a_json_line(tiny_image_folder, capsys):
+    code, out, err = run_cli(["--data-dir", tiny_image_folder, "--weights", "none", "--epochs", 3, "--image-size", SIZE,
+                              "--batch-size", 8, "--lr", 1e7, "--threads", 1], capsys)
+    assert code == 1 and "lower --lr" in err
+    final = json.loads(out.strip().splitlines()[-1])
+    assert final["status"] == "diverged" and final["best_val_acc"] is None
+
+
+# --- 9. the book's update, the run's own randomness, the checkpoint's epoch -----------------------------
+def test_summed_loss_over_the_configured_batch_is_the_books_update_for_a_short_batch():
+    """One SGD step on a short batch (3 images of a batch size of 8): the book's step (loss summed, lr 5e-5, weight
+    decay 1e-3) and ours (the summed loss over the configured batch size, lr x 8, weight decay / 8) give the same
+    weights. A mean over the 3 images would move them 8/3 times as far."""
+    torch.manual_seed(0)
+    net = nn.Linear(5, 2)
+    x, y = torch.randn(3, 5), torch.tensor([0, 1, 1])
+    book, ours, mean = (nn.Linear(5, 2) for _ in range(3))
+    for copy in (book, ours, mean):
+        copy.load_state_dict(net.state_dict())
+    batch, lr, wd = 8, 5e-5, 1e-3
+
+    def step(model, lr, wd, loss_of):
+        opt = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=wd)
+        opt.zero_grad()
+        loss_of(nn.functional.cross_entropy(model(x), y, reduction="none")).backward()
+        opt.step()
+
+    step(book, lr, wd, lambda l: l.sum())
+    step(ours, lr * batch, wd / batch, lambda l: l.sum() / batch)  # what trainable.loop does
+    step(mean, lr * batch, wd / batch, lambda l: l.mean())
+    for a, b, c in zip(book.parameters(), ours.parameters(), mean.parameters()):
+        assert torch.allclose(a, b, atol=1e-9)
+    moved_book = (book.weight - net.weight).abs().sum()
+    moved_mean = (mean.weight - net.weight).abs().sum()
+    assert float((moved_mean / moved_book).detach()) == pytest.approx(8 / 3, rel=0.01)
+    assert TrainConfig().lr == pytest.approx(5e-5 * 128) and TrainConfig().weight_decay == pytest.approx(1e-3 / 128)
+
+
+def test_the_loop_weights_a_short_last_batch_by_its_size(tiny_data, monkeypatch):
+    """The loop's loss is the batch's sum over the configured batch size (seen through the gradient it steps on)."""
+    import trainable.loop as loop
+
+    sizes, scales = [], []
+    real = nn.functional.cross_entropy
+
+    def spy(logits, y, reduction="mean"):
+        out = real(logits, y, reduction=reduction)
+        if reduction == "sum" and logits.requires_grad:
+            sizes.append(len(y))
+            out.register_hook(lambda g: scales.append(float(g)))
+        return out
+
+    monkeypatch.setattr(loop.nn.functional, "cross_entropy", spy)
+    train(tiny_config(batch_size=6, augment="none"), tiny_data)  # 16 training images: 6, 6 and a short 4
+    assert sizes == [6, 6, 4]
+    assert scales == pytest.approx([1 / 6] * 3)  # every batch's summed loss is divided by 6, the short one too
+
+
+def test_a_run_leaves_the_callers_random_generator_alone(tiny_data):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    train(tiny_config(epochs=2), tiny_data)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_a_checkpoint_says_its_epoch_without_loading_the_model(tiny_data, tmp_path):
+    def on_epoch(metrics, save):
+        save(tmp_path / f"e{metrics.epoch}")
+
+    train(tiny_config(epochs=2), tiny_data, on_epoch=on_epoch)
+    assert Checkpoint.epoch(tmp_path / "e1") == 1 and Checkpoint.epoch(tmp_path / "e2") == 2
+    meta = json.loads((tmp_path / "e2" / "meta.json").read_text())
+    assert meta["bytes"] == (tmp_path / "e2" / "state.pt").stat().st_size
+    assert Checkpoint.epoch(tmp_path / "missing") is None

@@ -1,4 +1,9 @@
-"""``python -m trainable``: fine-tune ResNet18 with one configuration and print each epoch's metrics."""
+"""``python -m trainable``: fine-tune ResNet18 with one configuration and print each epoch's metrics.
+
+The last line of standard output is always one JSON object: ``status`` (completed or diverged),
+``final_val_acc``, ``best_val_acc``, ``best_epoch``, and with ``--test`` ``test_acc`` and ``test_loss``.
+Exit 0, or 1 when the run diverged.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +23,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", help="JSON file of TrainConfig fields (e.g. from python -m study.rerun --export); flags given here override it")
     add_data_options(parser)
     add_hyperparameter_options(parser)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: the CPUs this process may use)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (default 0: the CPUs this process may use); the numbers depend on it: "
+                             "the same seed and thread count give the same run")
+    parser.add_argument("--test", action="store_true",
+                        help="after training, evaluate once on the test split and add test_acc/test_loss to the last line")
     parser.add_argument("--checkpoint-dir", help="save model/optimizer/epoch here after every epoch")
     parser.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir's last epoch")
     parser.add_argument("--save-weights", help="write the final model's state dict here")
@@ -65,18 +74,36 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
 
-    result = train(cfg, on_epoch=on_epoch, resume_from=args.checkpoint_dir if args.resume else None, log=log)
+    data = None
+    if args.test:
+        from .data import prepare_data
+
+        data = prepare_data(cfg.data_dir, cfg.image_size, cfg.val_fraction, cfg.split_seed, with_test=True, log=log)
+    result = train(cfg, data, on_epoch=on_epoch, resume_from=args.checkpoint_dir if args.resume else None, log=log)
     if args.save_weights:
         Path(args.save_weights).parent.mkdir(parents=True, exist_ok=True)
         torch.save(result.model.state_dict(), args.save_weights)
     best = result.best
+    final = result.history[-1] if result.history else None
+    summary = {
+        "status": result.status,
+        "final_val_acc": _number(final.val_acc) if final else None,  # no validation split: null, not NaN (invalid JSON)
+        "best_val_acc": best.val_acc if best else None,
+        "best_epoch": best.epoch if best else None,
+    }
+    if args.test and result.status != "diverged":
+        from .loop import evaluate, resolve_device, use_bf16
+
+        device = resolve_device(cfg.device)
+        summary["test_loss"], summary["test_acc"] = evaluate(result.model, data.test, cfg, device, use_bf16(cfg.precision, device), True)
     if result.status == "diverged":
         print("the loss diverged (NaN/inf): lower --lr or --head-lr-mult", file=sys.stderr)
-        return 1
-    final = result.history[-1]
-    final_val_acc = None if math.isnan(final.val_acc) else final.val_acc  # no validation split: null, not NaN (invalid JSON)
-    print(json.dumps({"final_val_acc": final_val_acc, "best_val_acc": best.val_acc if best else None, "best_epoch": best.epoch if best else None}))
-    return 0
+    print(json.dumps(summary))  # the last line is JSON, whatever the outcome
+    return 1 if result.status == "diverged" else 0
+
+
+def _number(value: float) -> float | None:
+    return None if math.isnan(value) else value
 
 
 if __name__ == "__main__":

@@ -40,6 +40,11 @@ def eval_transform(size: int) -> v2.Transform:
     return v2.CenterCrop(size)
 
 
+def center_crop(batch: torch.Tensor, size: int) -> torch.Tensor:
+    """The evaluation crop of a whole batch on any device (a view: torchvision's CenterCrop slices tensors)."""
+    return v2.functional.center_crop(batch, [size, size])
+
+
 @contextmanager
 def one_thread() -> Iterator[None]:
     """torch ops on one intra-op thread inside, the caller's thread count restored after.
@@ -65,10 +70,21 @@ def augment_batch(images: torch.Tensor, transform: v2.Transform) -> torch.Tensor
         return torch.stack([transform(image) for image in images])
 
 
+_STATS: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet mean and std on ``device``, made once (not a host-to-device copy per batch)."""
+    if device not in _STATS:
+        _STATS[device] = (torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1),
+                          torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1))
+    return _STATS[device]
+
+
 def normalize(batch: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
     """uint8 ``B x 3 x H x W`` to normalised float32 on ``device``."""
+    device = torch.device(device)
     batch = batch.to(device, non_blocking=True).float().div_(255)
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    mean, std = _stats(device if device.index is not None or device.type == "cpu" else batch.device)
     batch = batch.sub_(mean).div_(std)
     return batch.contiguous(memory_format=torch.channels_last) if channels_last else batch

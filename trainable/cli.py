@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from .config import AUGMENT_POLICIES, TrainConfig
+from .config import AUGMENT_PATHS, AUGMENT_POLICIES, TrainConfig
 from .errors import UserError
 
 
@@ -19,8 +19,13 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, default=d.image_size, help="training crop in px (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="(default: %(default)s)")
     parser.add_argument("--val-fraction", type=float, default=d.val_fraction, help="share of train held out for validation (default: %(default)s)")
+    parser.add_argument("--split-seed", type=int, default=d.split_seed,
+                        help="which images form the validation split (stratified; default: %(default)s, the same split whatever --seed)")
     parser.add_argument("--precision", default=d.precision, choices=["auto", "fp32", "bf16"], help="(default: %(default)s)")
     parser.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    parser.add_argument("--augment-path", default=d.augment_path, choices=AUGMENT_PATHS,
+                        help="per-image: torchvision on the CPU, image by image; batched: whole batches on the device; "
+                             "auto: batched on a GPU, per-image on a CPU (default: %(default)s)")
 
 
 def add_hyperparameter_options(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +36,7 @@ def add_hyperparameter_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--momentum", type=float, default=d.momentum, help="(default: %(default)s)")
     parser.add_argument("--freeze-depth", type=int, default=d.freeze_depth, help="frozen leading stages of stem, layer1-4; 5 = head only (default: %(default)s)")
     parser.add_argument("--augment", default=d.augment, choices=AUGMENT_POLICIES, help="(default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=d.seed, help="model init, batch order and augmentation (default: %(default)s)")
 
 
 def check_output_folder(folder: str | Path, option: str, holds: str = "", kind: str = "path") -> None:

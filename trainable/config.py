@@ -4,6 +4,10 @@ The book ("Fine-Tuning", PyTorch edition) trains with SGD at lr 5e-5, weight dec
 batch 128, but it *sums* the per-example losses of the batch (``l.sum().backward()``). With the usual mean
 loss the same update needs lr 5e-5 * 128 = 6.4e-3, and since SGD adds ``weight_decay * w`` to the
 gradient before scaling by lr, weight decay 1e-3 / 128 = 7.8e-6. These defaults are that update.
+
+The loop divides the batch's summed loss by the *configured* batch size (not by the images in the batch),
+so the short last batch of an epoch (1,800 = 14 x 128 + 8 images) moves the weights in proportion to its
+size, as the book's summed loss does; for full batches this is the usual mean.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 from .errors import UserError
 
 AUGMENT_POLICIES = ("none", "flip", "d2l", "trivialaugment", "randaugment", "autoaugment")
+AUGMENT_PATHS = ("auto", "per-image", "batched")
 BOOK_BATCH = 128
 
 
@@ -25,7 +30,7 @@ class TrainConfig:
     data_dir: str | None = None  # train/<class>/*, test/<class>/*; None: the book's hotdog.zip (downloaded once)
     image_size: int = 224  # training crop; evaluation is Resize(size*256/224) + CenterCrop(size)
     val_fraction: float = 0.1  # stratified share of train held out for validation; test never chooses anything
-    split_seed: int = 0  # fixed across a study so every trial is judged on the same validation images
+    split_seed: int = 0  # which images form the validation split; one value for a whole study (same images for every trial)
     # --- model ------------------------------------------------------------------------------------
     weights: str = "imagenet"  # "imagenet" (torchvision IMAGENET1K_V1), "none" (from scratch) or a state-dict path
     freeze_depth: int = 0  # leading stages frozen, of stem, layer1, layer2, layer3, layer4 (5: only the head trains)
@@ -37,11 +42,12 @@ class TrainConfig:
     batch_size: int = BOOK_BATCH
     epochs: int = 5
     augment: str = "d2l"  # one of AUGMENT_POLICIES; d2l = RandomResizedCrop + horizontal flip
+    augment_path: str = "auto"  # per-image (torchvision, CPU), batched (whole batches on the device) or auto (per device)
     seed: int = 0  # model head init, batch order and augmentation
     # --- runtime ----------------------------------------------------------------------------------
     device: str = "auto"  # auto (cuda if present), cpu, cuda, cuda:N
     precision: str = "auto"  # auto (bf16 autocast where the hardware has native bf16), fp32, bf16
-    threads: int = 0  # torch threads; 0 = the CPUs this process may use
+    threads: int = 0  # torch threads; 0 = the CPUs this process may use. Results depend on it (float sums)
 
     def validate(self) -> "TrainConfig":
         """Raise UserError naming the first option that makes no sense."""
@@ -56,6 +62,7 @@ class TrainConfig:
             (self.batch_size >= 2, f"--batch-size {self.batch_size} must be 2 or more"),
             (self.epochs >= 1, f"--epochs {self.epochs} must be 1 or more"),
             (self.augment in AUGMENT_POLICIES, f"--augment {self.augment!r} is unknown: use one of {', '.join(AUGMENT_POLICIES)}"),
+            (self.augment_path in AUGMENT_PATHS, f"--augment-path {self.augment_path!r} is unknown: use one of {', '.join(AUGMENT_PATHS)}"),
             (self.precision in ("auto", "fp32", "bf16"), f"--precision {self.precision!r}: use auto, fp32 or bf16"),
             (self.threads >= 0, f"--threads {self.threads} must be 0 (auto) or more"),
         ]

@@ -1,12 +1,25 @@
-"""The training loop: one configuration, epoch by epoch. It knows nothing of Ray; callers pass a callback."""
+"""The training loop: one configuration, epoch by epoch. It knows nothing of Ray; callers pass a callback.
+
+One epoch reads top to bottom: shuffle (seeded per epoch), augment each batch, one SGD step on the loss
+summed over the batch and divided by the configured batch size (the book's update, short last batch
+included: see ``config``), then evaluate. Randomness is the run's own: every draw happens inside
+``torch.random.fork_rng``, seeded from ``cfg.seed`` and the epoch, so the caller's generators are left as
+they were and a resumed run draws exactly what an uninterrupted one would.
+
+On a GPU the decoded uint8 images move to the device once, batches are augmented there as whole batches
+(``batch_augment``), and loss, accuracy and the divergence flag accumulate on the device: the host waits
+for the GPU a few times per epoch, not at every step.
+"""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
 import warnings
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -14,13 +27,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .augment import augment_batch, eval_transform, normalize, train_transform
+from .augment import augment_batch, center_crop, normalize, train_transform
 from .config import TrainConfig
 from .data import PreparedData, Split, prepare_data
 from .errors import UserError
 from .model import build_model, freeze, param_groups, set_train_mode
 
 CHECKPOINT_FILE = "state.pt"
+META_FILE = "meta.json"  # the checkpoint's epoch, readable without loading the model
+SYNC_EVERY = 8  # on a GPU, steps between reads of the divergence flag (each read waits for the GPU)
 
 
 @dataclass
@@ -59,20 +74,28 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name} asked for a GPU but torch sees none: use --device cpu or auto")
+        raise UserError(f"--device {name} asked for a GPU but torch {torch.__version__} sees none: use --device cpu or auto")
     return device
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:
-    """bf16 autocast where it pays: GPUs with bf16, CPUs with native bf16 (AVX512-BF16/AMX).
+    """bf16 autocast where the hardware has it natively: GPUs with bf16 units, CPUs with AVX512-BF16/AMX.
 
-    On a CPU without it, bf16 is emulated and measured here 10x slower than fp32.
+    Emulated bf16 is slower than fp32 (measured here: 10x on a CPU without it), so ``auto`` never picks it.
     """
     if precision != "auto":
         return precision == "bf16"
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def resolve_augment_path(path: str, device: torch.device) -> str:
+    """``auto``: whole batches on the device on a GPU; torchvision image by image on a CPU, where it was
+    measured faster for most policies (``python -m study.bench --feed``)."""
+    if path != "auto":
+        return path
+    return "batched" if device.type == "cuda" else "per-image"
 
 
 class Checkpoint:
@@ -92,6 +115,9 @@ class Checkpoint:
         }
         torch.save(state, tmp)
         os.replace(tmp, path)  # never a half-written checkpoint
+        meta = directory / f".{META_FILE}.tmp"
+        meta.write_text(json.dumps({"epoch": epoch, "bytes": path.stat().st_size}))
+        os.replace(meta, directory / META_FILE)  # written last: a checkpoint with its meta is complete
         return path
 
     @staticmethod
@@ -101,6 +127,16 @@ class Checkpoint:
     @staticmethod
     def exists(directory: str | Path | None) -> bool:
         return directory is not None and (Path(directory) / CHECKPOINT_FILE).is_file()
+
+    @staticmethod
+    def epoch(directory: str | Path | None) -> int | None:
+        """The checkpoint's epoch from its small meta file (None: no complete checkpoint there)."""
+        if directory is None:
+            return None
+        try:
+            return int(json.loads((Path(directory) / META_FILE).read_text())["epoch"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
 
 def as_tensor(array: np.ndarray) -> torch.Tensor:
@@ -118,42 +154,81 @@ def _batches(n: int, batch_size: int, generator: torch.Generator | None) -> list
     return batches
 
 
-def evaluate(model: nn.Module, split: Split, cfg: TrainConfig, device: torch.device, bf16: bool, channels_last: bool) -> tuple[float, float]:
-    """Mean loss and accuracy on a split, with the evaluation transform."""
-    model.eval()
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Each epoch's draws start from their own seed, so a resumed run repeats an uninterrupted one."""
+    return seed * 100_003 + epoch
+
+
+@contextmanager
+def own_rng(device: torch.device):
+    """The run's random draws never touch the caller's generators (CPU, and the run's CUDA device)."""
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        yield
+
+
+@contextmanager
+def thread_count(threads: int):
+    """``threads`` torch threads inside, the caller's count restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def to_device(split: Split, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A split's uint8 images and labels as tensors on ``device``: a zero-copy view on the CPU, one copy on a GPU."""
     images, labels = as_tensor(split.images), as_tensor(split.labels)
-    crop = eval_transform(cfg.image_size)
-    total_loss, correct = 0.0, 0
+    if device.type != "cpu":
+        images, labels = images.to(device), labels.to(device)
+    return images, labels
+
+
+def evaluate(model: nn.Module, split: Split | tuple[torch.Tensor, torch.Tensor], cfg: TrainConfig, device: torch.device,
+             bf16: bool, channels_last: bool) -> tuple[float, float]:
+    """Mean loss and accuracy on a split (a ``Split`` or its tensors from ``to_device``), centre-cropped."""
+    model.eval()
+    images, labels = to_device(split, device) if isinstance(split, Split) else split
+    total_loss = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        for index in torch.arange(len(labels)).split(max(cfg.batch_size, 256)):  # every image: eval mode takes a batch of 1
-            x = normalize(crop(images[index]), device, channels_last)
+        for index in torch.arange(len(labels), device=labels.device).split(max(cfg.batch_size, 256)):  # eval mode takes a batch of 1 too
+            x = normalize(center_crop(images[index], cfg.image_size), device, channels_last)
             y = labels[index].to(device)
             logits = model(x).float()
-            total_loss += nn.functional.cross_entropy(logits, y, reduction="sum").item()
-            correct += (logits.argmax(1) == y).sum().item()
+            total_loss += nn.functional.cross_entropy(logits, y, reduction="sum")
+            correct += (logits.argmax(1) == y).sum()
     n = max(len(labels), 1)
-    return total_loss / n, correct / n
+    return total_loss.item() / n, correct.item() / n
 
 
 def train(
     cfg: TrainConfig,
     data: PreparedData | None = None,
     on_epoch: Callable[[EpochMetrics, Callable[[str | Path], Path]], None] | None = None,
-    resume_from: str | Path | None = None,
+    resume_from: str | Path | dict | None = None,
     log: Callable[[str], None] | None = None,
 ) -> RunResult:
     """Fine-tune ResNet18 with ``cfg``; call ``on_epoch(metrics, save_checkpoint)`` after every epoch.
 
-    ``save_checkpoint(directory)`` writes the state a run needs to continue; ``resume_from`` (a
-    directory it wrote) continues with the next epoch.
+    ``save_checkpoint(directory)`` writes the state a run needs to continue; ``resume_from`` (a directory it
+    wrote, or the state ``Checkpoint.load`` read from one) continues with the next epoch.
     """
     cfg.validate()
-    torch.set_num_threads(cfg.threads or available_cpus())
     if data is None:
         data = prepare_data(cfg.data_dir, cfg.image_size, cfg.val_fraction, cfg.split_seed, log=log)
     device = resolve_device(cfg.device)
+    with own_rng(device), thread_count(cfg.threads or available_cpus()):
+        return _train(cfg, data, device, on_epoch, resume_from)
+
+
+def _train(cfg: TrainConfig, data: PreparedData, device: torch.device, on_epoch, resume_from) -> RunResult:
     bf16 = use_bf16(cfg.precision, device)
     channels_last = True  # pays on CPU (1.2x here) and GPU alike
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
 
     model = build_model(cfg.weights, len(data.classes), seed=cfg.seed)
     freeze(model, cfg.freeze_depth)
@@ -163,50 +238,66 @@ def train(
     history: list[EpochMetrics] = []
     start = 1
     if resume_from is not None:
-        state = Checkpoint.load(resume_from)
+        state = resume_from if isinstance(resume_from, dict) else Checkpoint.load(resume_from)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         history = [EpochMetrics(**m) for m in state["history"]]
         start = int(state["epoch"]) + 1
 
-    images, labels = as_tensor(data.train.images), as_tensor(data.train.labels)
-    transform = train_transform(cfg.augment, cfg.image_size)
+    path = resolve_augment_path(cfg.augment_path, device)
+    train_data = to_device(data.train, device if path == "batched" else torch.device("cpu"))
+    val_data = to_device(data.val, device) if data.val is not None and len(data.val) else None
+    transform = train_transform(cfg.augment, cfg.image_size) if path == "per-image" else None
+    if path == "batched":
+        from .batch_augment import batch_augment
+
     status = "completed"
     for epoch in range(start, cfg.epochs + 1):
         t0 = time.perf_counter()
-        # Seeded per epoch, so a resumed run draws the same batches and crops as an uninterrupted one.
-        torch.manual_seed(cfg.seed * 100_003 + epoch)
-        order = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        torch.manual_seed(epoch_seed(cfg.seed, epoch))  # the per-image path draws from the (forked) global generator
+        order = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
+        crops = torch.Generator(device=device).manual_seed(epoch_seed(cfg.seed, epoch)) if path == "batched" else None
         set_train_mode(model, cfg.freeze_depth)
-        loss_sum, correct, seen, diverged = 0.0, 0, 0, False
-        for index in _batches(len(labels), cfg.batch_size, order):
-            x = normalize(augment_batch(images[index], transform), device, channels_last)
+        images, labels = train_data
+        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        correct = torch.zeros((), device=device, dtype=torch.int64)
+        bad = torch.zeros((), device=device, dtype=torch.bool)
+        seen, diverged = 0, False
+        for step, index in enumerate(_batches(len(labels), cfg.batch_size, order), start=1):
+            if path == "batched":
+                index = index.to(images.device, non_blocking=True)
+                batch = batch_augment(images[index], cfg.augment, cfg.image_size, crops)
+            else:
+                batch = augment_batch(images[index], transform)
+            x = normalize(batch, device, channels_last)
             y = labels[index].to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 logits = model(x)
-                loss = nn.functional.cross_entropy(logits.float(), y)
-            if not torch.isfinite(loss):
+            summed = nn.functional.cross_entropy(logits.float(), y, reduction="sum")
+            bad |= ~torch.isfinite(summed)
+            # On a CPU reading the flag costs nothing: stop before a bad step touches the weights. On a GPU
+            # read it every few steps (a bad step then leaves NaN weights, and the run ends all the same).
+            if (device.type == "cpu" or step % SYNC_EVERY == 0) and bad.item():
                 diverged = True
                 break
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (summed / cfg.batch_size).backward()
             optimizer.step()
-            loss_sum += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            seen += len(y)
+            loss_sum += summed.detach()
+            correct += (logits.argmax(1) == y).sum()
+            seen += len(index)
+        diverged = diverged or bool(bad.item())
         train_seconds = time.perf_counter() - t0
         # The last step may have blown the weights up though its own loss was finite: no later epoch recovers.
         diverged = diverged or not all(torch.isfinite(p).all() for p in model.parameters())
-        if diverged:
+        if diverged or val_data is None:
             val_loss, val_acc = math.nan, math.nan
-        elif data.val is not None and len(data.val):
-            val_loss, val_acc = evaluate(model, data.val, cfg, device, bf16, channels_last)
         else:
-            val_loss, val_acc = math.nan, math.nan
+            val_loss, val_acc = evaluate(model, val_data, cfg, device, bf16, channels_last)
         metrics = EpochMetrics(
             epoch=epoch,
-            train_loss=loss_sum / seen if seen else math.nan,
-            train_acc=correct / seen if seen else math.nan,
+            train_loss=loss_sum.item() / seen if seen else math.nan,
+            train_acc=correct.item() / seen if seen else math.nan,
             val_loss=val_loss,
             val_acc=val_acc,
             seconds=time.perf_counter() - t0,

@@ -1,0 +1,281 @@
+"""What a study found, computed from its folder alone (no Ray, no training): its tables and settings, how much
+each hyperparameter matters (Optuna's importance on the stored study) and the range where the best trials lie.
+
+``study.analyze`` prints it, ``study.report`` draws it.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from trainable import UserError
+
+from .layout import RERUN_FILE, StudyFolder, StudySettings, fmt, fmt_acc, plain, storage_url
+
+MIN_COMPLETE = 5  # fewer COMPLETE trials than this: importances from all trials (pruned ones by their last value)
+MIN_TRIALS = 3  # fewer usable trials than this: no importances at all
+
+
+# --- reading a study ---------------------------------------------------------------------------------
+@dataclass
+class StudyData:
+    folder: StudyFolder
+    settings: StudySettings
+    trials: pd.DataFrame  # ranked, as study.run wrote it
+    epochs: pd.DataFrame
+    params: list[str]  # the searched hyperparameters, in the space's order
+
+    def is_log(self, param: str) -> bool:
+        return bool(self.settings.space.get(param, {}).get("log", False))
+
+    def is_categorical(self, param: str) -> bool:
+        return self.settings.space.get(param, {}).get("type") == "categorical"
+
+    def choices(self, param: str) -> list:
+        return list(self.settings.space.get(param, {}).get("choices", []))
+
+    def bounds(self, param: str) -> tuple[float, float] | None:
+        spec = self.settings.space.get(param, {})
+        return (float(spec["low"]), float(spec["high"])) if "low" in spec and "high" in spec else None
+
+    @property
+    def scored(self) -> pd.DataFrame:
+        """Trials with a validation accuracy (errored trials and those diverged in epoch 1 have none)."""
+        return self.trials[self.trials["best_val_acc"].notna()]
+
+    @property
+    def rerun(self) -> pd.DataFrame | None:
+        path = self.folder.path / RERUN_FILE
+        return pd.read_parquet(path) if path.is_file() else None
+
+
+def baseline_acc(data: StudyData) -> float | None:
+    """The book's recipe's best validation accuracy, when the study ran it and it scored."""
+    baseline = data.trials[data.trials["baseline"].fillna(False).astype(bool)]
+    value = baseline.iloc[0]["best_val_acc"] if len(baseline) else None
+    return None if value is None or pd.isna(value) else float(value)
+
+
+def read_study(folder: StudyFolder) -> StudyData:
+    settings = folder.read_settings()
+    if not folder.trials.is_file():
+        raise UserError(f"study {settings.name!r} in {folder.path} has no trials yet (no trials.parquet): "
+                        "wait until python -m study.run has started a trial, or resume it with --resume")
+    try:
+        trials = pd.read_parquet(folder.trials)
+        epochs = pd.read_parquet(folder.epochs) if folder.epochs.is_file() else pd.DataFrame(
+            columns=["trial_id", "epoch", "val_acc", "diverged"])
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read the tables of {folder.path} ({str(exc).splitlines()[0]}): "
+                        "they were not written by python -m study.run") from None
+    if trials.empty:
+        raise UserError(f"study {settings.name!r} in {folder.path} has no trials yet: wait until python -m study.run has started one")
+    params = [p for p in settings.space if p in trials.columns]
+    return StudyData(folder, settings, trials.reset_index(drop=True), epochs, params)
+
+
+# --- importance and best ranges ----------------------------------------------------------------------
+@dataclass
+class Importance:
+    values: dict[str, float] | None  # param -> share (sums to 1), most important first; None: not computable
+    method: str  # how they were computed (for the report)
+    note: str = ""  # caveats, shown beside them
+
+
+def _evaluator(name: str, n_trials: int):
+    import optuna
+
+    if name == "fanova":
+        try:
+            import sklearn  # noqa: F401
+        except ImportError:
+            raise UserError("--importance fanova needs scikit-learn: pip install scikit-learn, or use --importance ped-anova") from None
+        return optuna.importance.FanovaImportanceEvaluator(seed=0), "fANOVA", None
+    # PED-ANOVA: how differently each parameter is distributed among the top trials than among all. Its
+    # default top 10% is a single trial in a small study: use the top quarter, and at least 2 trials.
+    quantile = min(0.5, max(0.25, 2 / max(n_trials, 1)))
+    return optuna.importance.PedAnovaImportanceEvaluator(target_quantile=quantile), f"PED-ANOVA (top {quantile:.0%} vs all)", quantile
+
+
+def _stored_trials(data: StudyData):
+    """The Optuna trials of the study's storage, or None when it cannot be opened."""
+    import optuna
+
+    if not data.folder.optuna_db.is_file():
+        return None
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        study = optuna.load_study(study_name=data.settings.name, storage=storage_url(data.folder.optuna_db))
+        return study.get_trials(deepcopy=False)
+    except Exception:  # a damaged or foreign database: fall back on the table
+        return None
+
+
+def compute_importance(data: StudyData, method: str = "ped-anova") -> Importance:
+    """Optuna's importance on the stored study's COMPLETE trials; with too few of those, on all trials,
+    pruned ones by their last reported validation accuracy (as TPE sees them)."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import TrialState
+
+    from .space import to_distributions
+
+    params = data.params
+    if not params:
+        return Importance(None, "not computable", "the study searched no hyperparameters")
+    distributions = {p: d for p, d in to_distributions(data.settings.space).items() if p in params}
+    if len(params) == 1:
+        return Importance({params[0]: 1.0}, "single parameter", "only one hyperparameter was searched")
+
+    stored = _stored_trials(data)
+    points: list[tuple[dict, float]] = []
+    source, caveat = "", ""
+    if stored is not None:
+        complete = [(t.params, float(t.value)) for t in stored
+                    if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value) and set(params) <= set(t.params)]
+        pruned = []
+        for t in stored:
+            if t.state == TrialState.PRUNED and t.intermediate_values and set(params) <= set(t.params):
+                last = t.intermediate_values[max(t.intermediate_values)]
+                if math.isfinite(last):
+                    pruned.append((t.params, float(last)))
+        if len(complete) >= MIN_COMPLETE and len({v for _, v in complete}) > 1:
+            points, source = complete, f"the {len(complete)} completed trials"
+        elif complete or pruned:
+            points, source = complete + pruned, f"all {len(complete) + len(pruned)} trials"
+            if pruned:
+                caveat = (f"only {len(complete)} trial(s) ran every epoch, so the {len(pruned)} stopped early count with their "
+                          "last validation accuracy, as TPE sees them (rough: earlier epochs score lower)")
+    if not points:  # no usable storage: the table's best validation accuracies
+        for _, row in data.scored.iterrows():
+            values = {p: plain(row[p]) for p in params}
+            if all(v is not None for v in values.values()):
+                points.append((values, float(row["best_val_acc"])))
+        source = f"{len(points)} trials of trials.parquet"
+        caveat = "no readable optuna.db: computed from each trial's best validation accuracy in trials.parquet"
+
+    if not points:
+        return Importance(None, "not computable", "no trial has a validation accuracy yet (errored, diverged, or still in its first epoch)")
+    if len(points) < MIN_TRIALS:
+        return Importance(None, "not computable", f"too few trials with a validation accuracy ({len(points)}; {MIN_TRIALS} needed): run more --samples")
+    if len({v for _, v in points}) == 1:
+        return Importance(None, "not computable", f"all {len(points)} trials reached the same validation accuracy ({points[0][1]:.3f}): "
+                                        "nothing tells the hyperparameters apart (more data, epochs or validation images would)")
+
+    study = optuna.create_study(direction="maximize")  # in memory: the trials as Optuna sees them
+    for values, value in points:
+        fixed = {}
+        for p in params:
+            v = values[p]
+            dist = distributions[p]
+            if isinstance(dist, CategoricalDistribution) and v not in dist.choices:
+                break  # a value outside today's space (an edited study.json): leave the trial out
+            fixed[p] = v
+        else:
+            try:
+                study.add_trial(optuna.trial.create_trial(params=fixed, distributions=distributions, value=value))
+            except ValueError:
+                pass  # a value outside today's space: leave the trial out
+    if len(study.trials) < MIN_TRIALS:
+        return Importance(None, "not computable", f"too few trials inside the search space of study.json ({len(study.trials)})")
+    evaluator, name, quantile = _evaluator(method, len(study.trials))
+    if quantile is not None:  # PED-ANOVA's top set is every trial at least as good as the quantile's
+        scores = sorted((t.value for t in study.trials), reverse=True)
+        cutoff = scores[math.ceil(quantile * len(scores)) - 1]
+        n_top = sum(v >= cutoff for v in scores)
+        if n_top > len(scores) / 2:
+            return Importance(None, "not computable", f"{n_top} of the {len(scores)} trials tie at the top (validation accuracy "
+                                                      f"{cutoff:.3f} or better): too few distinct results to tell the "
+                                                      "hyperparameters apart (more epochs, data or validation images would)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        values = optuna.importance.get_param_importances(study, evaluator=evaluator, params=params)
+    values = {p: float(values.get(p, 0.0)) for p in sorted(params, key=lambda p: -values.get(p, 0.0))}
+    return Importance(values, f"{name} on {source}", caveat)
+
+
+@dataclass
+class BestRange:
+    param: str
+    n_top: int
+    n_scored: int
+    low: float | None = None
+    high: float | None = None
+    counts: dict = field(default_factory=dict)  # categorical: value -> how many top trials
+
+
+def top_count(n: int) -> int:
+    """How many trials count as "the best": the top quarter, at least 3 (all of them when fewer)."""
+    return min(n, max(3, math.ceil(n / 4)))
+
+
+def best_ranges(data: StudyData) -> dict[str, BestRange]:
+    scored = data.scored
+    top = scored.head(top_count(len(scored)))
+    out = {}
+    for p in data.params:
+        r = BestRange(p, len(top), len(scored))
+        values = top[p].dropna()
+        if data.is_categorical(p) or values.dtype == object or pd.api.types.is_string_dtype(values):
+            r.counts = {str(k): int(v) for k, v in values.astype(str).value_counts().items()}
+        elif len(values):
+            r.low, r.high = float(values.min()), float(values.max())
+        out[p] = r
+    return out
+
+
+def describe_range(r: BestRange) -> str:
+    if r.counts:
+        return ", ".join(f"{k} ({v})" for k, v in r.counts.items())
+    if r.low is None:
+        return "-"
+    return fmt(r.low) if r.low == r.high else f"{fmt(r.low)} - {fmt(r.high)}"
+
+
+def describe_space(data: StudyData, p: str) -> str:
+    spec = data.settings.space.get(p, {})
+    if spec.get("type") == "categorical":
+        return ", ".join(str(c) for c in spec.get("choices", []))
+    bounds = data.bounds(p)
+    if bounds is None:
+        return "-"
+    return f"{fmt(bounds[0])} - {fmt(bounds[1])}" + (" (log)" if spec.get("log") else "")
+
+
+# --- tables ------------------------------------------------------------------------------------------
+TABLE_TAIL = ["best_val_acc", "best_epoch", "epochs_run", "status"]
+
+
+def top_table_rows(data: StudyData, n: int) -> tuple[list[str], list[list[str]]]:
+    columns = ["rank", *data.params, *TABLE_TAIL]
+    rows = []
+    for _, row in data.trials.head(n).iterrows():
+        cells = []
+        for c in columns:
+            if c == "rank":
+                cells.append(f"{int(row['rank'])}" + (" *" if bool(plain(row.get("baseline")) or False) else ""))
+            elif c == "best_val_acc":
+                cells.append(fmt_acc(row[c]))
+            else:
+                cells.append(fmt(row[c]))
+        rows.append(cells)
+    return columns, rows
+
+
+# --- the command -------------------------------------------------------------------------------------
+@dataclass
+class Analysis:
+    data: StudyData
+    importance: Importance
+    ranges: dict[str, BestRange]
+
+
+def analyze(folder: StudyFolder, importance: str = "ped-anova") -> Analysis:
+    data = read_study(folder)
+    return Analysis(data, compute_importance(data, importance), best_ranges(data))
+
+

@@ -1,0 +1,239 @@
+"""A study's state before a driver run: read, repaired where a file is damaged, and reconciled.
+
+The truth is kept twice, on purpose: in the parquet tables (what every trial did, epoch by epoch) and in
+``optuna.db`` (what the searcher learned). A driver killed at any moment can leave them one event apart;
+a damaged file can lose one of them. Before each run this module
+
+1. reads both, rebuilding a damaged or missing one from the other (the damaged file is kept beside, renamed),
+   or says in one line which file cannot be recovered and what to do;
+2. closes in Optuna what the tables show finished, and in the tables what Optuna shows finished;
+3. finishes the samples whose end is already decided (a diverged epoch, every epoch run, or an ASHA stop
+   that the killed driver had no time to act on), and
+4. lists the rest of the unfinished samples: each is run again under its own Optuna trial number, from its
+   newest intact checkpoint. No sample is lost, none is counted twice, and none stays ``running``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from trainable import UserError
+
+from .layout import FINISHED, StudyFolder, StudySettings, isnan, storage_url
+from .results import StudyTables
+from .searcher import Unfinished, handle, tell_finished
+from .space import to_distributions
+
+
+@dataclass
+class Plan:
+    tables: StudyTables
+    unfinished: list[Unfinished] = field(default_factory=list)
+    finished: int = 0  # samples that have ended
+    notes: list[str] = field(default_factory=list)  # what was repaired or decided, one line each
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
+def _set_aside(path: Path) -> Path:
+    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    path.rename(aside)
+    return aside
+
+
+def read_tables(folder: StudyFolder, params: list[str], max_epochs: int, seed: int) -> tuple[StudyTables, dict[str, str]]:
+    """The tables, and the files among them that could not be read (name -> why)."""
+    import pandas as pd
+
+    tables = StudyTables(folder.path, params, max_epochs, seed, load=False)
+    damaged = {}
+    for path in (folder.trials, folder.epochs):
+        if not path.exists():
+            continue
+        try:
+            frame = pd.read_parquet(path)
+        except Exception as exc:  # truncated, zeroed, not parquet at all
+            damaged[path.name] = _first_line(exc)
+            continue
+        for row in frame.to_dict("records"):
+            if path == folder.trials:
+                row.pop("rank", None)
+                tables.trials[int(row["optuna_trial"])] = row
+            else:
+                tables.epochs[(int(row["optuna_trial"]), int(row["epoch"]))] = row
+    return tables, damaged
+
+
+def open_optuna(folder: StudyFolder, name: str) -> tuple[optuna.Study | None, str]:
+    """The stored Optuna study, or None and why (missing, damaged)."""
+    path = folder.optuna_db
+    if not path.exists():
+        return None, "missing"
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            check = db.execute("PRAGMA quick_check").fetchone()[0]
+        if check != "ok":
+            return None, f"damaged ({check})"
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.load_study(study_name=name, storage=storage_url(path))
+        study.get_trials(deepcopy=False)
+        return study, ""
+    except Exception as exc:  # not a database, truncated, another study's file
+        return None, f"damaged ({_first_line(exc)})"
+
+
+def rebuild_optuna(folder: StudyFolder, settings: StudySettings, tables: StudyTables) -> optuna.Study:
+    """A new optuna.db holding every sample of the tables, with its parameters, intermediate values and end."""
+    dists = to_distributions(settings.space)
+    if folder.optuna_db.exists():
+        _set_aside(folder.optuna_db)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=settings.name, storage=storage_url(folder.optuna_db), direction="maximize")
+    renumber = {old: new for new, old in enumerate(sorted(tables.trials))}
+    for old, new in renumber.items():
+        row = tables.trials[old]
+        values = {epoch: float(r["val_acc"]) for (n, epoch), r in tables.epochs.items()
+                  if n == old and not r.get("diverged") and not isnan(r.get("val_acc"))}
+        status = row.get("status", "running")
+        state = {"completed": TrialState.COMPLETE, "stopped early": TrialState.PRUNED, "diverged": TrialState.PRUNED,
+                 "errored": TrialState.FAIL}.get(status, TrialState.RUNNING)
+        attrs = {"status": status, "ray_trial_id": str(row.get("trial_id") or ""), "baseline": bool(row.get("baseline"))}
+        if row.get("error") and not isnan(row.get("error")):
+            attrs["error"] = str(row["error"])
+        study.add_trial(optuna.trial.create_trial(
+            params={p: _typed(row[p], p) for p in dists}, distributions=dists, state=state,
+            value=max(values.values()) if state == TrialState.COMPLETE and values else None,
+            intermediate_values=values, user_attrs=attrs,
+            constraints={"diverged": 1.0} if status == "diverged" else None))
+    if any(old != new for old, new in renumber.items()):
+        _renumber(tables, renumber)
+    return study
+
+
+def _typed(value, name: str):
+    value = value.item() if hasattr(value, "item") else value
+    return int(value) if name in ("freeze_depth", "batch_size") else value
+
+
+def _renumber(tables: StudyTables, renumber: dict[int, int]) -> None:
+    tables.trials = {renumber[n]: {**row, "optuna_trial": renumber[n]} for n, row in tables.trials.items()}
+    tables.epochs = {(renumber[n], e): {**row, "optuna_trial": renumber[n]} for (n, e), row in tables.epochs.items() if n in renumber}
+
+
+def rebuild_trials(tables: StudyTables, study: optuna.Study) -> None:
+    """Trial rows from Optuna (parameters, how each ended) and the epoch rows (everything measured)."""
+    for ft in study.get_trials(deepcopy=False):
+        if ft.state == TrialState.WAITING:
+            continue
+        config = {**ft.params, "baseline": bool(ft.user_attrs.get("baseline", False))}
+        tables.on_start(ft.number, str(ft.user_attrs.get("ray_trial_id", "")), config)
+        _end_from_optuna(tables, ft)
+
+
+def rebuild_epochs(tables: StudyTables, study: optuna.Study) -> None:
+    """Epoch rows from Optuna's intermediate values: validation accuracy only (losses and times are lost)."""
+    for ft in study.get_trials(deepcopy=False):
+        for epoch, value in ft.intermediate_values.items():
+            tables.epochs[(ft.number, int(epoch))] = {"trial_id": str(ft.user_attrs.get("ray_trial_id", "")), "optuna_trial": ft.number,
+                                                     "epoch": int(epoch), "val_acc": float(value), "diverged": False}
+
+
+def _end_from_optuna(tables: StudyTables, ft: optuna.trial.FrozenTrial) -> None:
+    if not ft.state.is_finished():
+        return
+    row = tables.trials[ft.number]
+    tables._summarise(ft.number)
+    status = {TrialState.COMPLETE: "completed", TrialState.FAIL: "errored"}.get(ft.state) or ft.user_attrs.get("status", "stopped early")
+    row["status"] = status
+    if status == "errored":
+        row["error"] = ft.user_attrs.get("error", "the trial failed")
+
+
+def prepare(folder: StudyFolder, settings: StudySettings, params: list[str], decisions_of) -> Plan:
+    """Read, repair and reconcile the study; ``decisions_of(tables)`` replays ASHA and returns each sample's
+    last decision (``"STOP"``/``"CONTINUE"``)."""
+    max_epochs = int(settings.base["epochs"])
+    tables, damaged = read_tables(folder, params, max_epochs, settings.seed)
+    study, why = open_optuna(folder, settings.name)
+    notes: list[str] = []
+    trials_bad, epochs_bad = folder.trials.name in damaged, folder.epochs.name in damaged
+
+    def lost(*files: str) -> UserError:
+        return UserError(f"{' and '.join(files)} of study {settings.name!r} are both lost: the study cannot be rebuilt honestly "
+                         "from what is left; start it again under a new --name")
+
+    if study is None and (why != "missing" or tables.trials or trials_bad):
+        if trials_bad:
+            raise lost(f"optuna.db ({why})", f"trials.parquet ({damaged[folder.trials.name]})")
+        if epochs_bad:
+            raise lost(f"optuna.db ({why})", f"epochs.parquet ({damaged[folder.epochs.name]})")
+        study = rebuild_optuna(folder, settings, tables)
+        kept = " (the damaged file is kept beside it)" if why != "missing" else ""
+        notes.append(f"optuna.db was {why}: rebuilt it from trials.parquet and epochs.parquet, {len(tables.trials)} trial(s){kept}")
+    elif study is not None and trials_bad:
+        if epochs_bad:
+            raise lost(f"trials.parquet ({damaged[folder.trials.name]})", f"epochs.parquet ({damaged[folder.epochs.name]})")
+        aside = _set_aside(folder.trials)
+        rebuild_trials(tables, study)
+        notes.append(f"trials.parquet was damaged ({damaged[folder.trials.name]}): rebuilt it from optuna.db and "
+                     f"epochs.parquet (the damaged file is kept as {aside.name})")
+    elif study is not None and not folder.trials.exists():
+        rebuild_trials(tables, study)  # the driver died before it wrote its first row: nothing was lost
+    elif study is not None and epochs_bad:
+        aside = _set_aside(folder.epochs)
+        rebuild_epochs(tables, study)
+        for number in tables.trials:
+            tables._summarise(number)
+        notes.append(f"epochs.parquet was damaged ({damaged[folder.epochs.name]}): rebuilt each epoch's validation accuracy "
+                     f"from optuna.db; their losses and times are lost (the damaged file is kept as {aside.name})")
+    if study is None:  # a new study, or one stopped before its first trial
+        return Plan(tables=tables, notes=notes)
+
+    decisions = decisions_of(tables)
+    plan = Plan(tables=tables, notes=notes)
+    frozen = study.get_trials(deepcopy=False)
+    for ft in frozen:
+        if ft.state == TrialState.WAITING:
+            continue  # the enqueued baseline, not yet asked for: the next ask takes it
+        row = tables.trials.get(ft.number)
+        if ft.state.is_finished():
+            if row is None:
+                tables.on_start(ft.number, str(ft.user_attrs.get("ray_trial_id", "")), {**ft.params, "baseline": ft.user_attrs.get("baseline")})
+            if row is None or row.get("status") == "running":
+                _end_from_optuna(tables, ft)
+            plan.finished += 1
+            continue
+        status = row.get("status") if row else "running"
+        rows = tables.rows_of(ft.number)
+        if status == "running":
+            if any(r.get("diverged") for r in rows):
+                status = "diverged"
+            elif rows and rows[-1]["epoch"] >= max_epochs:
+                status = "completed"
+            elif decisions.get(ft.number) == "STOP":
+                status = "stopped early"
+        if status in FINISHED:
+            tables._summarise(ft.number)
+            row = tables.trials[ft.number]
+            row["status"] = status
+            best = row.get("best_val_acc")
+            tell_finished(study, handle(study, ft.number), status, None if isnan(best) else float(best),
+                          error=None if isnan(row.get("error")) else str(row.get("error")))
+            plan.finished += 1
+            continue
+        plan.unfinished.append(Unfinished(ft.number, dict(ft.params), bool(ft.user_attrs.get("baseline", False)),
+                                          None if row is None or isnan(row.get("trial_dir")) else str(row.get("trial_dir"))))
+    known = {ft.number for ft in frozen}
+    for number in [n for n in tables.trials if n not in known]:  # rows Optuna never had (cannot happen but by hand)
+        tables.forget(number)
+        notes.append(f"dropped trial {number} from the tables: optuna.db has no such trial")
+    return plan
+

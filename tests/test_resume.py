@@ -1,0 +1,221 @@
+"""A study that survives kills, races, full disks and damaged files exactly.
+
+Every kill happens at a named moment of the driver (``study.faults``: HOTDOG_TUNE_FAULT), never after a sleep,
+so each test hits the moment it names. After each fault the study is resumed as a user would, and must end
+with every sample exactly once in trials.parquet and optuna.db, no configuration twice, nothing running.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+
+from tests.test_study import ROOT, assert_exact, make_images, optuna_trials, run_study, study_args
+
+pytestmark = pytest.mark.slow
+
+
+def resume(results: Path, name: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return run_study(["--resume", "--name", name, "--results-dir", str(results)], env=env)
+
+
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), proc.stdout + proc.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    return make_images(tmp_path_factory.mktemp("images") / "data", per_class=8)
+
+
+def killed_study(images: Path, results: Path, name: str, fault: str, samples: int = 3, epochs: int = 2, *extra: str) -> Path:
+    out = run_study(study_args(images, results, name, samples, epochs, "--max-concurrent", "1", *extra), env={"HOTDOG_TUNE_FAULT": fault})
+    assert out.returncode == -signal.SIGKILL, f"the fault {fault} was never reached:\n{out.stdout}{out.stderr}"
+    return results / name
+
+
+def test_ten_kills_at_every_moment_then_one_resume_end_exact(images, tmp_path):
+    """Killed while a configuration is proposed, while a trial starts, mid-epoch and between trials, ten times in
+    a row, each time resumed: the study ends with exactly --samples trials, each once, none repeated or running."""
+    results, name, samples = tmp_path / "r", "k", 6
+    kills = ["asked:1", "trial_started:1", "result:1", "trial_ended:1", "result:2", "asked:2", "trial_started:2",
+             "result:3", "trial_ended:1", "result:1"]
+    left_behind: dict[int, psutil.Process] = {}
+    for i, fault in enumerate(kills):
+        argv = (study_args(images, results, name, samples, 2, "--max-concurrent", "2") if i == 0
+                else ["--resume", "--name", name, "--results-dir", str(results)])
+        proc = subprocess.Popen([sys.executable, "-m", "study.run", *argv], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, env={**os.environ, "HOTDOG_TUNE_FAULT": fault})
+        if i == 0:  # the Ray processes of a killed driver must not outlive it (the watchdog ends them)
+            while proc.poll() is None:
+                try:
+                    left_behind.update({p.pid: p for p in psutil.Process(proc.pid).children(recursive=True)})
+                except psutil.Error:
+                    pass
+                time.sleep(0.2)
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == -signal.SIGKILL, f"kill {i} at {fault} never came:\n{out}"
+        trials = pd.read_parquet(results / name / "trials.parquet") if (results / name / "trials.parquet").exists() else None
+        assert trials is None or trials["optuna_trial"].is_unique
+        assert len(optuna_trials(results / name, name)) <= samples
+    _, alive = psutil.wait_procs(list(left_behind.values()), timeout=40)
+    assert not alive, [p.cmdline() for p in alive if p.is_running()]
+    final = resume(results, name)
+    assert final.returncode == 0, final.stdout + final.stderr
+    assert_exact(results / name, name, samples)
+    again = resume(results, name)  # a finished study resumed: nothing to do, exit 0
+    assert again.returncode == 0 and "every trial of the study has finished" in again.stdout, again.stdout + again.stderr
+    assert_exact(results / name, name, samples)
+
+
+def test_two_drivers_on_one_name_one_refused(images, tmp_path):
+    results = tmp_path / "r"
+    argv = [sys.executable, "-m", "study.run", *study_args(images, results, "race", 2, 1)]
+    procs = [subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 2], outs
+    refused = outs[[p.returncode for p in procs].index(2)][1].strip().splitlines()
+    assert len(refused) == 1 and ("is in use by another python -m study.run (pid" in refused[0] or "already exists" in refused[0]), refused
+    assert_exact(results / "race", "race", 2)
+
+
+def test_a_second_driver_while_the_first_runs_is_refused(images, tmp_path):
+    results = tmp_path / "r"
+    first = subprocess.Popen([sys.executable, "-m", "study.run", *study_args(images, results, "busy", 2, 3)], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not (results / "busy" / "study.json").exists():
+        assert first.poll() is None, first.communicate()
+        time.sleep(0.2)
+    second = resume(results, "busy")
+    line = one_error_line(second)
+    assert "study 'busy'" in line and "is in use by another python -m study.run (pid" in line and str(first.pid) in line
+    first.communicate(timeout=600)
+    assert first.returncode == 0
+    assert_exact(results / "busy", "busy", 2)
+
+
+def test_damaged_ray_experiment_files_do_not_stop_a_resume(images, tmp_path):
+    """Ray's own experiment state (searcher state, experiment snapshot, tuner.pkl) zeroed, as a full disk leaves
+    them: the study's truth is its tables and optuna.db, so the resume goes on."""
+    folder = killed_study(images, tmp_path / "r", "z", "result:2")
+    zeroed = [p for p in (folder / "ray").glob("run-*/*") if p.is_file()]
+    assert zeroed
+    for path in zeroed:
+        path.write_bytes(b"")
+    out = resume(tmp_path / "r", "z")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert_exact(folder, "z", 3)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "deleted"])
+def test_a_damaged_or_missing_optuna_db_is_rebuilt_from_the_tables(images, tmp_path, damage):
+    folder = killed_study(images, tmp_path / "r", "o", "trial_ended:2")
+    before = pd.read_parquet(folder / "trials.parquet")
+    db = folder / "optuna.db"
+    if damage == "truncated":
+        db.write_bytes(db.read_bytes()[: db.stat().st_size // 2])
+    else:
+        db.unlink()
+    out = resume(tmp_path / "r", "o")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"optuna.db was {'damaged' if damage == 'truncated' else 'missing'}" in out.stdout and "rebuilt it from trials.parquet" in out.stdout
+    trials = assert_exact(folder, "o", 3)
+    for _, row in before[before["status"] != "running"].iterrows():  # what finished before is kept as it was
+        after = trials[trials["optuna_trial"] == row["optuna_trial"]].iloc[0]
+        assert after["best_val_acc"] == row["best_val_acc"] and after["status"] == row["status"]
+    stored = {t.number: t for t in optuna_trials(folder, "o")}
+    for _, row in before[before["status"] == "completed"].iterrows():
+        assert stored[row["optuna_trial"]].value == pytest.approx(row["best_val_acc"])
+
+
+def test_a_truncated_trials_table_is_rebuilt_from_optuna_and_the_epochs(images, tmp_path):
+    folder = killed_study(images, tmp_path / "r", "t", "trial_ended:2")
+    table = folder / "trials.parquet"
+    table.write_bytes(table.read_bytes()[:100])
+    out = resume(tmp_path / "r", "t")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "trials.parquet was damaged" in out.stdout and "rebuilt it from optuna.db and epochs.parquet" in out.stdout
+    assert_exact(folder, "t", 3)
+    assert list(folder.glob("trials.parquet.damaged-*"))  # kept beside, for whoever wants to look
+
+
+def test_both_stores_lost_is_one_line_naming_them(images, tmp_path):
+    folder = killed_study(images, tmp_path / "r", "b", "trial_ended:1")
+    (folder / "optuna.db").unlink()
+    (folder / "trials.parquet").write_bytes(b"PAR1 nothing")
+    line = one_error_line(resume(tmp_path / "r", "b"))
+    assert "optuna.db (missing) and trials.parquet" in line and "start it again under a new --name" in line
+
+
+def test_a_damaged_checkpoint_is_passed_over_not_retried(images, tmp_path):
+    folder = killed_study(images, tmp_path / "r", "c", "result:1", 2, 3)
+    running = pd.read_parquet(folder / "trials.parquet").query("status == 'running'")
+    trial_dir = Path(running.iloc[0]["trial_dir"])
+    states = list(trial_dir.glob("checkpoint_*/state.pt"))
+    assert len(states) == 1
+    states[0].write_bytes(b"\0" * states[0].stat().st_size)  # the same size: only loading it can tell
+    out = resume(tmp_path / "r", "c")
+    assert out.returncode == 0, out.stdout + out.stderr
+    notes = [line for line in out.stdout.splitlines() if "could not be read" in line]
+    assert len(notes) == 1 and "started again from epoch 1" in notes[0] and "Traceback" not in out.stdout + out.stderr, out.stdout
+    assert_exact(folder, "c", 2)
+
+
+def _tmpfs(path: Path, megabytes: int) -> Path:
+    path.mkdir(parents=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(path)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a {megabytes} MB tmpfs here ({done.stderr.strip() or 'mount failed'}): needs root")
+    return path
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    mounted = []
+
+    def make(megabytes: int) -> Path:
+        mounted.append(_tmpfs(tmp_path / f"disk-{uuid.uuid4().hex[:6]}", megabytes))
+        return mounted[-1]
+
+    yield make
+    for path in mounted:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def test_a_disk_too_small_for_the_checkpoints_is_refused_at_start(images, small_disk):
+    disk = small_disk(60)
+    line = one_error_line(run_study(study_args(images, disk / "results", "s", 2, 1)))
+    assert f"not enough free space in {disk}/results" in line and "a 42 MB checkpoint each" in line
+    assert not (disk / "results" / "s").exists()
+
+
+def test_a_disk_that_fills_up_stops_the_study_and_it_resumes_once_freed(images, small_disk):
+    disk = small_disk(200)
+    filler = disk / "filler"
+    out = run_study(study_args(images, disk / "results", "f", 2, 3, "--max-concurrent", "1"),
+                    env={"HOTDOG_TUNE_FAULT": "result:1:fill", "HOTDOG_TUNE_FILL": str(filler)})
+    assert out.returncode == 1, out.stdout + out.stderr
+    text = out.stdout + out.stderr
+    assert "Traceback" not in text
+    stop = [line for line in out.stdout.splitlines() if line.startswith("the study stopped")]
+    assert len(stop) == 1 and f"no space left on the disk holding {disk}/results" in stop[0], out.stdout
+    filler.unlink()
+    again = resume(disk / "results", "f")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert_exact(disk / "results" / "f", "f", 2)
+    left = sum(p.stat().st_size for p in (disk / "results").rglob("*") if p.is_file())
+    assert left < 10 << 20, "finished trials keep no checkpoints"
+    shutil.rmtree(disk / "results")
