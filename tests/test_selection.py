@@ -1,0 +1,285 @@
+"""study.selection: the confirmation stage's decision and the Monte Carlo of a study (fast: no training, no Ray run)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from study import selection as sel
+from study.selection import decide, nan_percentile_rows, run_asha, simulate, t975
+
+
+def frame(runs: dict, cost: dict) -> pd.DataFrame:
+    """``runs[config] = [val_acc per fold 0, 1, ...]`` -> decide's rows."""
+    return pd.DataFrame([dict(config=c, fold=f, val_acc=v, seconds_per_epoch=cost[c])
+                         for c, values in runs.items() for f, v in enumerate(values)])
+
+
+# A: the winner; B: the book's recipe; C: cheaper, inside one SE of A; D: cheapest, outside one SE of A
+# (0.805 < 0.82 - 0.0115) though inside one SD (0.80): the rule is the standard error, not the spread.
+RUNS = {"A": [0.80, 0.82, 0.84], "B": [0.70, 0.73, 0.72], "C": [0.79, 0.81, 0.83], "D": [0.795, 0.805, 0.815]}
+COST = {"A": 10.0, "B": 3.0, "C": 5.0, "D": 1.0}
+
+
+# --- decide -------------------------------------------------------------------------------------------------
+def test_decide_planted_winner_paired_difference_and_table():
+    d = decide(frame(RUNS, COST), baseline="B")
+    assert d.winner == "A"
+    a = d.row("A")
+    assert a["folds"] == 3 and a["mean"] == pytest.approx(0.82)
+    assert a["sd"] == pytest.approx(0.02) and a["se"] == pytest.approx(0.02 / math.sqrt(3))
+    assert a["ci_low"] == pytest.approx(0.82 - 4.303 * 0.02 / math.sqrt(3))
+    assert a["ci_high"] == pytest.approx(0.82 + 4.303 * 0.02 / math.sqrt(3))
+    # A - B per fold: 0.10, 0.09, 0.12 -> mean 0.10333, sd sqrt(((-1/300)^2 + (-4/300)^2 + (5/300)^2) / 2) = 0.015275
+    p = d.versus_baseline
+    assert p.n == 3 and p.folds == [0, 1, 2]
+    assert p.mean == pytest.approx(0.103333, abs=1e-6)
+    assert p.sd == pytest.approx(0.0152753, abs=1e-6)
+    assert p.t == pytest.approx(0.103333 / (0.0152753 / math.sqrt(3)), rel=1e-4)  # 11.72 > 4.303
+    assert p.t_crit == 4.303 and p.beyond_noise
+    assert list(d.table["config"]) == ["A", "C", "D", "B"]  # best mean first
+    lines = d.lines()
+    assert len(lines) == 3
+    assert "config A" in lines[0] and "0.820" in lines[0]
+    assert "+0.103" in lines[1] and "beyond noise" in lines[1]
+    assert "config C" in lines[2]
+
+
+def test_decide_difference_within_noise():
+    # A - B per fold: 0.05, 0.01, 0.03: mean 0.03, sd 0.02, t = 0.03 / (0.02 / sqrt 3) = 2.598: past the normal's
+    # 1.96 but not past t_{0.975, 2} = 4.303, so within noise with 3 folds
+    runs = {"A": [0.85, 0.81, 0.83], "B": [0.80, 0.80, 0.80]}
+    d = decide(frame(runs, {"A": 1.0, "B": 1.0}), baseline="B")
+    p = d.versus_baseline
+    assert p.mean == pytest.approx(0.03) and p.sd == pytest.approx(0.02)
+    assert p.t == pytest.approx(2.598, abs=1e-3)
+    assert not p.beyond_noise and "within noise" in d.lines()[1]
+
+
+def test_one_se_pick_takes_a_cheaper_config_inside_one_se_and_not_one_outside():
+    d = decide(frame(RUNS, COST), baseline="B")
+    # the bar: A's mean 0.82 - A's se 0.011547 = 0.80845; C (0.81, 5 s) is inside, D (0.805, 1 s) is not
+    assert d.one_se_pick == "C"
+    # make D's mean 0.81 as well: now D is inside and cheapest
+    runs = {**RUNS, "D": [0.80, 0.81, 0.82]}
+    assert decide(frame(runs, COST), baseline="B").one_se_pick == "D"
+    # nothing cheaper inside: the winner itself
+    assert decide(frame(RUNS, {**COST, "C": 20.0}), baseline="B").one_se_pick == "A"
+
+
+def test_nan_counts_as_zero_and_is_said():
+    runs = {**RUNS, "E": [0.95, 0.95, math.nan]}  # 0.95 would win; with the NaN as 0 its mean is 0.633
+    d = decide(frame(runs, {**COST, "E": 2.0}), baseline="B")
+    e = d.row("E")
+    assert e["mean"] == pytest.approx(0.95 * 2 / 3) and e["failed"] == 1
+    assert d.winner == "A"
+    assert any("config E" in n and "counted as 0" in n for n in d.notes)
+    # a failed run of the winner shows in its line
+    d2 = decide(frame({"A": [0.9, 0.9, math.nan], "B": [0.5, 0.5, 0.5]}, {"A": 1.0, "B": 1.0}), baseline="B")
+    assert d2.winner == "A" and "1 failed run(s) counted as 0" in d2.lines()[0]
+    assert d2.versus_baseline.mean == pytest.approx((0.4 + 0.4 - 0.5) / 3)
+
+
+def test_no_baseline_and_winner_is_baseline():
+    d = decide(frame(RUNS, COST), baseline=None)
+    assert d.versus_baseline is None and d.winner == "A"
+    assert "no baseline" in d.lines()[1]
+    d = decide(frame(RUNS, COST), baseline="A")
+    assert d.winner == "A" and d.versus_baseline is None
+    assert "is the book's recipe" in d.lines()[1]
+    # a baseline without runs: no comparison, said so
+    d = decide(frame(RUNS, COST), baseline="Z")
+    assert d.versus_baseline is None and any("config Z" in n for n in d.notes)
+
+
+def test_ties_go_to_the_cheaper_config_and_paired_uses_shared_folds_only():
+    runs = {"A": [0.8, 0.8], "B": [0.7, 0.7, 0.6], "C": [0.8, 0.8]}
+    d = decide(frame(runs, {"A": 2.0, "B": 1.0, "C": 1.0}), baseline="B")
+    assert d.winner == "C"
+    assert d.versus_baseline.n == 2 and d.versus_baseline.mean == pytest.approx(0.1)
+    assert d.versus_baseline.sd == 0 and d.versus_baseline.beyond_noise  # no spread at all
+
+
+def test_decide_rejects_bad_rows():
+    with pytest.raises(ValueError, match="lack column"):
+        decide(pd.DataFrame({"config": [1], "fold": [0], "val_acc": [0.5]}), baseline=None)
+    rows = frame(RUNS, COST)
+    with pytest.raises(ValueError, match="more than one row"):
+        decide(pd.concat([rows, rows.iloc[:1]]), baseline="B")
+    with pytest.raises(ValueError, match="no rows"):
+        decide(rows.iloc[:0], baseline="B")
+
+
+# --- t quantiles and percentiles ----------------------------------------------------------------------------
+def test_t_quantiles():
+    assert t975(2) == pytest.approx(4.303, abs=5e-4)
+    assert t975(10) == pytest.approx(2.228, abs=5e-4)
+    assert t975(30) == pytest.approx(2.042, abs=5e-4)
+    assert t975(1) == pytest.approx(12.706, abs=5e-4)
+    assert t975(31) == pytest.approx(2.0395, abs=5e-4)  # the expansion above the table
+    assert t975(120) == pytest.approx(1.9799, abs=5e-4)
+    assert t975(10**6) == pytest.approx(1.95996, abs=1e-4)
+    assert math.isnan(t975(0))
+
+
+def test_row_percentile_is_numpys_nanpercentile():
+    rng = np.random.default_rng(3)
+    values = rng.integers(0, 6, (300, 7)).astype(float) / 5  # ties on purpose
+    values[rng.random(values.shape) < 0.4] = np.nan
+    values[0] = np.nan  # an empty rung
+    ours = nan_percentile_rows(values, (1 - 1 / 3) * 100)
+    with np.errstate(all="ignore"), pytest.warns(RuntimeWarning):
+        theirs = np.array([np.nanpercentile(row, (1 - 1 / 3) * 100) for row in values])
+    np.testing.assert_array_equal(ours, theirs)
+
+
+# --- ASHA -----------------------------------------------------------------------------------------------------
+def reference_asha(values: np.ndarray, concurrent: int, grace: int, rf: float) -> list[int]:
+    """The same schedule (ticks, trials in start order) with Ray's own ASHAScheduler deciding, set up as the
+    study's ResumableASHA sets it up (time attribute "epoch", mode max, a NaN counted as 0 by the caller)."""
+    pytest.importorskip("ray")
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    n, max_t = values.shape
+    scheduler = ASHAScheduler(time_attr="epoch", metric="val_acc", mode="max", max_t=max_t,
+                              grace_period=min(grace, max_t), reduction_factor=rf)
+
+    class Trial:
+        def __init__(self, i):
+            self.trial_id = f"t{i}"
+
+    trials = [Trial(i) for i in range(n)]
+    epochs = [0] * n
+    running = list(range(min(concurrent, n)))
+    for t in running:
+        scheduler.on_trial_add(None, trials[t])
+    upcoming = len(running)
+    while running:
+        for t in running:
+            epochs[t] += 1
+        for t in sorted(running):
+            result = {"epoch": epochs[t], "val_acc": float(values[t, epochs[t] - 1])}
+            if scheduler.on_trial_result(None, trials[t], result) == TrialScheduler.STOP:
+                scheduler.on_trial_complete(None, trials[t], result)
+                running.remove(t)
+                if upcoming < n:
+                    scheduler.on_trial_add(None, trials[upcoming])
+                    running.append(upcoming)
+                    upcoming += 1
+    return epochs
+
+
+@pytest.mark.parametrize("max_t,grace,rf,concurrent", [(5, 1, 3, 2), (9, 1, 3, 3), (8, 1, 2, 4), (5, 2, 3, 2)])
+def test_asha_matches_the_study_scheduler(max_t, grace, rf, concurrent):
+    rng = np.random.default_rng(max_t * 10 + grace)
+    n, repeats = 20, 12
+    values = rng.binomial(40, rng.uniform(0.4, 0.8, (repeats, n, 1)) * np.ones(max_t)) / 40  # ties happen
+    values[0, 3, 0] = np.nan  # a diverged first epoch: counts as 0
+    ours = run_asha(values, concurrent=concurrent, grace=grace, reduction_factor=rf)
+    for r in range(repeats):
+        assert list(ours[r]) == reference_asha(np.nan_to_num(values[r], nan=0.0), concurrent, grace, rf), f"repeat {r}"
+
+
+def test_asha_stops_some_trials_never_before_grace_and_ignores_concurrency_with_equal_epochs():
+    rng = np.random.default_rng(0)
+    values = rng.uniform(0.4, 0.8, (50, 32, 5))
+    for grace in (1, 2):
+        run = run_asha(values, concurrent=2, grace=grace, reduction_factor=3)
+        assert run.min() >= grace and run.max() == 5
+        assert (run.sum(axis=1) < 32 * 5).all()  # every study stopped some trials
+        assert (run[:, 0] == 5).all()  # the first trial is first at every rung: never stopped
+    # every epoch one time unit: each rung sees trials in start order whatever the workers
+    np.testing.assert_array_equal(run_asha(values, concurrent=1), run_asha(values, concurrent=4))
+    assert sel.asha_rungs(1, 5, 3) == [3, 1] and sel.asha_rungs(1, 9, 3) == [9, 3, 1]
+
+
+def test_study_ranking_is_best_val_then_more_epochs_then_trial():
+    best = np.array([[0.6, 0.7, 0.7, 0.5, np.nan, 0.7]])
+    epochs = np.array([[5, 1, 3, 5, 5, 3]])
+    assert list(sel.study_ranking(best, epochs)[0]) == [2, 5, 1, 0, 3, 4]
+
+
+# --- simulate -------------------------------------------------------------------------------------------------
+EXACT = dict(val_images=0, seed_sd=0.0, tau_range=(1.0, 1.0))  # no noise, the same curve shape for all
+
+
+def test_zero_noise_means_zero_regret():
+    r = simulate(repeats=200, seed=1, **EXACT)
+    assert r["regret_single"] == 0 and r["regret_confirmed"] == 0 and r["regret_one_se"] == 0
+    assert r["p_best_single"] == 1 and r["p_best_completed"] == 1
+
+
+def test_big_noise_gives_single_validation_regret():
+    r = simulate(repeats=400, seed=1, val_images=20, seed_sd=0.05)
+    assert r["regret_single"] > 3 * r["regret_single_se"] > 0
+    assert r["p_best_single"] < 0.5
+
+
+def test_confirming_every_config_on_many_folds_beats_single_validation():
+    r = simulate(n_configs=12, top_k=12, folds=15, repeats=400, seed=2)
+    assert r["p_best_in_candidates"] == 1
+    assert r["regret_reduction"] > 3 * r["regret_reduction_se"]
+    assert r["regret_confirmed"] < r["regret_single"] / 2
+
+
+def test_study_epochs_are_fewer_than_a_full_study_and_at_least_grace():
+    r = simulate(repeats=300, seed=4)
+    assert 32 * 1 <= r["study_epochs"] < 32 * 5
+    r2 = simulate(repeats=300, seed=4, grace=2)
+    assert 32 * 2 <= r2["study_epochs"] < 32 * 5 and r2["study_epochs"] > r["study_epochs"]
+
+
+def test_extra_compute_is_the_hand_count():
+    # truth 0.6 (the book's recipe), 0.7, 0.55, 0.65; 3 epochs; rungs [3, 1]; one worker, exact values.
+    # trial 0: first at rung 1, runs 3 epochs; trial 1 (> trial 0) runs 3; trial 2 is below the 66.7th
+    # percentile of [0, 1] at epoch 1: stopped after 1; trial 3 sits above the percentile of [0, 1, 2]
+    # (trial 0's value + 1/3 of the gap to trial 1's): runs 3. Study: 3 + 3 + 1 + 3 = 10 epochs.
+    tiny = dict(n_configs=4, epochs=3, concurrent=1, repeats=5, truth=[0.6, 0.7, 0.55, 0.65], **EXACT)
+    r = simulate(top_k=2, folds=3, **tiny)
+    assert r["study_epochs"] == 10
+    # top 2 = trials 1 and 3, plus the book's recipe (trial 0), all completed: 2 new runs x 3 epochs each
+    assert r["confirm_epochs"] == 3 * 2 * 3 and r["extra_compute_fraction"] == pytest.approx(1.8)
+    r = simulate(top_k=2, folds=3, reuse_study_fold=False, **tiny)
+    assert r["confirm_epochs"] == 3 * 3 * 3 and r["extra_compute_fraction"] == pytest.approx(2.7)
+    # all four: trial 2 ran 1 epoch, so it needs all 3 folds: 18 + 9
+    r = simulate(top_k=4, folds=3, **tiny)
+    assert r["confirm_epochs"] == 27 and r["extra_compute_fraction"] == pytest.approx(2.7)
+    assert r["regret_single"] == 0 and r["regret_confirmed"] == 0
+    # the book's recipe among the top K: not counted twice
+    r = simulate(top_k=3, folds=2, **tiny)  # trials 1, 3, 0: one new run each
+    assert r["confirm_epochs"] == 3 * 1 * 3
+
+
+def test_same_seed_same_result():
+    a, b = simulate(repeats=200, seed=7), simulate(repeats=200, seed=7)
+    assert a == b
+    assert simulate(repeats=200, seed=8)["regret_single"] != a["regret_single"]
+
+
+def test_simulate_rejects_bad_input():
+    with pytest.raises(ValueError):
+        simulate(top_k=0)
+    with pytest.raises(ValueError, match="reuse_study_fold=False"):
+        simulate(fold_val_images=667)
+    with pytest.raises(ValueError, match="fold_score"):
+        simulate(fold_score="mean")
+
+
+def test_run_selection_writes_json_and_prints(tmp_path):
+    from rich.console import Console
+
+    path = tmp_path / "selection.json"
+    result = sel.run_selection(repeats=100, seed=0, json_path=str(path))
+    written = json.loads(path.read_text())
+    for key in ("regret_single", "regret_confirmed", "regret_one_se", "extra_compute_fraction", "inputs", "goal_met"):
+        assert key in written
+    assert written["regret_single"] == pytest.approx(result["regret_single"])
+    assert written["inputs"]["top_k"] == 3 and written["inputs"]["folds"] == 3
+    console = Console(record=True, width=200)
+    sel.print_selection(result, console)
+    text = console.export_text()
+    assert "regret, single validation" in text and "extra compute" in text and "goal" in text
