@@ -138,8 +138,9 @@ def compute_importance(data: StudyData, method: str = "ped-anova") -> Importance
         complete = [(t.params, float(t.value)) for t in stored
                     if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value) and set(params) <= set(t.params)]
         pruned = []
-        for t in stored:
-            if t.state == TrialState.PRUNED and t.intermediate_values and set(params) <= set(t.params):
+        for t in stored:  # stopped by ASHA; a diverged trial (infeasible for TPE too) says nothing of where the good ones lie
+            if (t.state == TrialState.PRUNED and t.intermediate_values and set(params) <= set(t.params)
+                    and t.user_attrs.get("status") != "diverged" and not any(v > 0 for v in t.constraints.values())):
                 last = t.intermediate_values[max(t.intermediate_values)]
                 if math.isfinite(last):
                     pruned.append((t.params, float(last)))
@@ -150,8 +151,8 @@ def compute_importance(data: StudyData, method: str = "ped-anova") -> Importance
             if pruned:
                 caveat = (f"only {len(complete)} trial(s) ran every epoch, so the {len(pruned)} stopped early count with their "
                           "last validation accuracy, as TPE sees them (rough: earlier epochs score lower)")
-    if not points:  # no usable storage: the table's best validation accuracies
-        for _, row in data.scored.iterrows():
+    if not points and stored is None:  # no usable storage: the table's best validation accuracies
+        for _, row in data.scored[~data.scored["status"].isin(["diverged", "errored"])].iterrows():
             values = {p: plain(row[p]) for p in params}
             if all(v is not None for v in values.values()):
                 points.append((values, float(row["best_val_acc"])))
@@ -159,7 +160,8 @@ def compute_importance(data: StudyData, method: str = "ped-anova") -> Importance
         caveat = "no readable optuna.db: computed from each trial's best validation accuracy in trials.parquet"
 
     if not points:
-        return Importance(None, "not computable", "no trial has a validation accuracy yet (errored, diverged, or still in its first epoch)")
+        return Importance(None, "not computable", "no trial has a usable validation accuracy yet (every trial diverged, failed, "
+                                                  "or is still in its first epoch)")
     if len(points) < MIN_TRIALS:
         return Importance(None, "not computable", f"too few trials with a validation accuracy ({len(points)}; {MIN_TRIALS} needed): run more --samples")
     if len({v for _, v in points}) == 1:

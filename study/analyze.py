@@ -62,7 +62,7 @@ def print_analysis(analysis: Analysis, top: int) -> None:
             console.print(f"note: {note}", markup=False)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m study.analyze", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("study", nargs="?", help="the study folder (default: the newest study under --results-dir)")
@@ -72,11 +72,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--importance", choices=["ped-anova", "fanova"], default="ped-anova",
                         help="Optuna importance evaluator; fanova needs scikit-learn (default: %(default)s)")
     parser.add_argument("--no-report", action="store_true", help="print only; write no report.html or figures")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
     if args.top < 1:
         raise UserError(f"--top {args.top} must be 1 or more")
     if args.curves < 1:
         raise UserError(f"--curves {args.curves} must be 1 or more")
+    if args.importance == "fanova":
+        try:
+            import sklearn  # noqa: F401  (Optuna's fANOVA evaluator needs it)
+        except ImportError:
+            raise UserError("--importance fanova needs scikit-learn: pip install scikit-learn, or use --importance ped-anova") from None
     return args
 
 

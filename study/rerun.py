@@ -285,7 +285,7 @@ def _retrain_ray(chosen: Chosen, data, seeds: list[int], weights: dict, save, co
 
 
 # --- the command -------------------------------------------------------------------------------------
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m study.rerun", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("study", nargs="?", help="the study folder (default: the newest study under --results-dir)")
@@ -303,7 +303,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--export", metavar="FILE",
                         help="write the trial's configuration as it ran in the study (JSON for python -m trainable --config; - for stdout) and exit")
     parser.add_argument("--print-command", action="store_true", help="print the python -m trainable command that reproduces the trial and exit")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
     checks = [
         (args.rank is None or args.rank >= 1, f"--rank {args.rank} must be 1 or more (1 = the best trial)"),
         (args.threads is None or args.threads >= 1, f"--threads {args.threads} must be 1 or more"),

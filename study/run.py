@@ -331,6 +331,7 @@ def run_study(args: argparse.Namespace, folder: StudyFolder, settings: StudySett
     run = {"started": dt.datetime.now().isoformat(timespec="seconds"), "resumed": resumed, "timings": {}}
     timings = run["timings"]
     t0 = time.perf_counter()
+    timings["startup_s"] = round(time.time() - _process_start(), 2)  # interpreter, imports, checks: before this function
     print(f"study {settings.name}: {settings.samples} trials, {base.epochs} epoch(s) at {base.image_size}px, weights {base.weights}")
     if settings.baseline_note and not resumed:
         print(settings.baseline_note)
@@ -368,6 +369,7 @@ def run_study(args: argparse.Namespace, folder: StudyFolder, settings: StudySett
         settings.gpus_per_trial, settings.cpus_per_trial = resources["gpu"], resources["cpu"]
         concurrent = max(1, min(settings.max_concurrent or slots, slots, remaining or 1))
         check_free_space(folder, settings.experiment_path, concurrent, checkpoint_bytes(base, settings.space))
+        run.update(concurrent=concurrent, resources=resources, train_images=len(data.train), val_images=len(data.val))
         settings.runs.append(run)
         folder.write_settings(settings)
         plan.tables.write()  # repairs and decisions made above, on disk before any trial runs
@@ -381,6 +383,12 @@ def run_study(args: argparse.Namespace, folder: StudyFolder, settings: StudySett
         return finish(folder, settings, plan.tables, run, t0, fit_s, stopped)
     finally:
         ray.shutdown()
+
+
+def _process_start() -> float:
+    import psutil
+
+    return psutil.Process().create_time()
 
 
 def fit(args, folder: StudyFolder, settings: StudySettings, data, plan, scheduler, resources: dict, concurrent: int,

@@ -105,16 +105,18 @@ def make_fake_study(folder: Path, data_dir: Path, n: int = 14, epochs: int = 3, 
                 "epoch": epoch, "train_loss": 0.5, "train_acc": 0.8, "val_loss": 0.4, "val_acc": acc, "seconds": 1.0,
                 "images_per_s": 30.0, "diverged": diverged, "node_id": "n", "node_ip": "127.0.0.1", "hostname": "h"})
         tables.on_end(number, trial_id, config, "RuntimeError: boom" if errored else None)
+        # as study.searcher tells them: diverged trials PRUNED and infeasible, with no value for the diverged epoch
         if errored:
-            state, value, inter = optuna.trial.TrialState.FAIL, None, {}
+            state, value, inter, status = optuna.trial.TrialState.FAIL, None, {}, "errored"
         elif diverged:
-            state, value, inter = optuna.trial.TrialState.PRUNED, None, {1: 0.0}
+            state, value, inter, status = optuna.trial.TrialState.PRUNED, None, {}, "diverged"
         elif run == epochs:
-            state, value, inter = optuna.trial.TrialState.COMPLETE, max(values.values()), values
+            state, value, inter, status = optuna.trial.TrialState.COMPLETE, max(values.values()), values, "completed"
         else:
-            state, value, inter = optuna.trial.TrialState.PRUNED, None, values
-        ostudy.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=value,
-                                                   intermediate_values=inter, state=state))
+            state, value, inter, status = optuna.trial.TrialState.PRUNED, None, values, "stopped early"
+        ostudy.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=value, intermediate_values=inter,
+                                                   state=state, user_attrs={"status": status},
+                                                   constraints={"diverged": 1.0} if diverged else None))
     tables.write()
     return study_folder
 
@@ -237,8 +239,11 @@ def test_importance_when_all_trials_tie(tmp_path, data_dir):
 
 
 def test_importance_when_the_top_trials_tie(tmp_path, data_dir):
-    # all at 0.5 but the diverged trial (0.0 for Optuna): PED-ANOVA's top set would be nearly everything
-    folder = make_fake_study(tmp_path, data_dir, n=6, constant=0.5)
+    # all at 0.5 but one completed trial at 0.3: PED-ANOVA's top set would be nearly everything
+    folder = make_fake_study(tmp_path, data_dir, n=6, constant=0.5, failures=False)
+    stored = optuna.load_study(study_name="fake", storage=storage_url(folder.optuna_db))
+    low = stored.trials[-1]
+    stored.add_trial(optuna.trial.create_trial(params=low.params, distributions=low.distributions, value=0.3))
     imp = analysis_mod.analyze(folder).importance
     assert imp.values is None and "tie at the top" in imp.note
 
@@ -413,14 +418,49 @@ def test_real_study_analyze_rerun_export(real_study, tmp_path, capsys):
 
     assert rerun_mod.main([str(real_study.path), "--seeds", "2", "--epochs", "1"]) == 0
     assert "test accuracy over 2 seed(s)" in capsys.readouterr().out
-    check_rerun(real_study, seeds=2, epochs=1)
-    # the same seeds as Ray tasks side by side: the same table, in seed order
+    sequential = check_rerun(real_study, seeds=2, epochs=1)
+    # the same seeds as Ray tasks side by side: the same numbers (same threads), in seed order, each seed's epochs shown
     assert rerun_mod.main([str(real_study.path), "--seeds", "2", "--epochs", "1", "--parallel"]) == 0
-    assert "2 seed(s) as Ray tasks" in capsys.readouterr().out
-    check_rerun(real_study, seeds=2, epochs=1)
+    out = capsys.readouterr().out
+    assert "2 seed(s) as Ray tasks" in out and "seed 0 epoch 1/1: train loss" in out and "seed 1 epoch 1/1: train loss" in out
+    parallel = check_rerun(real_study, seeds=2, epochs=1)
+    assert list(parallel["train_loss"]) == list(sequential["train_loss"]) and list(parallel["test_acc"]) == list(sequential["test_acc"])
 
+    # the exported trial, trained again with python -m trainable: its numbers in the study, to the last digit
     target = tmp_path / "best.json"
     assert rerun_mod.main([str(real_study.path), "--export", str(target)]) == 0
     capsys.readouterr()
     assert trainable_main(["--config", str(target), "--epochs", "1"]) == 0
-    assert "epoch 1/1" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    printed = float(out.split("epoch 1/1  train loss ")[1].split()[0])
+    number = pd.read_parquet(real_study.trials).set_index("rank").loc[1, "optuna_trial"]
+    epochs = pd.read_parquet(real_study.epochs)
+    in_study = epochs[(epochs["optuna_trial"] == number) & (epochs["epoch"] == 1)].iloc[0]
+    assert printed == round(float(in_study["train_loss"]), 4), (printed, in_study["train_loss"])
+    assert json.loads(out.strip().splitlines()[-1])["final_val_acc"] == pytest.approx(in_study["val_acc"])
+
+
+def test_analyze_imports_no_ray(fake):
+    code = ("import sys; sys.modules['ray'] = None  # import ray now fails\n"
+            "from study.analyze import main\n"
+            f"raise SystemExit(main([{str(fake.path)!r}, '--no-report']))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "how much each hyperparameter matters" in done.stdout
+
+
+def test_analyze_of_a_study_where_every_trial_failed(tmp_path, data_dir, capsys):
+    folder = make_fake_study(tmp_path, data_dir, n=2)  # one errored, one diverged in its first epoch
+    assert analyze_mod.main([str(folder.path), "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert "no trial has a usable validation accuracy yet (every trial diverged, failed" in out
+
+
+def test_fanova_without_scikit_learn_is_refused_at_once(fake, capsys):
+    try:
+        import sklearn  # noqa: F401
+        pytest.skip("scikit-learn is installed here: fanova runs")
+    except ImportError:
+        pass
+    code, err, _ = exit_code_and_stderr(capsys, analyze_mod.main, [str(fake.path), "--importance", "fanova"])
+    assert code == 2 and len(err) == 1 and "pip install scikit-learn" in err[0]

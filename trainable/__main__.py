@@ -18,8 +18,8 @@ from .config import TrainConfig
 from .errors import UserError
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m trainable", description=__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m trainable", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="JSON file of TrainConfig fields (e.g. from python -m study.rerun --export); flags given here override it")
     add_data_options(parser)
     add_hyperparameter_options(parser)
@@ -31,7 +31,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--checkpoint-dir", help="save model/optimizer/epoch here after every epoch")
     parser.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir's last epoch")
     parser.add_argument("--save-weights", help="write the final model's state dict here")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def config_from_args(args: argparse.Namespace, argv: list[str] | None) -> TrainConfig:
