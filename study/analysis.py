@@ -52,6 +52,52 @@ class StudyData:
         path = self.folder.path / RERUN_FILE
         return pd.read_parquet(path) if path.is_file() else None
 
+    @property
+    def confirm(self) -> pd.DataFrame | None:
+        path = self.folder.confirm
+        return pd.read_parquet(path) if path.is_file() else None
+
+
+@dataclass
+class Confirmation:
+    """The confirmation stage as far as it got: per candidate its folds, mean, sd and 95% interval; the decision once complete."""
+
+    table: pd.DataFrame  # optuna_trial, folds, mean, sd, ci_low, ci_high, seconds_per_epoch, recommended (best mean first)
+    folds: int  # the stage's folds per configuration
+    lines: list[str]  # the decision (winner, vs the book's recipe, one-SE pick), or what is missing
+
+
+def confirmation(data: StudyData) -> Confirmation | None:
+    """The confirmation stage's runs summarised (``study.selection.decide`` on the finished ones)."""
+    from .selection import decide
+
+    runs = data.confirm
+    settings = data.settings.confirm or {}
+    if runs is None or runs.empty:
+        return None
+    done = runs[runs["status"].isin(["completed", "diverged", "errored"])]
+    if done.empty:
+        return None
+    frame = pd.DataFrame({"config": done["optuna_trial"].astype(int), "fold": done["fold"],
+                          "val_acc": done["val_acc"].where(done["status"] == "completed"),
+                          "seconds_per_epoch": done["seconds"] / done["epochs"].where(done["epochs"] > 0)})
+    baseline = baseline_number(data)
+    result = decide(frame, baseline if baseline in set(frame["config"]) else None)
+    folds = int(settings.get("folds") or frame.groupby("config").size().max())
+    table = result.table.rename(columns={"config": "optuna_trial"})
+    recommended = dict(zip(data.trials["optuna_trial"], data.trials.get("recommended", pd.Series(dtype=str))))
+    table["recommended"] = [plain(recommended.get(n)) or "" for n in table["optuna_trial"]]
+    complete = len(done) == runs["optuna_trial"].nunique() * folds and (table["folds"] == folds).all()
+    lines = result.lines() if complete else [f"confirmation stage unfinished: {len(done)} of {runs['optuna_trial'].nunique() * folds} "
+                                              "run(s) in; python -m study.run --resume finishes it"]
+    return Confirmation(table, folds, lines)
+
+
+def baseline_number(data: StudyData) -> int | None:
+    """The book's recipe's trial number, where the study ran it."""
+    baseline = data.trials.loc[data.trials["baseline"].fillna(False).astype(bool), "optuna_trial"]
+    return int(baseline.iloc[0]) if len(baseline) else None
+
 
 def baseline_acc(data: StudyData) -> float | None:
     """The book's recipe's best validation accuracy, when the study ran it and it scored."""
@@ -274,10 +320,24 @@ class Analysis:
     data: StudyData
     importance: Importance
     ranges: dict[str, BestRange]
+    confirmation: Confirmation | None = None
 
 
 def analyze(folder: StudyFolder, importance: str = "ped-anova") -> Analysis:
     data = read_study(folder)
-    return Analysis(data, compute_importance(data, importance), best_ranges(data))
+    return Analysis(data, compute_importance(data, importance), best_ranges(data), confirmation(data))
+
+
+CONFIRM_COLUMNS = ["trial", "folds", "mean val acc", "sd", "95% CI", "s/epoch", "recommended"]
+
+
+def confirmation_rows(conf: Confirmation, baseline: int | None) -> list[list[str]]:
+    rows = []
+    for _, r in conf.table.iterrows():
+        ci = f"{r['ci_low']:.3f} - {r['ci_high']:.3f}" if r["folds"] > 1 else "-"
+        tag = " *" if baseline is not None and int(r["optuna_trial"]) == baseline else ""
+        rows.append([f"{int(r['optuna_trial'])}{tag}", str(int(r["folds"])), fmt_acc(r["mean"]), fmt(r["sd"]), ci,
+                     fmt(r["seconds_per_epoch"]), r["recommended"]])
+    return rows
 
 

@@ -14,7 +14,8 @@ import sys
 from trainable import UserError
 from trainable.cli import run_main
 
-from .analysis import Analysis, analyze, baseline_acc, describe_range, describe_space, top_table_rows
+from .analysis import (CONFIRM_COLUMNS, Analysis, analyze, baseline_acc, baseline_number, confirmation_rows, describe_range,
+                       describe_space, top_table_rows)
 from .layout import find_study
 from .summary import noise_note
 
@@ -53,6 +54,18 @@ def print_analysis(analysis: Analysis, top: int) -> None:
     console.print(table)
     if imp.note:
         console.print(f"note: {imp.note}", markup=False)
+    if analysis.confirmation is not None:
+        conf = analysis.confirmation
+        base = baseline_number(data)
+        table = Table(title=f"confirmation stage: {len(conf.table)} configuration(s) on {conf.folds} fold(s) (* = the book's recipe)",
+                      title_justify="left")
+        for c in CONFIRM_COLUMNS:
+            table.add_column(c, justify="left" if c == "recommended" else "right")
+        for cells in confirmation_rows(conf, base):
+            table.add_row(*cells)
+        console.print(table)
+        for line in conf.lines:
+            console.print(line, markup=False)
     best = data.scored.head(1)
     if len(best):
         b, baseline = best.iloc[0], baseline_acc(data)

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .analysis import Analysis, StudyData, baseline_acc, describe_range, describe_space, top_table_rows
+from .analysis import (CONFIRM_COLUMNS, Analysis, StudyData, baseline_acc, baseline_number, confirmation_rows, describe_range,
+                       describe_space, top_table_rows)
 from .layout import BOOK_FIGURE, FIGURES_DIR, REPORT_FILE, fmt, fmt_acc, write_text_atomic
 from .summary import noise_note
 
@@ -377,6 +378,19 @@ def _rerun_section(data: StudyData) -> str:
     return "\n".join(parts)
 
 
+def _confirmation_section(analysis: Analysis) -> str:
+    conf = analysis.confirmation
+    if conf is None:
+        if analysis.data.settings.confirm:
+            return '<h2>Confirmation stage</h2><p class="muted">Not run yet: it starts once every trial has finished.</p>'
+        return ""
+    rows = confirmation_rows(conf, baseline_number(analysis.data))
+    lines = "".join(f"<li>{html.escape(line)}</li>" for line in conf.lines)
+    return (f"<h2>Confirmation stage</h2><p>The top configurations and the book's recipe (*) trained again on {conf.folds} "
+            f"disjoint validation folds (fold 0: the study's own split): mean validation accuracy with its 95% t-interval.</p>"
+            f"{_table(CONFIRM_COLUMNS, rows, {'recommended'})}<ul>{lines}</ul>")
+
+
 def build_html(analysis: Analysis, figures: dict, top: int = 10) -> str:
     import plotly.io as pio
 
@@ -423,6 +437,8 @@ created {html.escape(s.created or '?')}; report written {dt.datetime.now():%Y-%m
 
 <h2>Top trials</h2>
 {_table(columns, rows, {"status", *[p for p in data.params if data.is_categorical(p)]})}
+
+{_confirmation_section(analysis)}
 
 <h2>How much each hyperparameter matters</h2>
 <p>{html.escape(imp.method)}: each hyperparameter's share in telling the best trials from the rest; and the range

@@ -24,11 +24,13 @@ EPOCH_TYPES = {"trial_id": "str", "optuna_trial": "int64", "epoch": "int64", "tr
                "resumed_from_epoch": "int64", "ended_at": "float64", "node_id": "str", "node_ip": "str", "hostname": "str"}
 TRIAL_HEAD = ["rank", "trial_id", "optuna_trial", "baseline"]
 TRIAL_TAIL = ["best_val_acc", "best_epoch", "last_val_acc", "epochs_run", "status", "error", "seconds", "images_per_s",
-              "seed", "threads", "trial_dir", "node_id", "node_ip", "hostname"]
+              "seed", "threads", "trial_dir", "node_id", "node_ip", "hostname",
+              "confirm_mean", "confirm_sd", "confirm_folds", "recommended"]  # the confirmation stage's figures
 TRIAL_TYPES = {"rank": "int64", "trial_id": "str", "optuna_trial": "int64", "baseline": "bool", "best_val_acc": "float64",
                "best_epoch": "Int64", "last_val_acc": "float64", "epochs_run": "int64", "status": "str", "error": "str",
                "seconds": "float64", "images_per_s": "float64", "seed": "int64", "threads": "int64", "trial_dir": "str",
-               "node_id": "str", "node_ip": "str", "hostname": "str"}
+               "node_id": "str", "node_ip": "str", "hostname": "str", "confirm_mean": "float64", "confirm_sd": "float64",
+               "confirm_folds": "int64", "recommended": "str"}
 PARAM_TYPES = {"lr": "float64", "head_lr_mult": "float64", "weight_decay": "float64", "momentum": "float64",
                "freeze_depth": "int64", "batch_size": "int64", "augment": "str"}
 
@@ -170,6 +172,7 @@ class StudyTables:
         ).drop(columns="_failed")
         trials["rank"] = range(1, len(trials) + 1)
         trials["threads"] = trials["threads"].fillna(0)
+        trials["confirm_folds"] = trials["confirm_folds"].fillna(0)
         trials["seed"] = trials["seed"].fillna(self.seed)
         trials["baseline"] = trials["baseline"].fillna(False)
         types = {**TRIAL_TYPES, **{p: PARAM_TYPES.get(p, "float64") for p in self.params}}

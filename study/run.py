@@ -28,7 +28,7 @@ from pathlib import Path
 
 from trainable import TrainConfig, UserError, prepare_data
 from trainable.cli import add_data_options, check_output_folder, run_main
-from trainable.data import check_layout
+from trainable.data import check_layout, max_folds, split_fold
 
 from .layout import StudyFolder, StudySettings, isnan, write_text_atomic
 from .space import baseline_params, load_space, show_space
@@ -64,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-concurrent", type=int, default=None, help="most trials at once (default: as many as the resources fit)")
     parser.add_argument("--grace-epochs", type=int, default=1, help="ASHA: epochs before a trial may be stopped (default: %(default)s)")
     parser.add_argument("--reduction-factor", type=float, default=3, help="ASHA: keep the best 1/this at each rung (default: %(default)s)")
+    parser.add_argument("--confirm-top", type=int, default=3,
+                        help="the confirmation stage: the top K configurations by validation accuracy, and the book's recipe, "
+                             "trained again on --confirm-folds folds before naming a winner (default: %(default)s)")
+    parser.add_argument("--confirm-folds", type=int, default=3,
+                        help="folds of the confirmation stage; fold 0 is the study's own split (default: %(default)s)")
+    parser.add_argument("--no-confirm", action="store_true", help="skip the confirmation stage: the study's best validation accuracy names the winner")
     parser.add_argument("--fresh-actors", action="store_true",
                         help="start a new Ray worker process for every trial (default: a finished trial's process runs the next one, "
                              "which saves each trial the seconds of importing torch and Ray Tune)")
@@ -87,6 +93,9 @@ def check_args(args: argparse.Namespace) -> None:
         (args.max_concurrent is None or args.max_concurrent >= 1, f"--max-concurrent {args.max_concurrent} must be 1 or more"),
         (args.grace_epochs >= 1, f"--grace-epochs {args.grace_epochs} must be 1 or more"),
         (args.reduction_factor > 1, f"--reduction-factor {args.reduction_factor} must be above 1"),
+        (args.confirm_top >= 1, f"--confirm-top {args.confirm_top} must be 1 or more (--no-confirm skips the confirmation stage)"),
+        (args.confirm_folds >= 2, f"--confirm-folds {args.confirm_folds} must be 2 or more: fold 0 is the study's own split, so one fold "
+                                  "confirms nothing (--no-confirm skips the confirmation stage)"),
         (args.name is None or (args.name.strip() and "/" not in args.name and args.name not in (".", "..")), f"--name {args.name!r} must be a plain folder name"),
     ]
     for ok, message in checks:
@@ -287,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
             name=name, base=base.to_dict(), space=space, samples=args.samples, seed=args.seed, experiment_path=experiment,
             created=dt.datetime.now().isoformat(timespec="seconds"), gpus_requested=args.gpus_per_trial, cpus_requested=args.cpus_per_trial,
             max_concurrent=args.max_concurrent, grace_epochs=args.grace_epochs, reduction_factor=float(args.reduction_factor),
-            fresh_actors=args.fresh_actors, address=args.address, storage=storage, baseline=baseline, baseline_note=baseline_note)
+            fresh_actors=args.fresh_actors, address=args.address, storage=storage, baseline=baseline, baseline_note=baseline_note,
+            confirm={} if args.no_confirm else {"top": args.confirm_top, "folds": args.confirm_folds})
         try:
             return run_study(args, folder, settings, resumed=False)
         except BaseException:
@@ -313,6 +323,13 @@ def apply_resume_options(args: argparse.Namespace, given: set[str], settings: St
         if dest in given and getattr(args, dest) != getattr(settings, key):
             print(f"--{dest.replace('_', '-')} {getattr(args, dest)} from now on (the study was started with {getattr(settings, key)})")
             setattr(settings, key, getattr(args, dest))
+    if given & {"confirm_top", "confirm_folds", "no_confirm"}:
+        confirm = {} if args.no_confirm else {"top": args.confirm_top if "confirm_top" in given else settings.confirm.get("top", 3),
+                                              "folds": args.confirm_folds if "confirm_folds" in given else settings.confirm.get("folds", 3)}
+        if confirm != {k: v for k, v in settings.confirm.items() if k in ("top", "folds")}:
+            stage = "off" if not confirm else f"top {confirm['top']}, {confirm['folds']} folds"
+            print(f"confirmation stage from now on: {stage}")
+            settings.confirm = confirm
     if "samples" in given and args.samples != settings.samples:
         print(f"--samples {args.samples}: the study grows from {settings.samples} trial(s)" if args.samples > settings.samples
               else f"--samples {args.samples}: fewer than the study's {settings.samples}")
@@ -335,7 +352,12 @@ def run_study(args: argparse.Namespace, folder: StudyFolder, settings: StudySett
     print(f"study {settings.name}: {settings.samples} trials, {base.epochs} epoch(s) at {base.image_size}px, weights {base.weights}")
     if settings.baseline_note and not resumed:
         print(settings.baseline_note)
-    data = prepare_data(base.data_dir, base.image_size, base.val_fraction, base.split_seed, log=print)
+    # decoded once: every training image (the confirmation stage's folds), and the study's split of them (fold 0)
+    all_data = prepare_data(base.data_dir, base.image_size, 0.0, base.split_seed, log=print, min_per_class=2)
+    data = split_fold(all_data, base.val_fraction, base.split_seed, 0)
+    if settings.confirm and settings.confirm["folds"] > (most := max_folds(all_data.train.labels, base.val_fraction)):
+        raise UserError(f"--confirm-folds {settings.confirm['folds']} is more than the {most} disjoint validation folds of "
+                        f"{base.val_fraction:g} that the smallest class allows: ask for at most {most}")
     timings["decode_s"] = round(time.perf_counter() - t0, 2)
     print(f"decoded {len(data.train) + len(data.val)} images once ({len(data.train)} train, {len(data.val)} validation, "
           f"classes {data.classes}) in {timings['decode_s']:.1f}s")
@@ -373,14 +395,25 @@ def run_study(args: argparse.Namespace, folder: StudyFolder, settings: StudySett
         settings.runs.append(run)
         folder.write_settings(settings)
         plan.tables.write()  # repairs and decisions made above, on disk before any trial runs
+        timings["setup_s"] = round(time.perf_counter() - t0, 2)
+        fit_s, stopped = 0.0, None
         if remaining <= 0:
             print("every trial of the study has finished")
-            return finish(folder, settings, plan.tables, run, t0, 0.0, stopped=None)
-        print(f"{concurrent} trial(s) at a time, each with {resources['cpu']:g} CPU(s)"
-              + (f" and {resources['gpu']:g} GPU" if resources["gpu"] else ""))
-        timings["setup_s"] = round(time.perf_counter() - t0, 2)
-        fit_s, stopped = fit(args, folder, settings, data, plan, scheduler, resources, concurrent, remaining, len(settings.runs))
-        return finish(folder, settings, plan.tables, run, t0, fit_s, stopped)
+        else:
+            print(f"{concurrent} trial(s) at a time, each with {resources['cpu']:g} CPU(s)"
+                  + (f" and {resources['gpu']:g} GPU" if resources["gpu"] else ""))
+            fit_s, stopped = fit(args, folder, settings, data, plan, scheduler, resources, concurrent, remaining, len(settings.runs))
+        lines: list[str] = []
+        confirmed = True
+        if settings.confirm and not stopped and not plan.tables.counts().get("running") and len(plan.tables.trials) >= settings.samples:
+            from .confirm import run_stage
+            from .progress import Progress
+
+            start = time.perf_counter()
+            stopped, lines, confirmed = run_stage(folder, settings, plan.tables, all_data, resources, slots, len(settings.runs),
+                                                  Progress(settings.samples))
+            timings["confirm_s"] = round(time.perf_counter() - start, 2)
+        return finish(folder, settings, plan.tables, run, t0, fit_s, stopped, lines, confirmed)
     finally:
         ray.shutdown()
 
@@ -447,7 +480,8 @@ def fit(args, folder: StudyFolder, settings: StudySettings, data, plan, schedule
     return time.perf_counter() - start, interrupted[0] if interrupted else None
 
 
-def finish(folder: StudyFolder, settings: StudySettings, tables, run: dict, t0: float, fit_s: float, stopped: str | None) -> int:
+def finish(folder: StudyFolder, settings: StudySettings, tables, run: dict, t0: float, fit_s: float, stopped: str | None,
+           confirmation: list[str] | None = None, confirmed: bool = True) -> int:
     """Summary, the run's record in study.json, and the exit code."""
     from .summary import print_summary
 
@@ -456,15 +490,18 @@ def finish(folder: StudyFolder, settings: StudySettings, tables, run: dict, t0: 
     counts = tables.counts()
     unfinished = counts.get("running", 0) + max(0, settings.samples - len(tables.trials))
     total_fit = sum(r.get("timings", {}).get("fit_s", 0.0) for r in settings.runs if r is not run) + fit_s
-    settings.summary = print_summary(folder, settings, tables, total_fit)
-    run["outcome"] = "finished" if not unfinished else "stopped"
+    settings.summary = {**print_summary(folder, settings, tables, total_fit, confirmation),
+                        **({"confirmation": settings.summary["confirmation"]} if "confirmation" in settings.summary else {})}
+    unfinished_confirmation = not unfinished and not confirmed
+    run["outcome"] = "finished" if not unfinished and not unfinished_confirmation else "stopped"
     try:
         folder.write_settings(settings)
     except OSError as exc:
         print(f"could not update {folder.settings_file} ({exc.strerror or exc})")
-    if unfinished:
+    if unfinished or unfinished_confirmation:
         reason = f": {stopped}" if stopped else ""
-        print(f"the study stopped with {unfinished} trial(s) unfinished{reason}; continue it with:\n  {resume_command(folder)}")
+        what = f"{unfinished} trial(s) unfinished" if unfinished else "its confirmation stage unfinished"
+        print(f"the study stopped with {what}{reason}; continue it with:\n  {resume_command(folder)}")
         return EXIT_STOPPED
     if not any(t["status"] in ("completed", "stopped early") and not isnan(t.get("best_val_acc")) for t in tables.trials.values()):
         return EXIT_NO_RESULT  # every trial diverged or failed: nothing to rerun

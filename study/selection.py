@@ -92,13 +92,13 @@ class Decision:
         failed = f", {int(w['failed'])} failed run(s) counted as 0" if w["failed"] else ""
         ci = (f" (95% CI {w['ci_low']:.3f}-{w['ci_high']:.3f}, sd {w['sd']:.3f})" if w["folds"] > 1
               else " (one fold: no interval)")
-        first = f"winner: config {self.winner}, mean val acc {w['mean']:.3f} over {int(w['folds'])} fold(s){ci}{failed}"
+        first = f"winner: trial {self.winner}, mean val acc {w['mean']:.3f} over {int(w['folds'])} fold(s){ci}{failed}"
         if self.baseline is None:
             second = "vs the book's recipe: none in the confirmation (no baseline given)"
         elif self.winner == self.baseline:
-            second = f"vs the book's recipe: the winner is the book's recipe (config {self.baseline})"
+            second = f"vs the book's recipe: the winner is the book's recipe (trial {self.baseline})"
         elif self.versus_baseline is None:
-            second = f"vs the book's recipe (config {self.baseline}): no comparison ({'; '.join(self.notes[-1:]) or 'no shared fold'})"
+            second = f"vs the book's recipe (trial {self.baseline}): no comparison ({'; '.join(self.notes[-1:]) or 'no shared fold'})"
         else:
             p = self.versus_baseline
             if p.n < 2:
@@ -107,14 +107,14 @@ class Decision:
                 verdict = (f"beyond noise (|t| {abs(p.t):.2f} > {p.t_crit:.3f})" if p.beyond_noise
                            else f"within noise (|t| {abs(p.t):.2f} <= {p.t_crit:.3f})")
             spread = f", paired sd {p.sd:.3f}, 95% CI {p.ci_low:+.3f} to {p.ci_high:+.3f}" if p.n > 1 else ""
-            second = (f"vs the book's recipe (config {self.baseline}): {p.mean:+.3f} over {p.n} shared fold(s)"
+            second = (f"vs the book's recipe (trial {self.baseline}): {p.mean:+.3f} over {p.n} shared fold(s)"
                       f"{spread}: {verdict}")
         pick = self.row(self.one_se_pick)
         se = f"one SE, {w['se']:.3f}," if pd.notna(w["se"]) else "one SE (none: one fold)"
         if self.one_se_pick == self.winner:
             third = f"one-SE pick: the winner itself (no cheaper configuration within {se} of its mean)"
         else:
-            third = (f"one-SE pick: config {self.one_se_pick}, mean {pick['mean']:.3f} (within {se} of the winner's "
+            third = (f"one-SE pick: trial {self.one_se_pick}, mean {pick['mean']:.3f} (within {se} of the winner's "
                      f"{w['mean']:.3f}), {_fmt(pick['seconds_per_epoch'], 3, 'g')} s/epoch against the winner's "
                      f"{_fmt(w['seconds_per_epoch'], 3, 'g')}")
         return [first, second, third]
@@ -177,13 +177,13 @@ def decide(rows: pd.DataFrame, baseline: Hashable | None = None) -> Decision:
     table = pd.DataFrame(records)
     table["_cost"] = table["seconds_per_epoch"].fillna(math.inf)  # an unknown cost is never the cheaper one
     table = table.sort_values(["mean", "_cost", "_order"], ascending=[False, True, True], kind="mergesort")
-    winner = table.iloc[0]["config"]
+    winner = table["config"].iloc[0]  # the column keeps the keys' type (a row would upcast an int to float)
 
     # one-SE rule: cheapest within one se of the winner (a missing se keeps the bar at the winner's mean)
     w = table.iloc[0]
     bar = w["mean"] - (w["se"] if pd.notna(w["se"]) else 0.0)
     inside = table[table["mean"] >= bar - 1e-12]
-    one_se = inside.sort_values(["_cost", "mean", "_order"], ascending=[True, False, True], kind="mergesort").iloc[0]["config"]
+    one_se = inside.sort_values(["_cost", "mean", "_order"], ascending=[True, False, True], kind="mergesort")["config"].iloc[0]
     table = table.drop(columns=["_cost", "_order"]).reset_index(drop=True)
 
     versus = None

@@ -49,7 +49,7 @@ def summarize(trials: pd.DataFrame, epochs: pd.DataFrame, wall_s: float, train_i
     }
 
 
-def print_summary(folder: StudyFolder, settings: StudySettings, tables, fit_s: float) -> dict:
+def print_summary(folder: StudyFolder, settings: StudySettings, tables, fit_s: float, confirmation: list[str] | None = None) -> dict:
     if not tables.trials:
         print("no trial ran")
         return {}
@@ -83,6 +83,8 @@ def print_summary(folder: StudyFolder, settings: StudySettings, tables, fit_s: f
     else:
         console.print("no usable trial: every trial diverged or failed (see the lines above); "
                       "for divergence lower the learning-rate range (--space)", markup=False)
+    for line in confirmation or []:
+        console.print(line, markup=False)
     console.print(f"results: {folder.trials}\nnext: python -m study.analyze {folder.path}   then: python -m study.rerun {folder.path}", markup=False)
     return summary
 

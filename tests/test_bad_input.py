@@ -44,6 +44,7 @@ CASE_TIMEOUT = 300  # s; a case still running then has hung (e.g. waiting for a 
 
 # {in}: the shared, read-only inputs; {case}: this case's own folder; {results}: {case}/results
 STUDY = study_args(Path("{in}/good"), Path("{results}"), "s", 1, 1)
+CONFIRMED = study_args(Path("{in}/good"), Path("{results}"), "s", 1, 1, confirm=True)
 TRAIN = ["--data-dir", "{in}/good", "--weights", "none", "--epochs", "1", "--image-size", "32", "--batch-size", "8"]
 
 
@@ -91,6 +92,10 @@ CASES = [
     Case("samples-0", "study.run", [*STUDY, "--samples", "0"], "--samples 0 must be 1 or more"),
     Case("epochs-negative", "trainable", [*TRAIN, "--epochs", "-1"], "--epochs -1 must be 1 or more"),
     Case("image-size-8", "study.run", [*STUDY, "--image-size", "8"], "--image-size 8 is too small: use 32 or more"),
+    Case("confirm-top-0", "study.run", [*STUDY, "--confirm-top", "0"], "--confirm-top 0 must be 1 or more (--no-confirm skips"),
+    Case("confirm-folds-1", "study.run", [*STUDY, "--confirm-folds", "1"], "--confirm-folds 1 must be 2 or more: fold 0 is the study's own split"),
+    Case("confirm-folds-more-than-the-classes-allow", "study.run", [*CONFIRMED, "--confirm-folds", "4"],
+         "--confirm-folds 4 is more than the 3 disjoint validation folds of 0.1 that the smallest class allows: ask for at most 3"),
     # plan_resources falls back to CPU slots where the cluster has no GPU (a real, 1-trial study on Ray)
     Case("gpus-per-trial-3-without-a-gpu", "study.run", [*STUDY, "--gpus-per-trial", "3"], code=0,
          says="no GPU in the Ray cluster: running trials on CPU slots instead of 3 GPU each", marks=(pytest.mark.slow,)),

@@ -44,9 +44,9 @@ def test_decide_planted_winner_paired_difference_and_table():
     assert list(d.table["config"]) == ["A", "C", "D", "B"]  # best mean first
     lines = d.lines()
     assert len(lines) == 3
-    assert "config A" in lines[0] and "0.820" in lines[0]
+    assert "trial A" in lines[0] and "0.820" in lines[0]
     assert "+0.103" in lines[1] and "beyond noise" in lines[1]
-    assert "config C" in lines[2]
+    assert "trial C" in lines[2]
 
 
 def test_decide_difference_within_noise():

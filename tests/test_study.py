@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TRIAL_COLUMNS = [
     "rank", "trial_id", "optuna_trial", "baseline", "lr", "head_lr_mult", "weight_decay", "freeze_depth", "augment",
     "best_val_acc", "best_epoch", "last_val_acc", "epochs_run", "status", "error", "seconds", "images_per_s", "seed",
-    "threads", "trial_dir", "node_id", "node_ip", "hostname",
+    "threads", "trial_dir", "node_id", "node_ip", "hostname", "confirm_mean", "confirm_sd", "confirm_folds", "recommended",
 ]
 EPOCH_COLUMNS = [
     "trial_id", "optuna_trial", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "images_per_s",
@@ -41,7 +41,8 @@ TRIAL_TYPES = {"rank": "int64", "trial_id": "large_string", "optuna_trial": "int
                "best_val_acc": "double", "best_epoch": "int64", "last_val_acc": "double", "epochs_run": "int64",
                "status": "large_string", "error": "large_string", "seconds": "double", "images_per_s": "double", "seed": "int64",
                "threads": "int64", "trial_dir": "large_string", "node_id": "large_string", "node_ip": "large_string",
-               "hostname": "large_string"}
+               "hostname": "large_string", "confirm_mean": "double", "confirm_sd": "double", "confirm_folds": "int64",
+               "recommended": "large_string"}
 EPOCH_TYPES = {"trial_id": "large_string", "optuna_trial": "int64", "epoch": "int64", "train_loss": "double", "train_acc": "double",
                "val_loss": "double", "val_acc": "double", "seconds": "double", "images_per_s": "double", "diverged": "bool",
                "resumed_from_epoch": "int64", "ended_at": "double", "node_id": "large_string", "node_ip": "large_string",
@@ -60,9 +61,11 @@ def make_images(root: Path, per_class: int = 12, size=(40, 48)) -> Path:
     return root
 
 
-def study_args(data: Path, results: Path, name: str, samples: int, epochs: int, *extra: str) -> list[str]:
+def study_args(data: Path, results: Path, name: str, samples: int, epochs: int, *extra: str, confirm: bool = False) -> list[str]:
+    """A tiny study's command line (without the confirmation stage unless asked for: most tests are about the trials)."""
     return ["--samples", str(samples), "--data-dir", str(data), "--weights", "none", "--epochs", str(epochs),
-            "--image-size", "32", "--batch-size", "8", "--results-dir", str(results), "--name", name, *extra]
+            "--image-size", "32", "--batch-size", "8", "--results-dir", str(results), "--name", name,
+            *([] if confirm else ["--no-confirm"]), *extra]
 
 
 def run_study(argv: list[str], env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -21,6 +21,8 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-fraction", type=float, default=d.val_fraction, help="share of train held out for validation (default: %(default)s)")
     parser.add_argument("--split-seed", type=int, default=d.split_seed,
                         help="which images form the validation split (stratified; default: %(default)s, the same split whatever --seed)")
+    parser.add_argument("--val-fold", type=int, default=d.val_fold,
+                        help="another disjoint validation split of the same size: 0 the usual one, 1, 2, ... the others (default: %(default)s)")
     parser.add_argument("--precision", default=d.precision, choices=["auto", "fp32", "bf16"], help="(default: %(default)s)")
     parser.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     parser.add_argument("--augment-path", default=d.augment_path, choices=AUGMENT_PATHS,

@@ -222,16 +222,38 @@ def _files(split_dir: Path, classes: list[str]) -> list[tuple[Path, int]]:
     return [(path, label) for label, name in enumerate(classes) for path in found.get(name, [])]
 
 
-def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (train, val): ``fraction`` of each class, at least one image, chosen with ``seed``."""
+def stratified_split(labels: np.ndarray, fraction: float, seed: int, fold: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val): ``fraction`` of each class (at least one image) as validation, chosen with ``seed``.
+
+    ``fold`` k takes the k-th disjoint block of that size from the same seeded order: fold 0 is the usual split,
+    and folds 0, 1, 2, ... never share a validation image (see ``max_folds``).
+    """
     rng = np.random.default_rng(seed)
     train_idx, val_idx = [], []
     for label in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == label))
         n_val = min(len(members) - 1, max(1, round(len(members) * fraction)))
-        val_idx.append(members[:n_val])
-        train_idx.append(members[n_val:])
+        start = fold * n_val
+        if start + n_val > len(members) - 1 and fold:
+            raise UserError(f"validation fold {fold} does not fit: class {int(label)} has {len(members)} images, "
+                            f"{n_val} per fold; at most {max_folds(labels, fraction)} disjoint folds of {fraction:g}")
+        val_idx.append(members[start:start + n_val])
+        train_idx.append(np.concatenate([members[:start], members[start + n_val:]]))
     return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(val_idx))
+
+
+def max_folds(labels: np.ndarray, fraction: float) -> int:
+    """How many disjoint validation folds of ``fraction`` fit (each class keeps a training image)."""
+    counts = np.bincount(labels)
+    counts = counts[counts > 0]
+    return int(min((c - 1) // min(c - 1, max(1, round(c * fraction))) for c in counts))
+
+
+def split_fold(data: PreparedData, fraction: float, seed: int, fold: int) -> PreparedData:
+    """A prepared data set whose ``train`` holds every training image, split for validation fold ``fold``."""
+    train_idx, val_idx = stratified_split(data.train.labels, fraction, seed, fold)
+    return PreparedData(data.classes, data.stored_size, data.train.subset(train_idx), data.train.subset(val_idx),
+                        data.test, data.skipped, data.root)
 
 
 def prepare_data(
@@ -241,8 +263,12 @@ def prepare_data(
     split_seed: int = 0,
     with_test: bool = False,
     log=None,
+    val_fold: int = 0,
+    min_per_class: int | None = None,
 ) -> PreparedData:
-    """Find, check, decode (once) and split the data. ``val_fraction=0`` keeps all of train for training."""
+    """Find, check, decode (once) and split the data. ``val_fraction=0`` keeps all of train for training;
+    ``val_fold`` picks another disjoint validation split of the same size (0: the usual one); ``min_per_class``
+    raises the readable images each class needs (default: 2 with a validation split, else 1)."""
     root, classes = check_layout(data_dir if data_dir is not None else fetch_hotdog(), need_test=with_test)
     size = stored_size(image_size)
     skipped: list[str] = []
@@ -250,7 +276,7 @@ def prepare_data(
     train_all = _decode_all(_files(root / "train", classes), size, skipped, modes)
     for label, name in enumerate(classes):
         count = int((train_all.labels == label).sum())
-        if count < (2 if val_fraction > 0 else 1):
+        if count < (min_per_class or (2 if val_fraction > 0 else 1)):
             broken = [s for s in skipped if s.startswith(f"{root / 'train' / name}{os.sep}")]
             raise UserError(
                 f"class {name!r} has {count} readable image(s) in {root / 'train' / name}: at least 2 are needed "
@@ -270,7 +296,7 @@ def prepare_data(
             counts = ", ".join(f"{mode} x{n}" for mode, n in sorted(Counter(modes).items()))
             log(f"converted {len(modes)} image(s) to 8-bit RGB from other modes ({counts}): transparency on white, 16-bit scaled to 8-bit")
     if val_fraction > 0:
-        train_idx, val_idx = stratified_split(train_all.labels, val_fraction, split_seed)
+        train_idx, val_idx = stratified_split(train_all.labels, val_fraction, split_seed, val_fold)
         train, val = train_all.subset(train_idx), train_all.subset(val_idx)
     else:
         train, val = train_all, None

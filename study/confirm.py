@@ -1,0 +1,346 @@
+"""The confirmation stage: the study's top configurations, and the book's recipe, trained again on other folds.
+
+One validation split of a few hundred images is a noisy judge: its top trial is partly luck. Once every
+sample has finished, the top K configurations by validation accuracy plus the book's recipe are each
+trained on F disjoint validation folds of the train split (``trainable.data.stratified_split``'s folds:
+fold 0 is the study's own split, which counts as a fold for a configuration that ran all its epochs on it),
+with the study's epochs, image size and per-trial resources, as Ray trials. Each run lands in
+``confirm.parquet`` as it ends (atomically); a run a killed driver left unfinished continues from its newest
+intact checkpoint on ``--resume``, as a study's trial does. The decision (``study.selection.decide``): the
+best mean over folds is the winner; beside it the paired difference to the book's recipe and the
+one-standard-error pick. ``trials.parquet`` gets each candidate's ``confirm_mean``, ``confirm_sd``,
+``confirm_folds`` and, once every run is in, ``recommended``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from . import faults
+from .layout import StudyFolder, StudySettings, isnan, plain, write_parquet_atomic
+from .results import StudyTables
+
+CONFIRM_TYPES = {"optuna_trial": "int64", "baseline": "bool", "fold": "int64", "source": "str", "status": "str",
+                 "val_acc": "float64", "val_loss": "float64", "epochs": "int64", "seconds": "float64", "images_per_s": "float64",
+                 "trial_id": "str", "trial_dir": "str", "error": "str"}
+DONE = ("completed", "diverged", "errored")
+
+
+@dataclass
+class Job:
+    number: int  # the configuration: its Optuna trial number in the study
+    fold: int
+    params: dict
+    baseline: bool
+    resume_dir: str | None = None
+
+
+class ConfirmTable:
+    """``confirm.parquet``: one row per (configuration, fold), written after every change."""
+
+    def __init__(self, folder: StudyFolder):
+        self.path = folder.confirm
+        self.rows: dict[tuple[int, int], dict] = {}
+        self.note = ""
+        if self.path.exists():
+            try:
+                for row in pd.read_parquet(self.path).to_dict("records"):
+                    self.rows[(int(row["optuna_trial"]), int(row["fold"]))] = row
+            except Exception as exc:  # damaged: its runs are run again (they are deterministic)
+                aside = self.path.with_name(f"{self.path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+                self.path.rename(aside)
+                self.note = (f"confirm.parquet was damaged ({str(exc).splitlines()[0][:120]}): its runs are run again "
+                             f"(the damaged file is kept as {aside.name})")
+
+    def frame(self) -> pd.DataFrame:
+        frame = pd.DataFrame(list(self.rows.values()), columns=list(CONFIRM_TYPES))
+        return frame.sort_values(["optuna_trial", "fold"]).astype(CONFIRM_TYPES).reset_index(drop=True)
+
+    def write(self) -> None:
+        write_parquet_atomic(self.frame(), self.path)
+
+    def finished(self, number: int) -> list[dict]:
+        return [r for (n, _), r in sorted(self.rows.items()) if n == number and r["status"] in DONE]
+
+
+def candidates(tables: StudyTables, top: int) -> list[int]:
+    """The top ``top`` usable configurations by the study's ranking, and the book's recipe (always, where the study ran it)."""
+    trials, _ = tables.frames()
+    usable = trials[trials["status"].isin(["completed", "stopped early"]) & trials["best_val_acc"].notna()]
+    chosen = [int(n) for n in usable["optuna_trial"].head(top)]
+    baseline = trials[trials["baseline"]]
+    if len(baseline) and int(baseline.iloc[0]["optuna_trial"]) not in chosen:
+        chosen.append(int(baseline.iloc[0]["optuna_trial"]))
+    return chosen
+
+
+def plan(tables: StudyTables, table: ConfirmTable, numbers: list[int], folds: int, params: list[str]) -> list[Job]:
+    """The runs still to do; the study's own split is recorded as fold 0 of a configuration that completed on it."""
+    jobs = []
+    for number in numbers:
+        trial = tables.trials[number]
+        config = {p: plain(trial[p]) for p in params}
+        config = {p: int(v) if p in ("freeze_depth", "batch_size") else v for p, v in config.items()}
+        for fold in range(folds):
+            row = table.rows.get((number, fold))
+            if row is not None and row["status"] in DONE:
+                continue
+            if fold == 0 and trial["status"] == "completed":
+                last = tables.rows_of(number)[-1]
+                table.rows[(number, 0)] = {
+                    "optuna_trial": number, "baseline": bool(trial.get("baseline")), "fold": 0, "source": "study", "status": "completed",
+                    "val_acc": last.get("val_acc"), "val_loss": last.get("val_loss"), "epochs": int(trial["epochs_run"]),
+                    "seconds": trial.get("seconds"), "images_per_s": trial.get("images_per_s"), "trial_id": trial.get("trial_id"),
+                    "trial_dir": None, "error": None}
+                continue
+            resume = None if row is None or isnan(row.get("trial_dir")) else str(row["trial_dir"])
+            jobs.append(Job(number, fold, config, bool(trial.get("baseline")), resume))
+    return jobs
+
+
+def decision(table: ConfirmTable, numbers: list[int], folds: int, baseline: int | None):
+    """``study.selection.decide`` on the finished runs of ``numbers`` (None until every run is in)."""
+    from .selection import decide
+
+    rows = [r for n in numbers for r in table.finished(n)]
+    if len(rows) < len(numbers) * folds:
+        return None
+    frame = pd.DataFrame({
+        "config": [r["optuna_trial"] for r in rows], "fold": [r["fold"] for r in rows],
+        "val_acc": [math.nan if r["status"] != "completed" else r["val_acc"] for r in rows],
+        "seconds_per_epoch": [r["seconds"] / r["epochs"] if r["epochs"] else math.nan for r in rows]})
+    return decide(frame, baseline if baseline in numbers else None)
+
+
+def record(tables: StudyTables, table: ConfirmTable, numbers: list[int], result) -> None:
+    """The candidates' confirmation figures (so far) into the trials table."""
+    for number, trial in tables.trials.items():
+        values = [r["val_acc"] if r["status"] == "completed" else 0.0 for r in table.finished(number)]
+        trial["confirm_folds"] = len(values)
+        trial["confirm_mean"] = float(sum(values) / len(values)) if values and number in numbers else math.nan
+        trial["confirm_sd"] = float(pd.Series(values).std(ddof=1)) if len(values) > 1 and number in numbers else math.nan
+        marks = []
+        if result is not None and number == result.winner:
+            marks.append("winner")
+        if result is not None and number == result.one_se_pick:
+            marks.append("one-SE pick")
+        trial["recommended"] = ", ".join(marks) or None
+
+
+def confirm_dirname(trial) -> str:
+    return f"confirm_{trial.trial_id}"
+
+
+def run_confirm(config: dict, data, base: dict) -> None:
+    """A Ray Tune function trainable: one configuration on one fold (the study's trainable on that fold's split)."""
+    from trainable.data import split_fold
+
+    from .adapter import run_trial
+
+    job = dict(config["job"])
+    fold_data = split_fold(data, base["val_fraction"], base["split_seed"], job["val_fold"])
+    run_trial(job, fold_data, base)
+
+
+class ConfirmCallback:
+    """Keeps confirm.parquet (and the trials table's confirmation columns) in step with the runs."""
+
+    def __init__(self, folder: Path, tables: StudyTables, table: ConfirmTable, numbers: list[int], storage: str | None, progress):
+        self.callback = _TuneHooks(self, storage)
+        self.folder, self.tables, self.table, self.numbers, self.progress = Path(folder), tables, table, numbers, progress
+        self.disk_full: str | None = None
+        self._epochs: dict[tuple[int, int], dict[int, dict]] = {}  # each run's epoch results
+        self._errors: dict[tuple[int, int], dict] = {}
+
+    @staticmethod
+    def key(trial) -> tuple[int, int]:
+        job = trial.config["job"]
+        return int(job["optuna_trial"]), int(job["val_fold"])
+
+    def _row(self, trial) -> dict:
+        number, fold = self.key(trial)
+        return self.table.rows.setdefault((number, fold), {
+            "optuna_trial": number, "baseline": bool(trial.config["job"].get("baseline")), "fold": fold, "source": "confirmation",
+            "status": "running", "val_acc": math.nan, "val_loss": math.nan, "epochs": 0, "seconds": 0.0, "images_per_s": math.nan,
+            "trial_id": trial.trial_id, "trial_dir": None, "error": None})
+
+    def on_start(self, trial, where: str | None) -> None:
+        row = self._row(trial)
+        row.update(status="running", trial_id=trial.trial_id)
+        if isnan(row.get("trial_dir")):
+            row["trial_dir"] = where  # a resumed run keeps its earlier folder until it checkpoints in the new one
+        self._write()
+        faults.at("confirm_started")
+
+    def on_result(self, trial, result: dict, where: str | None) -> None:
+        key = self.key(trial)
+        if result.get("trial_error") is not None:
+            self._errors[key] = result
+            if result.get("disk_full"):
+                self._stop(f"no space left on the disk holding {where or self.folder} (a checkpoint could not be written)")
+            return
+        if "epoch" not in result:
+            return
+        self._epochs.setdefault(key, {})[int(result["epoch"])] = result
+        row = self._row(trial)
+        if not result.get("replayed") and where and row.get("trial_dir") != where:
+            previous, row["trial_dir"] = row.get("trial_dir"), where  # its newest checkpoint is there now
+            if previous and not isnan(previous) and "://" not in str(previous):
+                import shutil
+
+                shutil.rmtree(previous, ignore_errors=True)
+        self._summarise(key)
+        self._write()
+
+    def on_end(self, trial, error: str | None) -> None:
+        key = self.key(trial)
+        failed = self._errors.pop(key, None)
+        if error is None and failed is not None and failed.get("disk_full"):
+            return  # interrupted by a full disk, not finished: it resumes once space is freed
+        error = error or (failed["trial_error"] if failed else None)
+        row = self._row(trial)
+        self._summarise(key)
+        if error is not None:
+            row.update(status="errored", error=error)
+        elif any(r.get("diverged") for r in self._epochs.get(key, {}).values()):
+            row["status"] = "diverged"
+        else:
+            row["status"] = "completed"
+        self._write()
+        number, fold = key
+        self.progress.note(f"confirmation: trial {number} fold {fold}: {row['status']}"
+                           + (f", val acc {row['val_acc']:.3f}" if row["status"] == "completed" else f" ({error})" if error else ""))
+        where = row.get("trial_dir")
+        if where and not isnan(where) and "://" not in str(where):  # a finished run never resumes: its checkpoint goes
+            import shutil
+
+            for folder in Path(where).glob("checkpoint_*"):
+                shutil.rmtree(folder, ignore_errors=True)
+        faults.at("confirm_ended")
+
+    def _summarise(self, key: tuple[int, int]) -> None:
+        history = [self._epochs[key][e] for e in sorted(self._epochs.get(key, {}))]
+        if history:
+            last = history[-1]
+            self.table.rows[key].update(
+                val_acc=last.get("val_acc"), val_loss=last.get("val_loss"), epochs=int(last["epoch"]),
+                seconds=float(sum(h.get("seconds") or 0 for h in history)),
+                images_per_s=float(sum(h.get("images_per_s") or 0 for h in history) / len(history)))
+
+    def _write(self) -> None:
+        from .adapter import disk_full
+
+        try:
+            record(self.tables, self.table, self.numbers, None)
+            self.table.write()
+            self.tables.write()
+        except OSError as exc:
+            if not disk_full(exc):
+                raise
+            self._stop(f"no space left on the disk holding {self.folder} (the tables could not be written)")
+
+    def _stop(self, why: str) -> None:
+        """Stop the stage as Ctrl-C does (Ray's own handler): it resumes once space is freed."""
+        import os
+        import signal
+
+        if self.disk_full is None:
+            self.disk_full = why
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def _tune_callback_base():
+    from ray import tune
+
+    return tune.Callback
+
+
+class _TuneHooks(_tune_callback_base()):
+    """Tune's hooks, handed on to a ConfirmCallback; pickled empty (Ray stores the run config)."""
+
+    def __init__(self, outer: ConfirmCallback, storage: str | None):
+        self.outer, self.storage = outer, storage
+
+    def __getstate__(self):
+        return {}
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        from .callback import trial_location
+
+        self.outer.on_start(trial, trial_location(trial, self.storage))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        from .callback import trial_location
+
+        self.outer.on_result(trial, result, trial_location(trial, self.storage))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.outer.on_end(trial, None)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        from .callback import error_message
+
+        self.outer.on_end(trial, error_message(trial))
+
+
+def run_stage(folder: StudyFolder, settings: StudySettings, tables: StudyTables, all_data, resources: dict, slots: int,
+              run_index: int, progress) -> tuple[str | None, list[str], bool]:
+    """Run what is left of the confirmation stage; returns (why it stopped early or None, the lines to print,
+    whether every run is in)."""
+    from ray import tune
+
+    from .adapter import disk_full
+
+    top, folds = settings.confirm["top"], settings.confirm["folds"]
+    params = list(settings.space)
+    table = ConfirmTable(folder)
+    if table.note:
+        progress.note(table.note)
+    numbers = candidates(tables, top)
+    if not numbers:
+        return None, ["confirmation: no usable trial to confirm (every trial diverged or failed)"], True
+    settings.confirm["candidates"] = numbers
+    jobs = plan(tables, table, numbers, folds, params)
+    record(tables, table, numbers, None)
+    table.write()
+    tables.write()
+    baseline = next((n for n in numbers if tables.trials[n].get("baseline")), None)
+    stopped = None
+    if jobs:
+        concurrent = max(1, min(settings.max_concurrent or slots, slots, len(jobs)))
+        progress.note(f"confirmation: {len(numbers)} configuration(s) (trials {', '.join(map(str, numbers))}) on {folds} fold(s): "
+                      f"{len(jobs)} run(s) to go, {concurrent} at a time")
+        callback = ConfirmCallback(folder.path, tables, table, numbers, settings.storage, progress)
+        job_configs = [{**job.params, "optuna_trial": job.number, "baseline": job.baseline, "val_fold": job.fold,
+                        "resume_dir": job.resume_dir} for job in jobs]
+        trainable = tune.with_resources(tune.with_parameters(run_confirm, data=all_data, base=settings.base), resources)
+        tuner = tune.Tuner(
+            trainable, param_space={"job": tune.grid_search(job_configs)},
+            tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, reuse_actors=not settings.fresh_actors,
+                                        trial_dirname_creator=confirm_dirname),
+            run_config=tune.RunConfig(name=f"confirm-{run_index}", storage_path=settings.experiment_path, verbose=0,
+                                      callbacks=[callback.callback], checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                      failure_config=tune.FailureConfig(max_failures=2)))
+        try:
+            tuner.fit()
+        except Exception as exc:
+            if not disk_full(exc):
+                raise
+            callback.disk_full = callback.disk_full or "no space left on a disk Ray writes to"
+        if callback.disk_full:
+            stopped = f"{callback.disk_full}; free space there first"
+    result = decision(table, numbers, folds, baseline)
+    record(tables, table, numbers, result)
+    table.write()
+    tables.write()
+    if result is None:
+        missing = len(numbers) * folds - sum(len(table.finished(n)) for n in numbers)
+        return stopped or "interrupted", [f"confirmation: {missing} run(s) unfinished"], False
+    settings.summary["confirmation"] = {"winner": int(result.winner), "one_se_pick": int(result.one_se_pick), "folds": folds,
+                                        "candidates": numbers, "lines": result.lines()}
+    return stopped, result.lines(), True

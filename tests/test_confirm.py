@@ -1,0 +1,103 @@
+"""The confirmation stage of a real (tiny) study: its runs, its decision, and a kill in the middle of it."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from study.layout import StudyFolder
+from tests.test_study import assert_exact, make_images, run_study, study_args
+
+pytestmark = pytest.mark.slow
+CONFIRM_TYPES = {"optuna_trial": "int64", "baseline": "bool", "fold": "int64", "source": "large_string", "status": "large_string",
+                 "val_acc": "double", "val_loss": "double", "epochs": "int64", "seconds": "double", "images_per_s": "double",
+                 "trial_id": "large_string", "trial_dir": "large_string", "error": "large_string"}
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    return make_images(tmp_path_factory.mktemp("images") / "data", per_class=10)
+
+
+def check_confirmation(folder: Path, top: int, folds: int) -> pd.DataFrame:
+    confirm = pd.read_parquet(folder / "confirm.parquet")
+    assert {f.name: str(f.type) for f in pq.read_schema(folder / "confirm.parquet")} == CONFIRM_TYPES
+    trials = pd.read_parquet(folder / "trials.parquet")
+    usable = trials[trials["status"].isin(["completed", "stopped early"])]
+    expected = list(usable["optuna_trial"].head(top))
+    baseline = int(trials.loc[trials["baseline"], "optuna_trial"].iloc[0])
+    expected += [] if baseline in expected else [baseline]  # the book's recipe always; fewer rows where it is in the top K
+    assert sorted(confirm["optuna_trial"].unique()) == sorted(expected)
+    assert len(confirm) == len(expected) * folds and not confirm.duplicated(["optuna_trial", "fold"]).any()
+    assert (confirm["status"] == "completed").all() and confirm["val_acc"].between(0, 1).all()
+    for number in expected:  # fold 0 is the study's own run where the trial completed, a confirmation run otherwise
+        row0 = confirm[(confirm["optuna_trial"] == number) & (confirm["fold"] == 0)].iloc[0]
+        trial = trials[trials["optuna_trial"] == number].iloc[0]
+        assert row0["source"] == ("study" if trial["status"] == "completed" else "confirmation")
+        if row0["source"] == "study":
+            assert row0["val_acc"] == trial["last_val_acc"]
+        mine = confirm[confirm["optuna_trial"] == number]
+        assert trial["confirm_folds"] == folds and trial["confirm_mean"] == pytest.approx(mine["val_acc"].mean())
+        assert trial["confirm_sd"] == pytest.approx(mine["val_acc"].std(ddof=1))
+    assert (confirm.loc[confirm["source"] == "confirmation", "epochs"] == trials["epochs_run"].max()).all()
+    winners = trials[trials["recommended"].fillna("").str.contains("winner")]
+    assert len(winners) == 1 and winners.iloc[0]["optuna_trial"] in expected
+    best_mean = trials.loc[trials["optuna_trial"].isin(expected), "confirm_mean"].max()
+    assert winners.iloc[0]["confirm_mean"] == best_mean
+    assert trials["recommended"].fillna("").str.contains("one-SE pick").sum() == 1
+    assert trials.loc[~trials["optuna_trial"].isin(expected), "confirm_folds"].eq(0).all()
+    return confirm
+
+
+def test_a_study_confirms_its_top_trials_and_the_baseline(images, tmp_path):
+    results = tmp_path / "r"
+    out = run_study(study_args(images, results, "c", 4, 2, "--confirm-top", "2", "--confirm-folds", "3", confirm=True))
+    assert out.returncode == 0, out.stdout + out.stderr
+    folder = results / "c"
+    check_confirmation(folder, top=2, folds=3)
+    for start in ("winner: trial ", "vs the book's recipe", "one-SE pick: "):
+        assert sum(line.startswith(start) for line in out.stdout.splitlines()) == 1, out.stdout
+    settings = json.loads((folder / "study.json").read_text())
+    assert settings["confirm"]["top"] == 2 and settings["summary"]["confirmation"]["folds"] == 3
+
+    # analyze shows the confirmation table with its intervals; rerun picks the confirmed winner by default
+    winner = pd.read_parquet(folder / "trials.parquet").query("recommended.str.contains('winner', na=False)").iloc[0]
+    analyzed = run_module("study.analyze", [str(folder), "--no-report"])
+    assert "confirmation stage" in analyzed and "95% CI" in analyzed, analyzed
+    printed = run_module("study.rerun", [str(folder), "--print-command"])
+    assert f"--lr {float(winner['lr'])!r}" in printed
+
+
+def run_module(module: str, argv: list[str]) -> str:
+    import subprocess
+    import sys
+
+    from tests.test_study import ROOT
+
+    done = subprocess.run([sys.executable, "-m", module, *argv], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_a_kill_during_confirmation_loses_and_doubles_nothing(images, tmp_path):
+    results = tmp_path / "r"
+    argv = study_args(images, results, "k", 3, 2, "--confirm-top", "2", "--confirm-folds", "3", "--max-concurrent", "1", confirm=True)
+    killed = run_study(argv, env={"HOTDOG_TUNE_FAULT": "confirm_ended:1"})
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    folder = results / "k"
+    before = pd.read_parquet(folder / "confirm.parquet")
+    done_before = before[(before["status"] == "completed") & (before["source"] == "confirmation")]
+    assert len(done_before) >= 1
+    resumed = run_study(["--resume", "--name", "k", "--results-dir", str(results)])
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert_exact(folder, "k", 3)
+    after = check_confirmation(folder, top=2, folds=3)
+    for _, row in done_before.iterrows():  # a run finished before the kill is kept as it was, not run again
+        again = after[(after["optuna_trial"] == row["optuna_trial"]) & (after["fold"] == row["fold"])].iloc[0]
+        assert again["trial_id"] == row["trial_id"] and again["val_acc"] == row["val_acc"]
+    assert StudyFolder(folder).read_settings().runs[-1]["outcome"] == "finished"
