@@ -44,12 +44,12 @@ def print_analysis(analysis: Analysis, top: int) -> None:
     first = next(iter(analysis.ranges.values()), None)
     where = f"top {first.n_top} of {first.n_scored}" if first else "top trials"
     table = Table(title=f"how much each hyperparameter matters: {imp.method}", title_justify="left")
-    for c, justify in (("hyperparameter", "left"), ("importance", "left"), (f"{where} lie in", "left"), ("searched", "left")):
+    for c, justify in (("hyperparameter", "left"), ("importance (90% interval)", "left"), (f"{where} lie in", "left"), ("searched", "left")):
         table.add_column(c, justify=justify)
     order = list(imp.values) if imp.values else data.params
     for p in order:
         share = imp.values.get(p) if imp.values else None
-        bar = "-" if share is None else f"{share:5.2f} " + "#" * round(share * 20)
+        bar = "-" if share is None else f"{imp.describe(p):17s} " + "#" * round(share * 20)
         table.add_row(p, bar, describe_range(analysis.ranges[p]), describe_space(data, p))
     console.print(table)
     if imp.note:

@@ -420,7 +420,7 @@ def build_html(analysis: Analysis, figures: dict, top: int = 10) -> str:
     first_range = next(iter(analysis.ranges.values()), None)
     where = f"top {first_range.n_top} of {first_range.n_scored} trials lie in" if first_range else "top trials lie in"
     order = list(imp.values) if imp.values else data.params
-    imp_rows = [[p, f"{imp.values[p]:.3f}" if imp.values else "-", describe_range(analysis.ranges[p]), describe_space(data, p)] for p in order]
+    imp_rows = [[p, imp.describe(p), describe_range(analysis.ranges[p]), describe_space(data, p)] for p in order]
     note = f'<p class="note">{html.escape(imp.note)}</p>' if imp.note else ""
     skipped = len(data.trials) - len(data.scored)
     skipped_text = f" ({skipped} trial(s) without a validation accuracy are left out)" if skipped else ""
@@ -441,10 +441,10 @@ created {html.escape(s.created or '?')}; report written {dt.datetime.now():%Y-%m
 {_confirmation_section(analysis)}
 
 <h2>How much each hyperparameter matters</h2>
-<p>{html.escape(imp.method)}: each hyperparameter's share in telling the best trials from the rest; and the range
-where the best trials lie.</p>
+<p>{html.escape(imp.method)}: each hyperparameter's share in telling the best trials from the rest, with a 90% interval
+from drawing the trials again (bootstrap); and the range where the best trials lie.</p>
 {note}
-{_table(["hyperparameter", "importance", where, "searched"], imp_rows, {"hyperparameter", where, "searched"})}
+{_table(["hyperparameter", "importance (90% interval)", where, "searched"], imp_rows, {"hyperparameter", where, "searched"})}
 {plot("importance")}
 
 <h2>Parallel coordinates</h2>

@@ -201,7 +201,7 @@ def test_importance_and_best_ranges(fake):
     assert values is not None and set(values) == set(PARAMS)
     assert sum(values.values()) == pytest.approx(1.0)
     assert list(values) == sorted(values, key=lambda p: -values[p])  # most important first
-    assert "PED-ANOVA" in analysis.importance.method and analysis.importance.note == ""
+    assert "PED-ANOVA" in analysis.importance.method and "with 7 trials these importances cannot be told from chance" in analysis.importance.note
     scored = analysis.data.scored
     n_top = analysis_mod.top_count(len(scored))
     top = scored.head(n_top)
@@ -219,6 +219,26 @@ def test_importance_finds_the_planted_effects(tmp_path, data_dir):
     values = analysis_mod.analyze(folder).importance.values
     assert set(list(values)[:2]) == {"lr", "freeze_depth"}, values
     assert min(values["lr"], values["freeze_depth"]) > 2 * max(values["head_lr_mult"], values["weight_decay"], values["augment"]), values
+
+
+def test_importance_intervals_and_the_warning_when_chance_would_do_as_well(tmp_path, data_dir):
+    real = analysis_mod.analyze(make_fake_study(tmp_path / "real", data_dir, n=24, complete=24, failures=False)).importance
+    assert "cannot be told from chance" not in real.note
+    for p in real.values:
+        low, high = real.intervals[p]
+        assert 0 <= low <= high <= 1, (p, low, high)
+    assert real.intervals["lr"][0] > real.intervals["head_lr_mult"][0]  # lr matters; the head multiplier does not
+    few = analysis_mod.analyze(make_fake_study(tmp_path / "few", data_dir, n=8, complete=8, failures=False)).importance
+    assert "with 8 trials these importances cannot be told from chance" in few.note
+    noise = make_fake_study(tmp_path / "noise", data_dir, n=24, complete=24, failures=False)
+    stored = optuna.load_study(study_name="fake", storage=storage_url(noise.optuna_db))
+    shuffled = optuna.create_study(study_name="fake2", storage=storage_url(noise.optuna_db), direction="maximize")
+    rng = np.random.default_rng(5)
+    for t in stored.trials:  # the same configurations, accuracies that have nothing to do with them
+        shuffled.add_trial(optuna.trial.create_trial(params=t.params, distributions=t.distributions, value=float(0.6 + rng.normal(0, 0.05))))
+    optuna.delete_study(study_name="fake", storage=storage_url(noise.optuna_db))
+    optuna.copy_study(from_study_name="fake2", from_storage=storage_url(noise.optuna_db), to_storage=storage_url(noise.optuna_db), to_study_name="fake")
+    assert "cannot be told from chance" in analysis_mod.analyze(noise).importance.note
 
 
 def test_importance_falls_back_on_pruned_trials(tmp_path, data_dir):
