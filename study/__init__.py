@@ -1,1 +1,10 @@
-"""The study: Ray Tune runs the trials, Optuna (TPE) proposes them, ASHA stops poor ones early."""
+"""The hyperparameter study: ``python -m study.run``, ``study.analyze``, ``study.rerun``, ``study.bench``; and
+``from study import load_study`` for notebooks (``study.api``)."""
+
+
+def __getattr__(name: str):
+    if name in ("load_study", "Study"):  # loaded on first use: the command lines do not need pandas for it
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

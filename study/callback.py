@@ -78,8 +78,9 @@ class StudyCallback(tune.Callback):
         previous = self.tables.on_result(number, trial.trial_id, trial.config, {**result, "ended_at": time.time()},
                                          trial_dir=trial_location(trial, self.storage))
         self._write()
-        if previous and "://" not in previous and Path(previous).parent.parent == Path(trial_location(trial, self.storage) or "/").parent.parent:
-            shutil.rmtree(previous, ignore_errors=True)  # an earlier run's folder of this sample: its checkpoint is superseded
+        if previous and "://" not in previous:  # an earlier run's folder of this sample: its checkpoint is superseded
+            for folder in Path(previous).glob("checkpoint_*"):
+                shutil.rmtree(folder, ignore_errors=True)
         self.progress.update(self.tables)
         faults.at("result")
 

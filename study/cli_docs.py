@@ -34,8 +34,11 @@ def _default(action: argparse.Action) -> str:
 
 
 def _help(action: argparse.Action) -> str:
-    text = (action.help or "").replace("%(default)s", _default(action))
-    text = re.sub(r"\s*\(default: [^()]*(\([^()]*\)[^()]*)*\)", "", text)  # the default has its own column
+    default = _default(action)
+    text = (action.help or "").replace("%(default)s", default)
+    if default:  # the default has its own column: drop "(default: X)" and "X, " from "(default: X, why)"
+        text = text.replace(f" (default: {default})", "").replace(f"(default: {default})", "")
+        text = text.replace(f"(default: {default}, ", "(").replace(f"(default: {default}: ", "(")
     if action.choices and not isinstance(action, argparse._SubParsersAction):
         text = f"{text} (one of: {', '.join(str(c) for c in action.choices)})" if text else f"one of: {', '.join(str(c) for c in action.choices)}"
     return text.replace("|", "\\|")

@@ -193,7 +193,8 @@ class ConfirmCallback:
             if previous and not isnan(previous) and "://" not in str(previous):
                 import shutil
 
-                shutil.rmtree(previous, ignore_errors=True)
+                for folder in Path(previous).glob("checkpoint_*"):
+                    shutil.rmtree(folder, ignore_errors=True)
         self._summarise(key)
         self._write()
 

@@ -1,19 +1,104 @@
-"""The study's console output: one line per finished trial, a live status line on a terminal."""
+"""The study's console output: one line per finished trial, a live status line on a terminal, and an ETA.
+
+The ETA is an estimate, and says so: the epochs still to train times the median seconds an epoch has taken,
+spread over the trials that run at once. The epochs still to train count what ASHA will likely stop: a
+trial at epoch k goes on past each rung with the share of trials that did so far (before any did, the share
+ASHA keeps, 1 / reduction factor, weighted as two trials), so the many trials stopped after a rung or two
+are not counted as if they ran every epoch. The confirmation stage's runs, when it is on, are added.
+"""
 
 from __future__ import annotations
 
+import math
+import statistics
 import sys
+import time
 from pathlib import Path
 
 from rich.console import Console
 
 
+def asha_milestones(grace: int, max_epochs: int, reduction_factor: float) -> list[float]:
+    """The epochs at which ASHA decides (rungs below the last epoch), as Ray's ASHA places them."""
+    out, k = [], 0
+    while grace * reduction_factor**k < max_epochs:
+        out.append(grace * reduction_factor**k)
+        k += 1
+    return out
+
+
+def duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
 class Progress:
-    def __init__(self, samples: int):
-        self.samples = samples
+    def __init__(self, samples: int, max_epochs: int = 1, concurrent: int = 1, grace: int = 1, reduction_factor: float = 3,
+                 extra_epochs: float = 0.0):
+        self.samples, self.max_epochs, self.concurrent = samples, max_epochs, max(1, concurrent)
+        self.milestones = asha_milestones(grace, max_epochs, reduction_factor)
+        self.keep = 1 / reduction_factor
+        self.extra_epochs = extra_epochs  # the confirmation stage's runs, in epochs
         self.console = Console(highlight=False, soft_wrap=True)
+        self.started = time.monotonic()
         self._status = None
 
+    # --- the estimate --------------------------------------------------------------------------------------
+    def _pass_rate(self, tables, milestone: float) -> float:
+        """The share of trials that went on past ``milestone`` among those ASHA judged there (a prior of 1/rf)."""
+        went_on = judged = 0
+        for trial in tables.trials.values():
+            run = trial.get("epochs_run") or 0
+            if run > milestone:
+                went_on += 1
+                judged += 1
+            elif run >= milestone and trial.get("status") in ("stopped early", "completed"):
+                judged += 1
+        return (went_on + 2 * self.keep) / (judged + 2)
+
+    def expected_epochs(self, tables, after: int) -> float:
+        """Epochs a trial now at epoch ``after`` will likely still train."""
+        rates = {m: self._pass_rate(tables, m) for m in self.milestones}
+        total, reach = 0.0, 1.0
+        for epoch in range(after + 1, self.max_epochs + 1):
+            for m in self.milestones:
+                if after < math.ceil(m) == epoch - 1:  # a rung still ahead, decided when the epoch before ended
+                    reach *= rates[m]
+            total += reach
+        return total
+
+    def eta(self, tables) -> float | None:
+        """Seconds left (an estimate), or None before any epoch has been timed."""
+        seconds = [r.get("seconds") for r in tables.epochs.values() if r.get("seconds") and not math.isnan(r["seconds"])]
+        if not seconds:
+            return None
+        per_epoch = statistics.median(seconds)
+        left = self.extra_epochs
+        started = 0
+        for trial in tables.trials.values():
+            started += 1
+            if trial.get("status") == "running":
+                left += self.expected_epochs(tables, int(trial.get("epochs_run") or 0))
+        left += max(0, self.samples - started) * self.expected_epochs(tables, 0)
+        return left * per_epoch / self.concurrent
+
+    def status_text(self, tables) -> str:
+        counts = tables.counts()
+        running = counts.get("running", 0)
+        done = len(tables.trials) - running
+        scored = [t["best_val_acc"] for t in tables.trials.values() if t.get("best_val_acc") == t.get("best_val_acc")
+                  and t.get("best_val_acc") is not None]
+        best = f", best val acc {max(scored):.3f}" if scored else ""
+        eta = self.eta(tables)
+        stage = "" if done < self.samples else " for the confirmation stage"
+        left = f", ETA ~{duration(eta)}{stage} (an estimate)" if eta else ""
+        return f"{done}/{self.samples} done, {running} running{best}, elapsed {duration(time.monotonic() - self.started)}{left}"
+
+    # --- output --------------------------------------------------------------------------------------------
     def _live(self):
         if self._status is None and self.console.is_terminal:
             self._status = self.console.status("starting trials...")
@@ -22,12 +107,8 @@ class Progress:
 
     def update(self, tables) -> None:
         status = self._live()
-        if status is None:
-            return
-        counts = tables.counts()
-        running = counts.get("running", 0)
-        best = max((t.get("best_val_acc") or 0 for t in tables.trials.values() if t.get("best_val_acc") == t.get("best_val_acc")), default=0)
-        status.update(f"{running} running, {len(tables.trials) - running}/{self.samples} done, best val acc {best:.3f}")
+        if status is not None:
+            status.update(self.status_text(tables))
 
     def note(self, line: str) -> None:
         self.console.print(line, markup=False)
@@ -43,6 +124,8 @@ class Progress:
         line = f"[{done}/{self.samples}] trial {number}{tag}: {trial['status']} after {trial.get('epochs_run', 0)} epoch(s), best val acc {acc_text}  {values}"
         if trial.get("error"):
             line += f"\n    error: {trial['error']}" + (f" (log: {log})" if log else "")
+        if not self.console.is_terminal:  # a log: the progress rides on each finished trial's line
+            line += f"\n    progress: {self.status_text(tables)}"
         self.console.print(line, markup=False)
         sys.stdout.flush()
 

@@ -32,6 +32,7 @@ from trainable.data import check_layout, max_folds, split_fold
 
 from .layout import StudyFolder, StudySettings, isnan, write_text_atomic
 from .space import baseline_params, load_space, show_space
+from .trackers import check_trackers, tracker_callbacks
 
 # Quiet: our own console lines instead of Ray's tables; no CSV/TensorBoard files per trial unless asked for.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -73,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fresh-actors", action="store_true",
                         help="start a new Ray worker process for every trial (default: a finished trial's process runs the next one, "
                              "which saves each trial the seconds of importing torch and Ray Tune)")
+    parser.add_argument("--tensorboard", action="store_true",
+                        help='TensorBoard event files per trial (metrics per epoch, hyperparameters) under <study>/ray; needs pip install -e ".[tensorboard]"')
+    parser.add_argument("--mlflow", metavar="URI",
+                        help='log every trial to MLflow at this tracking URI (e.g. sqlite:///results/mlflow.db); needs pip install -e ".[mlflow]"')
     parser.add_argument("--address", help="an existing Ray cluster (e.g. auto or HOST:6379); default: start Ray on this machine")
     parser.add_argument("--storage", help="where Ray keeps the trials' checkpoints (a folder every node sees, or s3://...); default: <study>/ray")
     return parser
@@ -247,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         print(show_space(load_space(args.space)))
         return EXIT_OK
 
+    check_trackers(args.tensorboard, args.mlflow)
     results_dir = Path(args.results_dir).expanduser().resolve()
     if args.resume:
         if not args.name:
@@ -297,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
             created=dt.datetime.now().isoformat(timespec="seconds"), gpus_requested=args.gpus_per_trial, cpus_requested=args.cpus_per_trial,
             max_concurrent=args.max_concurrent, grace_epochs=args.grace_epochs, reduction_factor=float(args.reduction_factor),
             fresh_actors=args.fresh_actors, address=args.address, storage=storage, baseline=baseline, baseline_note=baseline_note,
-            confirm={} if args.no_confirm else {"top": args.confirm_top, "folds": args.confirm_folds})
+            confirm={} if args.no_confirm else {"top": args.confirm_top, "folds": args.confirm_folds},
+            trackers={"tensorboard": args.tensorboard, "mlflow": args.mlflow})
         try:
             return run_study(args, folder, settings, resumed=False)
         except BaseException:
@@ -323,6 +330,11 @@ def apply_resume_options(args: argparse.Namespace, given: set[str], settings: St
         if dest in given and getattr(args, dest) != getattr(settings, key):
             print(f"--{dest.replace('_', '-')} {getattr(args, dest)} from now on (the study was started with {getattr(settings, key)})")
             setattr(settings, key, getattr(args, dest))
+    if given & {"tensorboard", "mlflow"}:
+        trackers = {"tensorboard": args.tensorboard or ("tensorboard" not in given and settings.trackers.get("tensorboard", False)),
+                    "mlflow": args.mlflow if "mlflow" in given else settings.trackers.get("mlflow")}
+        print(f"trackers from now on: {trackers}")
+        settings.trackers = trackers
     if given & {"confirm_top", "confirm_folds", "no_confirm"}:
         confirm = {} if args.no_confirm else {"top": args.confirm_top if "confirm_top" in given else settings.confirm.get("top", 3),
                                               "folds": args.confirm_folds if "confirm_folds" in given else settings.confirm.get("folds", 3)}
@@ -432,6 +444,7 @@ def fit(args, folder: StudyFolder, settings: StudySettings, data, plan, schedule
 
     from .adapter import disk_full, run_trial
     from .callback import StudyCallback
+    from .progress import Progress
     from .layout import storage_url
     from .searcher import AskTellOptunaSearch
 
@@ -439,14 +452,18 @@ def fit(args, folder: StudyFolder, settings: StudySettings, data, plan, schedule
     base = TrainConfig.from_dict(settings.base)
     searcher = AskTellOptunaSearch(settings.space, storage_url(folder.optuna_db), settings.name, max_epochs=base.epochs,
                                    seed=settings.seed, baseline=settings.baseline, unfinished=plan.unfinished)
-    callback = StudyCallback(folder.path, plan.tables, settings.samples, params, storage=settings.storage)
+    confirm_epochs = (settings.confirm["top"] + 1) * (settings.confirm["folds"] - 1) * base.epochs if settings.confirm else 0
+    progress = Progress(settings.samples, base.epochs, concurrent, settings.grace_epochs, settings.reduction_factor, confirm_epochs)
+    callback = StudyCallback(folder.path, plan.tables, settings.samples, params, storage=settings.storage, progress=progress)
+    check_trackers(bool(settings.trackers.get("tensorboard")), settings.trackers.get("mlflow"))
     trainable = tune.with_resources(tune.with_parameters(run_trial, data=data, base=settings.base), resources)
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(num_samples=remaining, search_alg=ConcurrencyLimiter(searcher, concurrent), scheduler=scheduler,
                                     reuse_actors=not settings.fresh_actors, trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
-            name=f"run-{run_index}", storage_path=settings.experiment_path, verbose=0, callbacks=[callback],
+            name=f"run-{run_index}", storage_path=settings.experiment_path, verbose=0,
+            callbacks=[callback, *tracker_callbacks(settings.trackers, settings.name)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=2),  # a worker process that died: retried from its checkpoint
         ),

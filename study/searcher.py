@@ -140,7 +140,7 @@ class AskTellOptunaSearch(Searcher):
         if self._unfinished:
             item = self._unfinished.pop(0)
             trial, params, baseline = handle(self.study, item.number), item.params, item.baseline
-            extra = {"resume_dir": item.trial_dir}
+            extra = {"resume_dir": item.trial_dir} if item.trial_dir else {}  # no None in a config: trackers log it
         else:
             trial = self.study.ask(to_distributions(self._space))
             params, baseline = trial.params, bool(trial.user_attrs.get("baseline", False))

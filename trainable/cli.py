@@ -15,15 +15,16 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     parser.add_argument("--data-dir", help="folder with train/<class>/ and test/<class>/ (default: download the book's hotdog.zip)")
     parser.add_argument("--weights", default=d.weights, help="imagenet, none (from scratch) or PATH to a resnet18 state dict (default: %(default)s)")
-    parser.add_argument("--epochs", type=int, default=d.epochs, help="(default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=d.epochs, help="training epochs (default: %(default)s)")
     parser.add_argument("--image-size", type=int, default=d.image_size, help="training crop in px (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="(default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="images per SGD step (default: %(default)s)")
     parser.add_argument("--val-fraction", type=float, default=d.val_fraction, help="share of train held out for validation (default: %(default)s)")
     parser.add_argument("--split-seed", type=int, default=d.split_seed,
                         help="which images form the validation split (stratified; default: %(default)s, the same split whatever --seed)")
     parser.add_argument("--val-fold", type=int, default=d.val_fold,
                         help="another disjoint validation split of the same size: 0 the usual one, 1, 2, ... the others (default: %(default)s)")
-    parser.add_argument("--precision", default=d.precision, choices=["auto", "fp32", "bf16"], help="(default: %(default)s)")
+    parser.add_argument("--precision", default=d.precision, choices=["auto", "fp32", "bf16"],
+                        help="auto: bf16 autocast where the hardware has it natively (default: %(default)s)")
     parser.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     parser.add_argument("--augment-path", default=d.augment_path, choices=AUGMENT_PATHS,
                         help="per-image: torchvision on the CPU, image by image; batched: whole batches on the device; "
@@ -34,10 +35,11 @@ def add_hyperparameter_options(parser: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     parser.add_argument("--lr", type=float, default=d.lr, help="backbone lr, mean-loss convention (default: %(default)s, the book's 5e-5 on a summed loss)")
     parser.add_argument("--head-lr-mult", type=float, default=d.head_lr_mult, help="head lr = lr x this (default: %(default)s)")
-    parser.add_argument("--weight-decay", type=float, default=d.weight_decay, help="(default: %(default)s, the book's 1e-3 on a summed loss)")
-    parser.add_argument("--momentum", type=float, default=d.momentum, help="(default: %(default)s)")
+    parser.add_argument("--weight-decay", type=float, default=d.weight_decay, help="SGD weight decay (default: %(default)s, the book's 1e-3 on a summed loss)")
+    parser.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum (default: %(default)s, as the book)")
     parser.add_argument("--freeze-depth", type=int, default=d.freeze_depth, help="frozen leading stages of stem, layer1-4; 5 = head only (default: %(default)s)")
-    parser.add_argument("--augment", default=d.augment, choices=AUGMENT_POLICIES, help="(default: %(default)s)")
+    parser.add_argument("--augment", default=d.augment, choices=AUGMENT_POLICIES,
+                        help="augmentation policy; d2l = the book's RandomResizedCrop + flip (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=d.seed, help="model init, batch order and augmentation (default: %(default)s)")
 
 

@@ -1,0 +1,84 @@
+"""A small Python API for notebooks: a study's tables as DataFrames, its settings, its best configuration, a rerun.
+
+    from study import load_study
+    study = load_study("results/<name>")   # or load_study() for the newest study under results/
+    study.trials                            # trials.parquet, ranked
+    study.best()                            # the confirmed winner (else rank 1) as a TrainConfig
+    study.rerun(seeds=3)                    # what python -m study.rerun does; returns its rows
+
+Nothing here starts Ray, except ``rerun(parallel=True)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from trainable import TrainConfig
+
+from .layout import StudyFolder, StudySettings, find_study
+
+
+@dataclass
+class Study:
+    folder: StudyFolder
+
+    @property
+    def name(self) -> str:
+        return self.folder.path.name
+
+    @property
+    def settings(self) -> StudySettings:
+        return self.folder.read_settings()
+
+    @property
+    def trials(self) -> pd.DataFrame:
+        """One row per trial, ranked by validation accuracy (the README's schema)."""
+        return pd.read_parquet(self.folder.trials)
+
+    @property
+    def epochs(self) -> pd.DataFrame:
+        """One row per trial per epoch."""
+        return pd.read_parquet(self.folder.epochs)
+
+    @property
+    def confirm(self) -> pd.DataFrame | None:
+        """The confirmation stage's runs, or None where it did not run."""
+        return pd.read_parquet(self.folder.confirm) if self.folder.confirm.exists() else None
+
+    @property
+    def reruns(self) -> pd.DataFrame | None:
+        return pd.read_parquet(self.folder.rerun) if self.folder.rerun.exists() else None
+
+    def config(self, rank: int | None = None) -> TrainConfig:
+        """A trial as it ran in the study (rank None: the confirmed winner, else rank 1): ``trainable.train(cfg)``
+        trains it again with the same numbers."""
+        from .rerun import choose
+
+        return choose(self.folder, rank, None).trial
+
+    def best(self) -> TrainConfig:
+        return self.config(None)
+
+    def analysis(self, importance: str = "ped-anova"):
+        """What ``python -m study.analyze`` prints, as objects (importance, best ranges, confirmation)."""
+        from .analysis import analyze
+
+        return analyze(self.folder, importance)
+
+    def rerun(self, seeds: int = 3, rank: int | None = None, epochs: int | None = None, parallel: bool = False,
+              threads: int | None = None) -> pd.DataFrame:
+        """Retrain a configuration on train + validation with each seed and test it once: ``python -m study.rerun``."""
+        from .rerun import choose, retrain
+
+        chosen = choose(self.folder, rank, epochs, threads=threads)
+        return pd.DataFrame(retrain(self.folder, chosen, seeds, parallel))
+
+
+def load_study(path: str | Path | None = None, results_dir: str | Path = "results") -> Study:
+    """The study in ``path`` (a study folder), or the newest under ``results_dir``."""
+    folder = find_study(None if path is None else str(path), str(results_dir), log=lambda message: None)
+    folder.read_settings()  # a folder that is no study fails here, in one line
+    return Study(folder)

@@ -1,0 +1,57 @@
+"""Opt-in experiment trackers, through Ray Tune's own logger callbacks: TensorBoard and MLflow.
+
+``--tensorboard``: Ray's ``TBXLoggerCallback`` writes each trial's per-epoch metrics, and its
+hyperparameters when it ends, as TensorBoard event files in the trial's folder (under ``<study>/ray/run-K/``:
+``tensorboard --logdir results/<name>/ray``). ``--mlflow URI``: Ray's ``MLflowLoggerCallback`` logs one MLflow
+run per trial (its configuration as parameters, each epoch's metrics) to the experiment named after the study;
+``sqlite:///path/mlflow.db`` and ``file:/path/mlruns`` work offline. Each needs its extra:
+``pip install -e ".[tensorboard]"`` or ``".[mlflow]"``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+from trainable import UserError
+
+
+def check_trackers(tensorboard: bool, mlflow: str | None) -> None:
+    """Fail at once, in one line, where a tracker was asked for and its package is missing."""
+    if tensorboard and not _importable("tensorboardX"):
+        raise UserError('--tensorboard needs tensorboardX: pip install -e ".[tensorboard]"')
+    if mlflow is not None:
+        if not _importable("mlflow"):
+            raise UserError('--mlflow needs MLflow: pip install -e ".[mlflow]"')
+        if "://" not in mlflow and not mlflow.startswith("file:"):
+            raise UserError(f"--mlflow {mlflow!r} is not a tracking URI: use e.g. sqlite:///results/mlflow.db, "
+                            "file:/abs/path/mlruns or http://host:5000")
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a module set to None in sys.modules (how the tests hide one)
+        return False
+
+
+def tracker_callbacks(trackers: dict, study_name: str) -> list:
+    """The Tune callbacks for the trackers stored in study.json (``{"tensorboard": bool, "mlflow": uri}``)."""
+    callbacks = []
+    if trackers.get("tensorboard"):
+        from ray.tune.logger import TBXLoggerCallback
+
+        callbacks.append(TBXLoggerCallback())
+    if trackers.get("mlflow"):
+        from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+        import logging
+
+        for name in ("mlflow", "alembic"):  # their INFO lines (database set-up) are not the study's to print
+            logging.getLogger(name).setLevel(logging.WARNING)
+        uri = trackers["mlflow"]
+        if uri.startswith("file:"):  # MLflow 3 keeps its file store for those who ask for it
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        callbacks.append(MLflowLoggerCallback(tracking_uri=uri, experiment_name=study_name, tags={"study": study_name},
+                                              save_artifact=False))
+    return callbacks
