@@ -74,7 +74,7 @@ def choose(folder: StudyFolder, rank: int | None, epochs: int | None, device: st
         raise UserError(f"study {settings.name!r} has no trials yet: nothing to rerun")
     why = ""
     if rank is None:
-        winner = trials[trials["recommended"] == "winner"] if "recommended" in trials else trials.iloc[:0]
+        winner = trials[trials["recommended"].fillna("").str.contains("winner")] if "recommended" in trials else trials.iloc[:0]
         if len(winner):
             rank = int(winner.iloc[0]["rank"])
             why = (f"the confirmed winner: best mean validation accuracy over {int(winner.iloc[0]['confirm_folds'])} folds "

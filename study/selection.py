@@ -12,15 +12,14 @@ book's recipe on F stratified folds of the train split, with the same epochs, an
 - ``simulate(...)``: a Monte Carlo of a whole study (known true accuracies, learning curves, seed effects,
   binomial noise, asynchronous ASHA as Ray runs it) and of the confirmation stage: how far from the truly
   best configuration each way of choosing lands (regret), and what the confirmation costs in epochs.
-- ``run_selection`` / ``print_selection``: run the simulation at the defaults, write JSON, print a table.
-  ``python -m study.selection [--repeats N] [--seed S] [--json FILE]`` does both.
+- ``run_selection`` / ``print_selection``: run the simulation at the defaults, write JSON, print a table;
+  ``python -m study.bench --selection [--selection-repeats N] [--json FILE]`` does both.
 
 This module needs numpy and pandas only (rich for printing); it has its own small t table (no scipy).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from collections.abc import Hashable, Sequence
@@ -560,23 +559,3 @@ def _jsonable(value):
 
 def _fmt(value, digits: int = 3, kind: str = "f") -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}{kind}}"
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m study.selection", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=1000, help="simulated studies (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    parser.add_argument("--json", help="write the result here as JSON")
-    args = parser.parse_args(argv)
-    import sys
-
-    from rich.console import Console
-
-    result = run_selection(args.repeats, args.seed, args.json)
-    print_selection(result, Console(highlight=False, width=None if sys.stdout.isatty() else 160))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -71,6 +71,12 @@ def test_a_study_confirms_its_top_trials_and_the_baseline(images, tmp_path):
     assert "confirmation stage" in analyzed and "95% CI" in analyzed, analyzed
     printed = run_module("study.rerun", [str(folder), "--print-command"])
     assert f"--lr {float(winner['lr'])!r}" in printed
+    from study.layout import StudyFolder as Folder
+    from study.rerun import choose
+
+    chosen = choose(Folder(folder), None, None)
+    assert chosen.row["optuna_trial"] == winner["optuna_trial"] and chosen.why.startswith("the confirmed winner")
+    assert choose(Folder(folder), 1, None).why.startswith("--rank 1")
 
 
 def run_module(module: str, argv: list[str]) -> str:

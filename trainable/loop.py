@@ -91,8 +91,10 @@ def use_bf16(precision: str, device: torch.device) -> bool:
 
 
 def resolve_augment_path(path: str, device: torch.device) -> str:
-    """``auto``: whole batches on the device on a GPU; torchvision image by image on a CPU, where it was
-    measured faster for most policies (``python -m study.bench --feed``)."""
+    """``auto``: whole batches on the device on a GPU; torchvision image by image on a CPU. On a CPU either path
+    feeds the step 20-100 times faster than it trains (``python -m study.bench --feed``), and the per-image path
+    runs on one thread, so it keeps its speed where a study's trials share the cores (the batched path, on two
+    threads, was measured 2-10 times slower than per-image while another process held a core)."""
     if path != "auto":
         return path
     return "batched" if device.type == "cuda" else "per-image"
