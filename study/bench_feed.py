@@ -26,7 +26,7 @@ from trainable.config import AUGMENT_POLICIES
 from trainable.data import prepare_data, stored_size
 from trainable.loop import available_cpus, resolve_device
 
-from .bench import synchronize
+from .bench_cells import synchronize
 
 PATHS = ("per-image", "batched")
 MAX_BATCHES = 500  # per window, whatever the calibration says
@@ -107,7 +107,7 @@ def measure_feed(feed: Feed, policy: str, window_s: float, repeats: int) -> dict
 def run_feed(args: argparse.Namespace, data_dir: Path, devices: list[str], log, on_progress=None) -> dict:
     import torch
 
-    from .bench import load_average
+    from .bench_cells import load_average
 
     torch.set_num_threads(args.threads or available_cpus())  # the trainable's count (per-image works on one: augment.one_thread)
     out, decode = {}, []

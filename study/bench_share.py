@@ -34,7 +34,7 @@ from trainable import TrainConfig, UserError
 from trainable.data import PreparedData, check_layout, prepare_data
 from trainable.loop import available_cpus, resolve_device
 
-from .bench import ROOT, Limit, _free_device, bench_subset
+from .bench_cells import ROOT, Limit, _free_device, bench_subset
 
 READY_TIMEOUT_S = 600  # imports, decoding and a warm-up epoch, N processes at once
 GO_TIMEOUT_S = 900
@@ -251,7 +251,7 @@ def run_processes(args: argparse.Namespace, data_dir: Path, n: int, log) -> dict
 
 
 def run_share(args: argparse.Namespace, data_dir: Path, log, on_progress=None) -> dict:
-    from .bench import load_average
+    from .bench_cells import load_average
 
     _, classes = check_layout(data_dir)
     cfg = share_config(args, data_dir, threads=args.threads)

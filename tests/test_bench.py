@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from study.bench import project_full, scaling_breakdown, stratified_subset
+from study.bench_scaling import project_full, scaling_breakdown, stratified_subset
 from trainable.config import AUGMENT_POLICIES
 
 ROOT = Path(__file__).resolve().parents[1]
