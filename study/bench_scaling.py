@@ -117,7 +117,8 @@ def run_scaling(args: argparse.Namespace, data_dir: Path, log) -> dict:
             name = f"scaling-{samples}-{actors}"
             argv = ["--samples", str(samples), "--data-dir", str(subset), "--weights", "none", "--epochs", str(args.scaling_epochs),
                     "--image-size", str(args.scaling_size), "--batch-size", str(args.scaling_batch_size),
-                    "--results-dir", str(Path(tmp) / "results"), "--name", name] + (["--fresh-actors"] if actors == "fresh" else [])
+                    "--results-dir", str(Path(tmp) / "results"), "--name", name,
+                    "--no-confirm"] + (["--fresh-actors"] if actors == "fresh" else [])  # the trials alone: the stage is timed apart
             log(f"study of {samples} trials on {n_train}+{n_val} images, {actors} actors: python -m study.run {' '.join(argv)}")
             load_before = load_average()
             wall = run_study_timed(argv, log)

@@ -7,7 +7,7 @@ book's recipe first, as the baseline), ASHA stops poor trials early. Results lan
 Exit codes: 0 the study finished and at least one trial has a validation accuracy; 1 it stopped before
 every trial finished (Ctrl-C, SIGTERM, a full disk, a crash of Ray): the line before says how to resume;
 2 bad input, or the study cannot run as asked (one ``error:`` line); 3 it finished but no trial is usable
-(every one diverged or failed, so there is nothing to rerun).
+(every one diverged or failed, so there is nothing to rerun); 130 interrupted before the study existed.
 """
 
 from __future__ import annotations
@@ -242,7 +242,17 @@ def check_free_space(folder: StudyFolder, experiment: str, concurrent: int, per_
                             f"free space, or give {option} a larger disk")
 
 
+def _interrupted(folder: StudyFolder) -> int:
+    """Ctrl-C or SIGTERM before the trials started: nothing was lost; say how to go on where there is a study."""
+    if folder.exists():
+        print(f"interrupted before the trials started; continue the study with:\n  {resume_command(folder)}")
+        return EXIT_STOPPED
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    # SIGTERM (a preempted job) is handled as Ctrl-C throughout: Ray's handler during the trials, else an interrupt
+    signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -264,7 +274,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             settings = folder.read_settings()
             apply_resume_options(args, given, settings)
-            return run_study(args, folder, settings, resumed=True)
+            try:
+                return run_study(args, folder, settings, resumed=True)
+            except KeyboardInterrupt:
+                return _interrupted(folder)
         finally:
             lock.release()
 
@@ -307,6 +320,10 @@ def main(argv: list[str] | None = None) -> int:
             trackers={"tensorboard": args.tensorboard, "mlflow": args.mlflow})
         try:
             return run_study(args, folder, settings, resumed=False)
+        except KeyboardInterrupt:
+            if created and not folder.exists():
+                shutil.rmtree(folder.path, ignore_errors=True)
+            return _interrupted(folder)
         except BaseException:
             if created and not folder.exists():  # it failed before its study.json: leave no half-made study behind
                 shutil.rmtree(folder.path, ignore_errors=True)

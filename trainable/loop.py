@@ -92,9 +92,9 @@ def use_bf16(precision: str, device: torch.device) -> bool:
 
 def resolve_augment_path(path: str, device: torch.device) -> str:
     """``auto``: whole batches on the device on a GPU; torchvision image by image on a CPU. On a CPU either path
-    feeds the step 20-100 times faster than it trains (``python -m study.bench --feed``), and the per-image path
-    runs on one thread, so it keeps its speed where a study's trials share the cores (the batched path, on two
-    threads, was measured 2-10 times slower than per-image while another process held a core)."""
+    feeds the step 15-60 times faster than it trains at 224 px (``python -m study.bench --feed``), and the
+    per-image path, on one thread, holds up better where a study's trials share the cores (with a busy process
+    on one of two cores, the batched path on two threads fell to 0.72-1.02 of per-image at 224 px)."""
     if path != "auto":
         return path
     return "batched" if device.type == "cuda" else "per-image"
