@@ -155,7 +155,19 @@ def check_report(folder: Path) -> str:
     return html
 
 
+RERUN_SCHEMA = {  # as the README lists rerun.parquet's columns
+    "rank": "int64", "trial_id": "large_string", "optuna_trial": "int64", "baseline": "bool", "study_val_acc": "double",
+    "seed": "int64", "status": "large_string", "test_acc": "double", "test_loss": "double", "train_loss": "double",
+    "train_acc": "double", "epochs": "int64", "images_per_s": "double", "weights_file": "large_string", "seconds": "double",
+    "lr": "double", "head_lr_mult": "double", "weight_decay": "double", "momentum": "double", "freeze_depth": "int64",
+    "augment": "large_string", "batch_size": "int64", "image_size": "int64", "weights": "large_string",
+    "data_dir": "large_string", "threads": "int64", "comparable_to_book": "bool"}
+
+
 def check_rerun(folder: StudyFolder, seeds: int, epochs: int) -> pd.DataFrame:
+    import pyarrow.parquet as pq
+
+    assert {f.name: str(f.type) for f in pq.read_schema(folder.path / "rerun.parquet")} == RERUN_SCHEMA
     table = pd.read_parquet(folder.path / "rerun.parquet")
     assert len(table) == seeds and list(table["seed"]) == list(range(seeds))
     assert set(table["epochs"]) == {epochs} and set(table["rank"]) == {1}
