@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,7 +79,7 @@ def open_optuna(folder: StudyFolder, name: str) -> tuple[optuna.Study | None, st
     if not path.exists():
         return None, "missing"
     try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:  # read only: a check repairs nothing
             check = db.execute("PRAGMA quick_check").fetchone()[0]
         if check != "ok":
             return None, f"damaged ({check})"
