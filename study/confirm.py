@@ -15,14 +15,13 @@ one-standard-error pick. ``trials.parquet`` gets each candidate's ``confirm_mean
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from . import faults
-from .layout import StudyFolder, StudySettings, isnan, plain, write_parquet_atomic
+from .layout import StudyFolder, StudySettings, isnan, set_aside, typed, write_parquet_atomic
 from .results import StudyTables
 
 CONFIRM_TYPES = {"optuna_trial": "int64", "baseline": "bool", "fold": "int64", "source": "str", "status": "str",
@@ -52,8 +51,7 @@ class ConfirmTable:
                 for row in pd.read_parquet(self.path).to_dict("records"):
                     self.rows[(int(row["optuna_trial"]), int(row["fold"]))] = row
             except Exception as exc:  # damaged: its runs are run again (they are deterministic)
-                aside = self.path.with_name(f"{self.path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
-                self.path.rename(aside)
+                aside = set_aside(self.path)
                 self.note = (f"confirm.parquet was damaged ({str(exc).splitlines()[0][:120]}): its runs are run again "
                              f"(the damaged file is kept as {aside.name})")
 
@@ -84,8 +82,7 @@ def plan(tables: StudyTables, table: ConfirmTable, numbers: list[int], folds: in
     jobs = []
     for number in numbers:
         trial = tables.trials[number]
-        config = {p: plain(trial[p]) for p in params}
-        config = {p: int(v) if p in ("freeze_depth", "batch_size") else v for p, v in config.items()}
+        config = {p: typed(p, trial[p]) for p in params}
         for fold in range(folds):
             row = table.rows.get((number, fold))
             if row is not None and row["status"] in DONE:

@@ -35,10 +35,8 @@ DRIVER_FILE = ".driver.json"  # who holds the lock: pid, host, since
 HYPERPARAMETERS = ("lr", "head_lr_mult", "weight_decay", "momentum", "freeze_depth", "augment", "batch_size")
 INT_HYPERPARAMETERS = ("freeze_depth", "batch_size")
 METRIC, MODE = "val_acc", "max"
-STATUSES = ("completed", "stopped early", "diverged", "errored", "running")
 FINISHED = ("completed", "stopped early", "diverged", "errored")
 # The book's fine-tuned ResNet18 on its hotdog.zip: 5 epochs, 224 px, ImageNet weights (d2l "Fine-Tuning").
-BOOK_TEST_ACC = 0.940
 BOOK_FIGURE = "the book: 0.940 (0.933 +- 0.012 over its builds)"
 BOOK_CLASSES = ["hotdog", "not-hotdog"]
 BOOK_TRAIN_IMAGES, BOOK_TEST_IMAGES = 2000, 800
@@ -59,6 +57,19 @@ def plain(value):
     if value is not None and not isinstance(value, str) and isnan(value):
         return None
     return value.item() if hasattr(value, "item") else value
+
+
+def typed(name: str, value):
+    """A hyperparameter's value as its trial config holds it: a plain Python value, an int for the integer ones."""
+    value = plain(value)
+    return int(value) if name in INT_HYPERPARAMETERS and value is not None else value
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a damaged file beside itself (``NAME.damaged-<time>``), for whoever wants to look at it."""
+    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    path.rename(aside)
+    return aside
 
 
 def storage_url(path: str | Path) -> str:

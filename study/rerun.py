@@ -28,8 +28,9 @@ import pandas as pd
 from trainable import TrainConfig, UserError
 from trainable.cli import run_main
 
-from .layout import (BOOK_CLASSES, BOOK_FIGURE, BOOK_TEST_IMAGES, BOOK_TRAIN_IMAGES, HYPERPARAMETERS, INT_HYPERPARAMETERS, RERUN_DIR,
-                     RERUN_FILE, StudyFolder, StudySettings, find_study, fmt, isnan, plain, write_parquet_atomic, write_text_atomic)
+from .layout import (BOOK_CLASSES, BOOK_FIGURE, BOOK_TEST_IMAGES, BOOK_TRAIN_IMAGES, HYPERPARAMETERS, RERUN_DIR,
+                     RERUN_FILE, StudyFolder, StudySettings, find_study, fmt, isnan, plain, typed, write_parquet_atomic,
+                     write_text_atomic)
 
 # TrainConfig fields and the flags of python -m trainable that set them: every one that shapes the numbers.
 TRAINABLE_FLAGS = ("data_dir", "weights", "epochs", "image_size", "batch_size", "val_fraction", "split_seed", "precision", "device",
@@ -92,7 +93,7 @@ def choose(folder: StudyFolder, rank: int | None, epochs: int | None, device: st
         value = row.get(name)
         if value is None:
             raise UserError(f"trial {row.get('optuna_trial')} (rank {rank}) has no value for {name!r} in trials.parquet: choose another --rank")
-        params[name] = int(value) if name in INT_HYPERPARAMETERS else value
+        params[name] = typed(name, value)
     base = TrainConfig.from_dict(settings.base)
     trial = base.replace(**params, threads=trial_threads(row, settings), **({"device": device} if device else {})).validate()
     config = trial.replace(val_fraction=0.0, epochs=epochs or base.epochs, threads=threads or trial.threads).validate()

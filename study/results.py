@@ -35,10 +35,6 @@ PARAM_TYPES = {"lr": "float64", "head_lr_mult": "float64", "weight_decay": "floa
                "freeze_depth": "int64", "batch_size": "int64", "augment": "str"}
 
 
-def read_table(path: Path) -> pd.DataFrame | None:
-    return pd.read_parquet(path) if path.exists() else None
-
-
 def _or_inf(value) -> float:
     return math.inf if isnan(value) else float(value)
 
@@ -64,16 +60,27 @@ class StudyTables:
     def epochs_path(self) -> Path:
         return self.folder / EPOCHS_FILE
 
-    def load(self) -> None:
-        """Start from what an earlier driver run wrote (raises where a file cannot be read)."""
-        epochs, trials = read_table(self.epochs_path), read_table(self.trials_path)
-        if epochs is not None:
-            for row in epochs.to_dict("records"):
-                self.epochs[(int(row["optuna_trial"]), int(row["epoch"]))] = row
-        if trials is not None:
-            for row in trials.to_dict("records"):
-                row.pop("rank", None)
-                self.trials[int(row["optuna_trial"])] = row
+    def load(self, tolerate_damage: bool = False) -> dict[str, str]:
+        """Start from what an earlier driver run wrote. A file that cannot be read raises, or with
+        ``tolerate_damage`` is left out and returned (file name -> why) for the caller to repair."""
+        damaged = {}
+        for path in (self.trials_path, self.epochs_path):
+            if not path.exists():
+                continue
+            try:
+                frame = pd.read_parquet(path)
+            except Exception as exc:  # truncated, zeroed, not parquet at all
+                if not tolerate_damage:
+                    raise
+                damaged[path.name] = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                continue
+            for row in frame.to_dict("records"):
+                if path == self.trials_path:
+                    row.pop("rank", None)
+                    self.trials[int(row["optuna_trial"])] = row
+                else:
+                    self.epochs[(int(row["optuna_trial"]), int(row["epoch"]))] = row
+        return damaged
 
     def history(self) -> list[tuple[int, int, float]]:
         """(sample, epoch, val_acc) in the order the results arrived, a diverged epoch as 0: what ASHA saw."""

@@ -16,17 +16,15 @@ a damaged file can lose one of them. Before each run this module
 from __future__ import annotations
 
 import sqlite3
-import time
 from contextlib import closing
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
 from trainable import UserError
 
-from .layout import FINISHED, StudyFolder, StudySettings, isnan, storage_url
+from .layout import FINISHED, StudyFolder, StudySettings, isnan, set_aside, storage_url, typed
 from .results import StudyTables
 from .searcher import Unfinished, handle, tell_finished
 from .space import to_distributions
@@ -44,33 +42,10 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
-def _set_aside(path: Path) -> Path:
-    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
-    path.rename(aside)
-    return aside
-
-
 def read_tables(folder: StudyFolder, params: list[str], max_epochs: int, seed: int) -> tuple[StudyTables, dict[str, str]]:
     """The tables, and the files among them that could not be read (name -> why)."""
-    import pandas as pd
-
     tables = StudyTables(folder.path, params, max_epochs, seed, load=False)
-    damaged = {}
-    for path in (folder.trials, folder.epochs):
-        if not path.exists():
-            continue
-        try:
-            frame = pd.read_parquet(path)
-        except Exception as exc:  # truncated, zeroed, not parquet at all
-            damaged[path.name] = _first_line(exc)
-            continue
-        for row in frame.to_dict("records"):
-            if path == folder.trials:
-                row.pop("rank", None)
-                tables.trials[int(row["optuna_trial"])] = row
-            else:
-                tables.epochs[(int(row["optuna_trial"]), int(row["epoch"]))] = row
-    return tables, damaged
+    return tables, tables.load(tolerate_damage=True)
 
 
 def open_optuna(folder: StudyFolder, name: str) -> tuple[optuna.Study | None, str]:
@@ -95,7 +70,7 @@ def rebuild_optuna(folder: StudyFolder, settings: StudySettings, tables: StudyTa
     """A new optuna.db holding every sample of the tables, with its parameters, intermediate values and end."""
     dists = to_distributions(settings.space)
     if folder.optuna_db.exists():
-        _set_aside(folder.optuna_db)
+        set_aside(folder.optuna_db)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=settings.name, storage=storage_url(folder.optuna_db), direction="maximize")
     renumber = {old: new for new, old in enumerate(sorted(tables.trials))}
@@ -110,18 +85,13 @@ def rebuild_optuna(folder: StudyFolder, settings: StudySettings, tables: StudyTa
         if row.get("error") and not isnan(row.get("error")):
             attrs["error"] = str(row["error"])
         study.add_trial(optuna.trial.create_trial(
-            params={p: _typed(row[p], p) for p in dists}, distributions=dists, state=state,
+            params={p: typed(p, row[p]) for p in dists}, distributions=dists, state=state,
             value=max(values.values()) if state == TrialState.COMPLETE and values else None,
             intermediate_values=values, user_attrs=attrs,
             constraints={"diverged": 1.0} if status == "diverged" else None))
     if any(old != new for old, new in renumber.items()):
         _renumber(tables, renumber)
     return study
-
-
-def _typed(value, name: str):
-    value = value.item() if hasattr(value, "item") else value
-    return int(value) if name in ("freeze_depth", "batch_size") else value
 
 
 def _renumber(tables: StudyTables, renumber: dict[int, int]) -> None:
@@ -182,14 +152,14 @@ def prepare(folder: StudyFolder, settings: StudySettings, params: list[str], dec
     elif study is not None and trials_bad:
         if epochs_bad:
             raise lost(f"trials.parquet ({damaged[folder.trials.name]})", f"epochs.parquet ({damaged[folder.epochs.name]})")
-        aside = _set_aside(folder.trials)
+        aside = set_aside(folder.trials)
         rebuild_trials(tables, study)
         notes.append(f"trials.parquet was damaged ({damaged[folder.trials.name]}): rebuilt it from optuna.db and "
                      f"epochs.parquet (the damaged file is kept as {aside.name})")
     elif study is not None and not folder.trials.exists():
         rebuild_trials(tables, study)  # the driver died before it wrote its first row: nothing was lost
     elif study is not None and epochs_bad:
-        aside = _set_aside(folder.epochs)
+        aside = set_aside(folder.epochs)
         rebuild_epochs(tables, study)
         for number in tables.trials:
             tables._summarise(number)
