@@ -57,7 +57,7 @@ def print_analysis(analysis: Analysis, top: int) -> None:
     if analysis.confirmation is not None:
         conf = analysis.confirmation
         base = baseline_number(data)
-        table = Table(title=f"confirmation stage: {len(conf.table)} configuration(s) on {conf.folds} fold(s) (* = the book's recipe)",
+        table = Table(title=f"confirmation stage: {len(conf.table)} configuration(s), {conf.folds}-fold cross-validation (* = the book's recipe)",
                       title_justify="left")
         for c in CONFIRM_COLUMNS:
             table.add_column(c, justify="left" if c == "recommended" else "right")

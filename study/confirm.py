@@ -1,9 +1,9 @@
-"""The confirmation stage: the study's top configurations, and the book's recipe, trained again on other folds.
+"""The confirmation stage: the study's top configurations, and the book's recipe, cross-validated.
 
 One validation split of a few hundred images is a noisy judge: its top trial is partly luck. Once every
-sample has finished, the top K configurations by validation accuracy plus the book's recipe are each
-trained on F disjoint validation folds of the train split (``trainable.data.stratified_split``'s folds:
-fold 0 is the study's own split, which counts as a fold for a configuration that ran all its epochs on it),
+sample has finished, the top K configurations by validation accuracy plus the book's recipe each run
+stratified F-fold cross-validation of the whole train split (``trainable.data.kfold_split``: every training
+image validates once, so each configuration is judged on all of them, not on the study's few hundred),
 with the study's epochs, image size and per-trial resources, as Ray trials. Each run lands in
 ``confirm.parquet`` as it ends (atomically); a run a killed driver left unfinished continues from its newest
 intact checkpoint on ``--resume``, as a study's trial does. The decision (``study.selection.decide``): the
@@ -24,7 +24,7 @@ from . import faults
 from .layout import StudyFolder, StudySettings, isnan, set_aside, typed, write_parquet_atomic
 from .results import StudyTables
 
-CONFIRM_TYPES = {"optuna_trial": "int64", "baseline": "bool", "fold": "int64", "source": "str", "status": "str",
+CONFIRM_TYPES = {"optuna_trial": "int64", "baseline": "bool", "fold": "int64", "cv_folds": "int64", "status": "str",
                  "val_acc": "float64", "val_loss": "float64", "epochs": "int64", "seconds": "float64", "images_per_s": "float64",
                  "trial_id": "str", "trial_dir": "str", "error": "str"}
 DONE = ("completed", "diverged", "errored")
@@ -42,18 +42,26 @@ class Job:
 class ConfirmTable:
     """``confirm.parquet``: one row per (configuration, fold), written after every change."""
 
-    def __init__(self, folder: StudyFolder):
+    def __init__(self, folder: StudyFolder, folds: int):
         self.path = folder.confirm
         self.rows: dict[tuple[int, int], dict] = {}
         self.note = ""
         if self.path.exists():
             try:
-                for row in pd.read_parquet(self.path).to_dict("records"):
-                    self.rows[(int(row["optuna_trial"]), int(row["fold"]))] = row
+                frame = pd.read_parquet(self.path)
             except Exception as exc:  # damaged: its runs are run again (they are deterministic)
                 aside = set_aside(self.path)
                 self.note = (f"confirm.parquet was damaged ({str(exc).splitlines()[0][:120]}): its runs are run again "
                              f"(the damaged file is kept as {aside.name})")
+                return
+            if "cv_folds" not in frame or not frame["cv_folds"].eq(folds).all():
+                # other folds split the images otherwise: those runs measure something else
+                aside = set_aside(self.path, "other-folds")
+                self.note = (f"confirm.parquet holds runs on other folds than {folds}-fold cross-validation: they are set "
+                             f"aside as {aside.name} and the stage runs again")
+                return
+            for row in frame.to_dict("records"):
+                self.rows[(int(row["optuna_trial"]), int(row["fold"]))] = row
 
     def frame(self) -> pd.DataFrame:
         frame = pd.DataFrame(list(self.rows.values()), columns=list(CONFIRM_TYPES))
@@ -78,7 +86,7 @@ def candidates(tables: StudyTables, top: int) -> list[int]:
 
 
 def plan(tables: StudyTables, table: ConfirmTable, numbers: list[int], folds: int, params: list[str]) -> list[Job]:
-    """The runs still to do; the study's own split is recorded as fold 0 of a configuration that completed on it."""
+    """The runs still to do: every (configuration, fold) without a finished row, from its checkpoint where it has one."""
     jobs = []
     for number in numbers:
         trial = tables.trials[number]
@@ -86,14 +94,6 @@ def plan(tables: StudyTables, table: ConfirmTable, numbers: list[int], folds: in
         for fold in range(folds):
             row = table.rows.get((number, fold))
             if row is not None and row["status"] in DONE:
-                continue
-            if fold == 0 and trial["status"] == "completed":
-                last = tables.rows_of(number)[-1]
-                table.rows[(number, 0)] = {
-                    "optuna_trial": number, "baseline": bool(trial.get("baseline")), "fold": 0, "source": "study", "status": "completed",
-                    "val_acc": last.get("val_acc"), "val_loss": last.get("val_loss"), "epochs": int(trial["epochs_run"]),
-                    "seconds": trial.get("seconds"), "images_per_s": trial.get("images_per_s"), "trial_id": trial.get("trial_id"),
-                    "trial_dir": None, "error": None}
                 continue
             resume = None if row is None or isnan(row.get("trial_dir")) else str(row["trial_dir"])
             jobs.append(Job(number, fold, config, bool(trial.get("baseline")), resume))
@@ -140,7 +140,7 @@ def run_confirm(config: dict, data, base: dict) -> None:
     from .adapter import run_trial
 
     job = dict(config["job"])
-    fold_data = split_fold(data, base["val_fraction"], base["split_seed"], job["val_fold"])
+    fold_data = split_fold(data, base["val_fraction"], base["split_seed"], job["val_fold"], job["cv_folds"])
     run_trial(job, fold_data, base)
 
 
@@ -162,7 +162,7 @@ class ConfirmCallback:
     def _row(self, trial) -> dict:
         number, fold = self.key(trial)
         return self.table.rows.setdefault((number, fold), {
-            "optuna_trial": number, "baseline": bool(trial.config["job"].get("baseline")), "fold": fold, "source": "confirmation",
+            "optuna_trial": number, "baseline": bool(trial.config["job"].get("baseline")), "fold": fold, "cv_folds": int(trial.config["job"]["cv_folds"]),
             "status": "running", "val_acc": math.nan, "val_loss": math.nan, "epochs": 0, "seconds": 0.0, "images_per_s": math.nan,
             "trial_id": trial.trial_id, "trial_dir": None, "error": None})
 
@@ -296,7 +296,7 @@ def run_stage(folder: StudyFolder, settings: StudySettings, tables: StudyTables,
 
     top, folds = settings.confirm["top"], settings.confirm["folds"]
     params = list(settings.space)
-    table = ConfirmTable(folder)
+    table = ConfirmTable(folder, folds)
     if table.note:
         progress.note(table.note)
     numbers = candidates(tables, top)
@@ -314,7 +314,7 @@ def run_stage(folder: StudyFolder, settings: StudySettings, tables: StudyTables,
         progress.note(f"confirmation: {len(numbers)} configuration(s) (trials {', '.join(map(str, numbers))}) on {folds} fold(s): "
                       f"{len(jobs)} run(s) to go, {concurrent} at a time")
         callback = ConfirmCallback(folder.path, tables, table, numbers, settings.storage, progress)
-        job_configs = [{**job.params, "optuna_trial": job.number, "baseline": job.baseline, "val_fold": job.fold,
+        job_configs = [{**job.params, "optuna_trial": job.number, "baseline": job.baseline, "val_fold": job.fold, "cv_folds": folds,
                         "resume_dir": job.resume_dir} for job in jobs]
         trainable = tune.with_resources(tune.with_parameters(run_confirm, data=all_data, base=settings.base), resources)
         tuner = tune.Tuner(

@@ -65,9 +65,13 @@ def typed(name: str, value):
     return int(value) if name in INT_HYPERPARAMETERS and value is not None else value
 
 
-def set_aside(path: Path) -> Path:
-    """Rename a damaged file beside itself (``NAME.damaged-<time>``), for whoever wants to look at it."""
-    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+def set_aside(path: Path, why: str = "damaged") -> Path:
+    """Rename a file beside itself (``NAME.<why>-<time>``, never over an earlier one), for whoever wants to look at it."""
+    stem = f"{path.name}.{why}-{time.strftime('%Y%m%d-%H%M%S')}"
+    aside, n = path.with_name(stem), 1
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"{stem}-{n}")
     path.rename(aside)
     return aside
 

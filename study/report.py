@@ -386,8 +386,8 @@ def _confirmation_section(analysis: Analysis) -> str:
         return ""
     rows = confirmation_rows(conf, baseline_number(analysis.data))
     lines = "".join(f"<li>{html.escape(line)}</li>" for line in conf.lines)
-    return (f"<h2>Confirmation stage</h2><p>The top configurations and the book's recipe (*) trained again on {conf.folds} "
-            f"disjoint validation folds (fold 0: the study's own split): mean validation accuracy with its 95% t-interval.</p>"
+    return (f"<h2>Confirmation stage</h2><p>The top configurations and the book's recipe (*) cross-validated on {conf.folds} "
+            f"stratified folds of the train split: mean validation accuracy with its 95% t-interval.</p>"
             f"{_table(CONFIRM_COLUMNS, rows, {'recommended'})}<ul>{lines}</ul>")
 
 

@@ -28,9 +28,10 @@ from pathlib import Path
 
 from trainable import TrainConfig, UserError, prepare_data
 from trainable.cli import add_data_options, check_output_folder, run_main
-from trainable.data import check_layout, max_folds, split_fold
+from trainable.data import check_layout, max_cv_folds, split_fold
 
 from .layout import StudyFolder, StudySettings, isnan, write_text_atomic
+from .selection import CONFIRM_FOLDS, CONFIRM_TOP
 from .space import baseline_params, load_space, show_space
 from .trackers import check_trackers, tracker_callbacks
 
@@ -58,18 +59,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seeds the TPE sampler and every trial's training (default: %(default)s)")
     parser.add_argument("--space", help="JSON file with the search space (see --show-space)")
     parser.add_argument("--show-space", action="store_true", help="print the search space as JSON and exit")
-    add_data_options(parser)
+    add_data_options(parser, folds=False)  # the study splits on its own: fold 0 for trials, k-fold for the confirmation
     parser.add_argument("--momentum", type=float, default=0.0, help="SGD momentum for every trial unless searched (default: the book's 0)")
     parser.add_argument("--gpus-per-trial", type=float, default=0.25, help="GPU share per trial where there are GPUs (default: %(default)s: 4 trials per GPU); 0 trains on CPUs")
     parser.add_argument("--cpus-per-trial", type=float, default=None, help="CPUs (= torch threads) per trial (default: 1 on CPU-only machines; CPUs/trials per GPU machine)")
     parser.add_argument("--max-concurrent", type=int, default=None, help="most trials at once (default: as many as the resources fit)")
     parser.add_argument("--grace-epochs", type=int, default=1, help="ASHA: epochs before a trial may be stopped (default: %(default)s)")
     parser.add_argument("--reduction-factor", type=float, default=3, help="ASHA: keep the best 1/this at each rung (default: %(default)s)")
-    parser.add_argument("--confirm-top", type=int, default=3,
+    parser.add_argument("--confirm-top", type=int, default=CONFIRM_TOP,
                         help="the confirmation stage: the top K configurations by validation accuracy, and the book's recipe, "
-                             "trained again on --confirm-folds folds before naming a winner (default: %(default)s)")
-    parser.add_argument("--confirm-folds", type=int, default=3,
-                        help="folds of the confirmation stage; fold 0 is the study's own split (default: %(default)s)")
+                             "cross-validated on --confirm-folds folds before naming a winner (default: %(default)s)")
+    parser.add_argument("--confirm-folds", type=int, default=CONFIRM_FOLDS,
+                        help="stratified cross-validation folds of the whole train split in the confirmation stage: each "
+                             "configuration trains F times on (F-1)/F of the images and is judged on all of them (default: %(default)s)")
     parser.add_argument("--no-confirm", action="store_true", help="skip the confirmation stage: the study's best validation accuracy names the winner")
     parser.add_argument("--fresh-actors", action="store_true",
                         help="start a new Ray worker process for every trial (default: a finished trial's process runs the next one, "
@@ -99,8 +101,8 @@ def check_args(args: argparse.Namespace) -> None:
         (args.grace_epochs >= 1, f"--grace-epochs {args.grace_epochs} must be 1 or more"),
         (args.reduction_factor > 1, f"--reduction-factor {args.reduction_factor} must be above 1"),
         (args.confirm_top >= 1, f"--confirm-top {args.confirm_top} must be 1 or more (--no-confirm skips the confirmation stage)"),
-        (args.confirm_folds >= 2, f"--confirm-folds {args.confirm_folds} must be 2 or more: fold 0 is the study's own split, so one fold "
-                                  "confirms nothing (--no-confirm skips the confirmation stage)"),
+        (args.confirm_folds >= 2, f"--confirm-folds {args.confirm_folds} must be 2 or more: cross-validation needs a part to train "
+                                  "on and a part to judge (--no-confirm skips the confirmation stage)"),
         (args.name is None or (args.name.strip() and "/" not in args.name and args.name not in (".", "..")), f"--name {args.name!r} must be a plain folder name"),
     ]
     for ok, message in checks:
@@ -353,8 +355,8 @@ def apply_resume_options(args: argparse.Namespace, given: set[str], settings: St
         print(f"trackers from now on: {trackers}")
         settings.trackers = trackers
     if given & {"confirm_top", "confirm_folds", "no_confirm"}:
-        confirm = {} if args.no_confirm else {"top": args.confirm_top if "confirm_top" in given else settings.confirm.get("top", 3),
-                                              "folds": args.confirm_folds if "confirm_folds" in given else settings.confirm.get("folds", 3)}
+        confirm = {} if args.no_confirm else {"top": args.confirm_top if "confirm_top" in given else settings.confirm.get("top", CONFIRM_TOP),
+                                              "folds": args.confirm_folds if "confirm_folds" in given else settings.confirm.get("folds", CONFIRM_FOLDS)}
         if confirm != {k: v for k, v in settings.confirm.items() if k in ("top", "folds")}:
             stage = "off" if not confirm else f"top {confirm['top']}, {confirm['folds']} folds"
             print(f"confirmation stage from now on: {stage}")
@@ -381,12 +383,12 @@ def run_study(args: argparse.Namespace, folder: StudyFolder, settings: StudySett
     print(f"study {settings.name}: {settings.samples} trials, {base.epochs} epoch(s) at {base.image_size}px, weights {base.weights}")
     if settings.baseline_note and not resumed:
         print(settings.baseline_note)
-    # decoded once: every training image (the confirmation stage's folds), and the study's split of them (fold 0)
+    # decoded once: every training image (the confirmation stage cross-validates on them), and the study's split of them
     all_data = prepare_data(base.data_dir, base.image_size, 0.0, base.split_seed, log=print, min_per_class=2)
     data = split_fold(all_data, base.val_fraction, base.split_seed, 0)
-    if settings.confirm and settings.confirm["folds"] > (most := max_folds(all_data.train.labels, base.val_fraction)):
-        raise UserError(f"--confirm-folds {settings.confirm['folds']} is more than the {most} disjoint validation folds of "
-                        f"{base.val_fraction:g} that the smallest class allows: ask for at most {most}")
+    if settings.confirm and settings.confirm["folds"] > (most := max_cv_folds(all_data.train.labels)):
+        raise UserError(f"--confirm-folds {settings.confirm['folds']} is more than the smallest class's {most} training images "
+                        f"allow (every fold needs an image of each class): ask for at most {most}")
     timings["decode_s"] = round(time.perf_counter() - t0, 2)
     print(f"decoded {len(data.train) + len(data.val)} images once ({len(data.train)} train, {len(data.val)} validation, "
           f"classes {data.classes}) in {timings['decode_s']:.1f}s")
@@ -432,6 +434,12 @@ def run_study(args: argparse.Namespace, folder: StudyFolder, settings: StudySett
             print(f"{concurrent} trial(s) at a time, each with {resources['cpu']:g} CPU(s)"
                   + (f" and {resources['gpu']:g} GPU" if resources["gpu"] else ""))
             fit_s, stopped = fit(args, folder, settings, data, plan, scheduler, resources, concurrent, remaining, len(settings.runs))
+            timings["fit_s"] = round(fit_s, 2)
+            if not stopped:  # the confirmation stage follows: a kill there must not lose the trials' training time
+                try:
+                    folder.write_settings(settings)
+                except OSError:
+                    pass  # finish() writes it again and says so if it still cannot
         lines: list[str] = []
         confirmed = True
         if settings.confirm and not stopped and not plan.tables.counts().get("running") and len(plan.tables.trials) >= settings.samples:
@@ -469,7 +477,10 @@ def fit(args, folder: StudyFolder, settings: StudySettings, data, plan, schedule
     base = TrainConfig.from_dict(settings.base)
     searcher = AskTellOptunaSearch(settings.space, storage_url(folder.optuna_db), settings.name, max_epochs=base.epochs,
                                    seed=settings.seed, baseline=settings.baseline, unfinished=plan.unfinished)
-    confirm_epochs = (settings.confirm["top"] + 1) * (settings.confirm["folds"] - 1) * base.epochs if settings.confirm else 0
+    confirm_epochs = 0.0
+    if settings.confirm:  # in study epochs: a cross-validation run trains on (F-1)/F of the images, a trial on 1 - val_fraction
+        folds = settings.confirm["folds"]
+        confirm_epochs = (settings.confirm["top"] + 1) * folds * base.epochs * (folds - 1) / folds / (1 - base.val_fraction)
     progress = Progress(settings.samples, base.epochs, concurrent, settings.grace_epochs, settings.reduction_factor, confirm_epochs)
     callback = StudyCallback(folder.path, plan.tables, settings.samples, params, storage=settings.storage, progress=progress)
     check_trackers(bool(settings.trackers.get("tensorboard")), settings.trackers.get("mlflow"))

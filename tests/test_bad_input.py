@@ -93,9 +93,10 @@ CASES = [
     Case("epochs-negative", "trainable", [*TRAIN, "--epochs", "-1"], "--epochs -1 must be 1 or more"),
     Case("image-size-8", "study.run", [*STUDY, "--image-size", "8"], "--image-size 8 is too small: use 32 or more"),
     Case("confirm-top-0", "study.run", [*STUDY, "--confirm-top", "0"], "--confirm-top 0 must be 1 or more (--no-confirm skips"),
-    Case("confirm-folds-1", "study.run", [*STUDY, "--confirm-folds", "1"], "--confirm-folds 1 must be 2 or more: fold 0 is the study's own split"),
-    Case("confirm-folds-more-than-the-classes-allow", "study.run", [*CONFIRMED, "--confirm-folds", "4"],
-         "--confirm-folds 4 is more than the 3 disjoint validation folds of 0.1 that the smallest class allows: ask for at most 3"),
+    Case("confirm-folds-1", "study.run", [*STUDY, "--confirm-folds", "1"], "--confirm-folds 1 must be 2 or more: cross-validation needs a part"),
+    Case("confirm-folds-more-than-the-classes-allow", "study.run", [*CONFIRMED, "--confirm-folds", "5"],
+         "--confirm-folds 5 is more than the smallest class's 4 training images allow (every fold needs an image of each class): "
+         "ask for at most 4"),
     # plan_resources falls back to CPU slots where the cluster has no GPU (a real, 1-trial study on Ray)
     Case("gpus-per-trial-3-without-a-gpu", "study.run", [*STUDY, "--gpus-per-trial", "3"], code=0,
          says="no GPU in the Ray cluster: running trials on CPU slots instead of 3 GPU each", marks=(pytest.mark.slow,)),

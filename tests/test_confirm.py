@@ -14,7 +14,7 @@ from study.layout import StudyFolder
 from tests.test_study import assert_exact, make_images, run_study, study_args
 
 pytestmark = pytest.mark.slow
-CONFIRM_TYPES = {"optuna_trial": "int64", "baseline": "bool", "fold": "int64", "source": "large_string", "status": "large_string",
+CONFIRM_TYPES = {"optuna_trial": "int64", "baseline": "bool", "fold": "int64", "cv_folds": "int64", "status": "large_string",
                  "val_acc": "double", "val_loss": "double", "epochs": "int64", "seconds": "double", "images_per_s": "double",
                  "trial_id": "large_string", "trial_dir": "large_string", "error": "large_string"}
 
@@ -35,16 +35,14 @@ def check_confirmation(folder: Path, top: int, folds: int) -> pd.DataFrame:
     assert sorted(confirm["optuna_trial"].unique()) == sorted(expected)
     assert len(confirm) == len(expected) * folds and not confirm.duplicated(["optuna_trial", "fold"]).any()
     assert (confirm["status"] == "completed").all() and confirm["val_acc"].between(0, 1).all()
-    for number in expected:  # fold 0 is the study's own run where the trial completed, a confirmation run otherwise
-        row0 = confirm[(confirm["optuna_trial"] == number) & (confirm["fold"] == 0)].iloc[0]
+    assert (confirm["cv_folds"] == folds).all() and sorted(confirm["fold"].unique()) == list(range(folds))
+    for number in expected:  # every fold is a fresh run of cross-validation, none the study's own trial
         trial = trials[trials["optuna_trial"] == number].iloc[0]
-        assert row0["source"] == ("study" if trial["status"] == "completed" else "confirmation")
-        if row0["source"] == "study":
-            assert row0["val_acc"] == trial["last_val_acc"]
         mine = confirm[confirm["optuna_trial"] == number]
+        assert trial["trial_id"] not in set(mine["trial_id"])
         assert trial["confirm_folds"] == folds and trial["confirm_mean"] == pytest.approx(mine["val_acc"].mean())
         assert trial["confirm_sd"] == pytest.approx(mine["val_acc"].std(ddof=1))
-    assert (confirm.loc[confirm["source"] == "confirmation", "epochs"] == trials["epochs_run"].max()).all()
+    assert (confirm["epochs"] == trials["epochs_run"].max()).all()
     winners = trials[trials["recommended"].fillna("").str.contains("winner")]
     assert len(winners) == 1 and winners.iloc[0]["optuna_trial"] in expected
     best_mean = trials.loc[trials["optuna_trial"].isin(expected), "confirm_mean"].max()
@@ -97,8 +95,9 @@ def test_a_kill_during_confirmation_loses_and_doubles_nothing(images, tmp_path):
     assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
     folder = results / "k"
     before = pd.read_parquet(folder / "confirm.parquet")
-    done_before = before[(before["status"] == "completed") & (before["source"] == "confirmation")]
+    done_before = before[before["status"] == "completed"]
     assert len(done_before) >= 1
+    assert StudyFolder(folder).read_settings().runs[0]["timings"]["fit_s"] > 0  # the study's training time is kept
     resumed = run_study(["--resume", "--name", "k", "--results-dir", str(results)])
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert_exact(folder, "k", 3)
@@ -107,3 +106,19 @@ def test_a_kill_during_confirmation_loses_and_doubles_nothing(images, tmp_path):
         again = after[(after["optuna_trial"] == row["optuna_trial"]) & (after["fold"] == row["fold"])].iloc[0]
         assert again["trial_id"] == row["trial_id"] and again["val_acc"] == row["val_acc"]
     assert StudyFolder(folder).read_settings().runs[-1]["outcome"] == "finished"
+
+
+def test_runs_on_other_folds_are_set_aside_not_mixed(tmp_path):
+    from study.confirm import ConfirmTable
+
+    folder = StudyFolder(tmp_path / "s")
+    folder.path.mkdir()
+    row = {"optuna_trial": 0, "baseline": True, "fold": 1, "cv_folds": 3, "status": "completed", "val_acc": 0.6, "val_loss": 0.7,
+           "epochs": 2, "seconds": 1.0, "images_per_s": 9.0, "trial_id": "a", "trial_dir": None, "error": None}
+    pd.DataFrame([row]).to_parquet(folder.confirm)
+    assert set(ConfirmTable(folder, 3).rows) == {(0, 1)}  # the same folds: kept
+    table = ConfirmTable(folder, 2)  # 2-fold cross-validation splits the images otherwise: a 3-fold run measures something else
+    assert table.rows == {} and not folder.confirm.exists() and "other folds than 2-fold" in table.note
+    assert len(list(folder.path.glob("confirm.parquet.*"))) == 1
+    pd.DataFrame([{k: v for k, v in row.items() if k != "cv_folds"}]).to_parquet(folder.confirm)  # an older version's held-out folds
+    assert ConfirmTable(folder, 3).rows == {} and len(list(folder.path.glob("confirm.parquet.*"))) == 2

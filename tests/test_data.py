@@ -15,7 +15,7 @@ from PIL import Image
 
 from trainable import UserError, prepare_data
 from trainable.cli import run_main
-from trainable.data import decode_image, fetch_hotdog, safe_extract, stored_size, stratified_split
+from trainable.data import decode_image, fetch_hotdog, kfold_split, safe_extract, stored_size, stratified_split
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--weights", "none", "--epochs", 1, "--batch-size", 8, "--threads", 1, "--device", "cpu", "--precision", "fp32"]
@@ -300,6 +300,35 @@ def test_stratified_split_is_per_class_seeded_and_disjoint():
     assert not np.array_equal(stratified_split(labels, 0.2, seed=4)[1], val_idx)
     # a class of two still keeps one image for training
     assert np.bincount(np.array([0, 0, 1, 1])[stratified_split(np.array([0, 0, 1, 1]), 0.9, 0)[0]]).tolist() == [1, 1]
+
+
+def test_kfold_split_validates_every_image_once_per_class_and_refuses_folds_that_do_not_fit():
+    labels = np.array([0] * 7 + [1] * 20)
+    vals = [kfold_split(labels, 3, seed=5, fold=k) for k in range(3)]
+    for train_idx, val_idx in vals:
+        assert not set(train_idx) & set(val_idx) and len(train_idx) + len(val_idx) == 27
+        assert np.bincount(labels[val_idx]).tolist() in ([2, 6], [2, 7], [3, 6], [3, 7])  # each class cut in near-equal thirds
+    assert sorted(np.concatenate([v for _, v in vals]).tolist()) == list(range(27))  # every image validates exactly once
+    assert np.array_equal(kfold_split(labels, 3, seed=5, fold=1)[1], vals[1][1])
+    assert not np.array_equal(kfold_split(labels, 3, seed=6, fold=1)[1], vals[1][1])
+    halves = [kfold_split(labels, 2, seed=5, fold=k)[1] for k in range(2)]
+    assert not set(halves[0]) & set(halves[1]) and len(halves[0]) + len(halves[1]) == 27
+    with pytest.raises(UserError, match="8 cross-validation folds do not fit: .* the smallest class has 7; ask for 2 to 7"):
+        kfold_split(labels, 8, seed=0, fold=0)
+    with pytest.raises(UserError, match="validation fold 3 does not exist in 3-fold cross-validation: use 0 to 2"):
+        kfold_split(labels, 3, seed=0, fold=3)
+
+
+def test_the_trainable_cross_validates_with_cv_folds(tiny_image_folder):
+    from trainable.config import TrainConfig
+
+    halves = [prepare_data(tiny_image_folder, 32, cv_folds=2, val_fold=k) for k in range(2)]
+    assert [len(d.val) for d in halves] == [10, 10] and [len(d.train) for d in halves] == [10, 10]  # 2 classes x 10 images
+    assert not np.array_equal(halves[0].val.images, halves[1].val.images)
+    with pytest.raises(UserError, match="--cv-folds 1 must be 0"):
+        TrainConfig(cv_folds=1).validate()
+    with pytest.raises(UserError, match="--val-fold 2 does not exist in 2-fold cross-validation"):
+        TrainConfig(cv_folds=2, val_fold=2).validate()
 
 
 # --- the archive: zip slip and the verified download -------------------------------------------------------

@@ -19,9 +19,19 @@ def frame(runs: dict, cost: dict) -> pd.DataFrame:
                          for c, values in runs.items() for f, v in enumerate(values)])
 
 
-# A: the winner; B: the book's recipe; C: cheaper, inside one SE of A; D: cheapest, outside one SE of A
-# (0.805 < 0.82 - 0.0115) though inside one SD (0.80): the rule is the standard error, not the spread.
-RUNS = {"A": [0.80, 0.82, 0.84], "B": [0.70, 0.73, 0.72], "C": [0.79, 0.81, 0.83], "D": [0.795, 0.805, 0.815]}
+# A: the winner; B: the book's recipe; C: cheaper, inside one SE of A; D: cheapest, outside one SE of A.
+RUNS = {"A": [0.80, 0.84, 0.82], "B": [0.72, 0.70, 0.73], "C": [0.83, 0.79, 0.81], "D": [0.80, 0.80, 0.80]}
+
+
+def anova_residual_variance(runs: dict) -> float:
+    """s2 of a two-way table by the sums-of-squares identity (total - configurations - folds), not by residuals."""
+    y = np.array(list(runs.values()))
+    grand, (c, f) = y.mean(), y.shape
+    total = ((y - grand) ** 2).sum()
+    rows, cols = f * ((y.mean(1) - grand) ** 2).sum(), c * ((y.mean(0) - grand) ** 2).sum()
+    return (total - rows - cols) / ((c - 1) * (f - 1))
+
+
 COST = {"A": 10.0, "B": 3.0, "C": 5.0, "D": 1.0}
 
 
@@ -29,24 +39,38 @@ COST = {"A": 10.0, "B": 3.0, "C": 5.0, "D": 1.0}
 def test_decide_planted_winner_paired_difference_and_table():
     d = decide(frame(RUNS, COST), baseline="B")
     assert d.winner == "A"
+    # four configurations on the same three folds: the error is pooled, 6 df (t_{0.975, 6} = 2.447)
+    s2 = anova_residual_variance(RUNS)  # 0.000325
+    assert d.pooled == (pytest.approx(s2), 6) and s2 == pytest.approx(0.000325)
     a = d.row("A")
-    assert a["folds"] == 3 and a["mean"] == pytest.approx(0.82)
-    assert a["sd"] == pytest.approx(0.02) and a["se"] == pytest.approx(0.02 / math.sqrt(3))
-    assert a["ci_low"] == pytest.approx(0.82 - 4.303 * 0.02 / math.sqrt(3))
-    assert a["ci_high"] == pytest.approx(0.82 + 4.303 * 0.02 / math.sqrt(3))
-    # A - B per fold: 0.10, 0.09, 0.12 -> mean 0.10333, sd sqrt(((-1/300)^2 + (-4/300)^2 + (5/300)^2) / 2) = 0.015275
+    assert a["folds"] == 3 and a["mean"] == pytest.approx(0.82) and a["sd"] == pytest.approx(0.02)  # sd: its own
+    assert a["se"] == pytest.approx(math.sqrt(s2 / 3))
+    assert (a["ci_low"], a["ci_high"]) == (pytest.approx(0.82 - 2.447 * math.sqrt(s2 / 3)), pytest.approx(0.82 + 2.447 * math.sqrt(s2 / 3)))
+    wide = decide(frame({"X": [0.6, 0.5], "Y": [0.52, 0.53]}, {"X": 1.0, "Y": 1.0})).row("X")  # 2 configs: own sd, t 12.7
+    assert (wide["ci_low"], wide["ci_high"]) == (0.0, 1.0)  # 0.55 +- 0.635, clipped to where an accuracy can lie
+    # A - B per fold: 0.08, 0.14, 0.09 -> mean 0.10333; se of a difference sqrt(2 s2 / 3) = 0.01472: t 7.02 > 2.447
     p = d.versus_baseline
-    assert p.n == 3 and p.folds == [0, 1, 2]
+    assert p.n == 3 and p.folds == [0, 1, 2] and p.pooled and p.df == 6
     assert p.mean == pytest.approx(0.103333, abs=1e-6)
-    assert p.sd == pytest.approx(0.0152753, abs=1e-6)
-    assert p.t == pytest.approx(0.103333 / (0.0152753 / math.sqrt(3)), rel=1e-4)  # 11.72 > 4.303
-    assert p.t_crit == 4.303 and p.beyond_noise
+    assert p.sd == pytest.approx(np.std([0.08, 0.14, 0.09], ddof=1))
+    assert p.t == pytest.approx(0.103333 / math.sqrt(2 * s2 / 3), rel=1e-4)
+    assert p.t_crit == 2.447 and p.beyond_noise
     assert list(d.table["config"]) == ["A", "C", "D", "B"]  # best mean first
     lines = d.lines()
     assert len(lines) == 3
     assert "trial A" in lines[0] and "0.820" in lines[0]
-    assert "+0.103" in lines[1] and "beyond noise" in lines[1]
+    assert "+0.103" in lines[1] and "beyond noise" in lines[1] and "pooled over 4 configurations (6 df)" in lines[1]
+    assert "se 0.015 " in lines[1]
     assert "trial C" in lines[2]
+
+
+def test_a_fold_that_is_hard_for_everyone_is_no_noise_between_configurations():
+    # B trails A by exactly 0.02 on every fold while the folds differ by 0.2: the pooled error sees no noise;
+    # a configuration's own spread (0.1) would call the same lead noise
+    runs = {"A": [0.62, 0.82, 0.72], "B": [0.60, 0.80, 0.70], "C": [0.50, 0.70, 0.60]}
+    d = decide(frame(runs, {"A": 1.0, "B": 1.0, "C": 1.0}), baseline="B")
+    assert d.pooled[0] == pytest.approx(0.0, abs=1e-12) and d.versus_baseline.beyond_noise
+    assert d.row("A")["sd"] == pytest.approx(0.1)
 
 
 def test_decide_difference_within_noise():
@@ -62,10 +86,11 @@ def test_decide_difference_within_noise():
 
 def test_one_se_pick_takes_a_cheaper_config_inside_one_se_and_not_one_outside():
     d = decide(frame(RUNS, COST), baseline="B")
-    # the bar: A's mean 0.82 - A's se 0.011547 = 0.80845; C (0.81, 5 s) is inside, D (0.805, 1 s) is not
+    # the bar: A's mean 0.82 - the pooled se sqrt(0.000325 / 3) = 0.01041 -> 0.80959; C (0.81, 5 s) is inside,
+    # D (0.80, 1 s) is not
     assert d.one_se_pick == "C"
     # make D's mean 0.81 as well: now D is inside and cheapest
-    runs = {**RUNS, "D": [0.80, 0.81, 0.82]}
+    runs = {**RUNS, "D": [0.81, 0.81, 0.81]}
     assert decide(frame(runs, COST), baseline="B").one_se_pick == "D"
     # nothing cheaper inside: the winner itself
     assert decide(frame(RUNS, {**COST, "C": 20.0}), baseline="B").one_se_pick == "A"
@@ -239,19 +264,23 @@ def test_extra_compute_is_the_hand_count():
     # percentile of [0, 1] at epoch 1: stopped after 1; trial 3 sits above the percentile of [0, 1, 2]
     # (trial 0's value + 1/3 of the gap to trial 1's): runs 3. Study: 3 + 3 + 1 + 3 = 10 epochs.
     tiny = dict(n_configs=4, epochs=3, concurrent=1, repeats=5, truth=[0.6, 0.7, 0.55, 0.65], **EXACT)
-    r = simulate(top_k=2, folds=3, **tiny)
+    r = simulate(top_k=2, folds=3, scheme="holdout", reuse_study_fold=True, **tiny)
     assert r["study_epochs"] == 10
     # top 2 = trials 1 and 3, plus the book's recipe (trial 0), all completed: 2 new runs x 3 epochs each
     assert r["confirm_epochs"] == 3 * 2 * 3 and r["extra_compute_fraction"] == pytest.approx(1.8)
-    r = simulate(top_k=2, folds=3, reuse_study_fold=False, **tiny)
+    r = simulate(top_k=2, folds=3, scheme="holdout", **tiny)
     assert r["confirm_epochs"] == 3 * 3 * 3 and r["extra_compute_fraction"] == pytest.approx(2.7)
     # all four: trial 2 ran 1 epoch, so it needs all 3 folds: 18 + 9
-    r = simulate(top_k=4, folds=3, **tiny)
+    r = simulate(top_k=4, folds=3, scheme="holdout", reuse_study_fold=True, **tiny)
     assert r["confirm_epochs"] == 27 and r["extra_compute_fraction"] == pytest.approx(2.7)
     assert r["regret_single"] == 0 and r["regret_confirmed"] == 0
     # the book's recipe among the top K: not counted twice
-    r = simulate(top_k=3, folds=2, **tiny)  # trials 1, 3, 0: one new run each
+    r = simulate(top_k=3, folds=2, scheme="holdout", reuse_study_fold=True, **tiny)  # trials 1, 3, 0: one new run each
     assert r["confirm_epochs"] == 3 * 1 * 3
+    # k-fold: 3 configurations x 3 folds x 3 epochs, each epoch training on 1334 of the 2000 images and validating
+    # 666 (a third of a step each) where a study epoch (exact: no validation images here) trains on 2000
+    r = simulate(top_k=2, folds=3, **tiny)
+    assert r["confirm_epochs"] == pytest.approx(27 * (1334 + 666 / 3) / 2000)
 
 
 def test_same_seed_same_result():
@@ -264,7 +293,11 @@ def test_simulate_rejects_bad_input():
     with pytest.raises(ValueError):
         simulate(top_k=0)
     with pytest.raises(ValueError, match="reuse_study_fold=False"):
+        simulate(scheme="holdout", reuse_study_fold=True, fold_val_images=667)
+    with pytest.raises(ValueError, match="k-fold confirmation"):
         simulate(fold_val_images=667)
+    with pytest.raises(ValueError, match="scheme"):
+        simulate(scheme="bootstrap")
     with pytest.raises(ValueError, match="fold_score"):
         simulate(fold_score="mean")
 
@@ -278,7 +311,11 @@ def test_run_selection_writes_json_and_prints(tmp_path):
     for key in ("regret_single", "regret_confirmed", "regret_one_se", "extra_compute_fraction", "inputs", "goal_met"):
         assert key in written
     assert written["regret_single"] == pytest.approx(result["regret_single"])
-    assert written["inputs"]["top_k"] == 3 and written["inputs"]["folds"] == 3
+    from study.run import build_parser
+
+    defaults = build_parser().parse_args([])  # the simulation runs at the study's own defaults
+    assert written["inputs"]["top_k"] == defaults.confirm_top == 5 and written["inputs"]["folds"] == defaults.confirm_folds == 2
+    assert written["inputs"]["scheme"] == "kfold" and defaults.grace_epochs == written["inputs"]["grace"]
     console = Console(record=True, width=200)
     sel.print_selection(result, console)
     text = console.export_text()

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.test:
         from .data import prepare_data
 
-        data = prepare_data(cfg.data_dir, cfg.image_size, cfg.val_fraction, cfg.split_seed, with_test=True, log=log, val_fold=cfg.val_fold)
+        data = prepare_data(cfg.data_dir, cfg.image_size, cfg.val_fraction, cfg.split_seed, with_test=True, log=log, val_fold=cfg.val_fold, cv_folds=cfg.cv_folds)
     result = train(cfg, data, on_epoch=on_epoch, resume_from=args.checkpoint_dir if args.resume else None, log=log)
     if args.save_weights:
         Path(args.save_weights).parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,8 @@ from .config import AUGMENT_PATHS, AUGMENT_POLICIES, TrainConfig
 from .errors import UserError
 
 
-def add_data_options(parser: argparse.ArgumentParser) -> None:
+def add_data_options(parser: argparse.ArgumentParser, folds: bool = True) -> None:
+    """The data options; ``folds=False`` leaves out --val-fold and --cv-folds (a study chooses its own folds)."""
     d = TrainConfig()
     parser.add_argument("--data-dir", help="folder with train/<class>/ and test/<class>/ (default: download the book's hotdog.zip)")
     parser.add_argument("--weights", default=d.weights, help="imagenet, none (from scratch) or PATH to a resnet18 state dict (default: %(default)s)")
@@ -21,14 +22,24 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-fraction", type=float, default=d.val_fraction, help="share of train held out for validation (default: %(default)s)")
     parser.add_argument("--split-seed", type=int, default=d.split_seed,
                         help="which images form the validation split (stratified; default: %(default)s, the same split whatever --seed)")
-    parser.add_argument("--val-fold", type=int, default=d.val_fold,
-                        help="another disjoint validation split of the same size: 0 the usual one, 1, 2, ... the others (default: %(default)s)")
+    if folds:
+        add_fold_options(parser)
     parser.add_argument("--precision", default=d.precision, choices=["auto", "fp32", "bf16"],
                         help="auto: bf16 autocast where the hardware has it natively (default: %(default)s)")
     parser.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     parser.add_argument("--augment-path", default=d.augment_path, choices=AUGMENT_PATHS,
                         help="per-image: torchvision on the CPU, image by image; batched: whole batches on the device; "
                              "auto: batched on a GPU, per-image on a CPU (default: %(default)s)")
+
+
+def add_fold_options(parser: argparse.ArgumentParser) -> None:
+    d = TrainConfig()
+    parser.add_argument("--val-fold", type=int, default=d.val_fold,
+                        help="another disjoint validation split of the same size: 0 the usual one, 1, 2, ... the others; "
+                             "with --cv-folds, the part that validates (default: %(default)s)")
+    parser.add_argument("--cv-folds", type=int, default=d.cv_folds,
+                        help="stratified F-fold cross-validation instead of --val-fraction: train on F-1 parts, validate on "
+                             "part --val-fold; the confirmation stage's runs (default: %(default)s, a held-out split)")
 
 
 def add_hyperparameter_options(parser: argparse.ArgumentParser) -> None:

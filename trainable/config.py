@@ -31,7 +31,8 @@ class TrainConfig:
     image_size: int = 224  # training crop; evaluation is Resize(size*256/224) + CenterCrop(size)
     val_fraction: float = 0.1  # stratified share of train held out for validation; test never chooses anything
     split_seed: int = 0  # which images form the validation split; one value for a whole study (same images for every trial)
-    val_fold: int = 0  # another disjoint validation split of the same size (0: the usual one; the confirmation stage uses 1, 2, ...)
+    val_fold: int = 0  # another disjoint validation split of the same size (0: the usual one), or with cv_folds the validating part
+    cv_folds: int = 0  # 0: hold out val_fraction; F >= 2: stratified F-fold cross-validation (the confirmation stage's folds)
     # --- model ------------------------------------------------------------------------------------
     weights: str = "imagenet"  # "imagenet" (torchvision IMAGENET1K_V1), "none" (from scratch) or a state-dict path
     freeze_depth: int = 0  # leading stages frozen, of stem, layer1, layer2, layer3, layer4 (5: only the head trains)
@@ -56,6 +57,9 @@ class TrainConfig:
             (self.image_size >= 32, f"--image-size {self.image_size} is too small: use 32 or more"),
             (0 <= self.val_fraction < 1, f"--val-fraction {self.val_fraction} must be in [0, 1)"),
             (self.val_fold >= 0, f"--val-fold {self.val_fold} must be 0 or more"),
+            (self.cv_folds == 0 or self.cv_folds >= 2, f"--cv-folds {self.cv_folds} must be 0 (a held-out split) or 2 or more"),
+            (not self.cv_folds or self.val_fold < self.cv_folds,
+             f"--val-fold {self.val_fold} does not exist in {self.cv_folds}-fold cross-validation: use 0 to {self.cv_folds - 1}"),
             (0 <= self.freeze_depth <= 5, f"--freeze-depth {self.freeze_depth} must be 0-5"),
             (self.lr > 0, f"--lr {self.lr} must be positive"),
             (self.head_lr_mult > 0, f"--head-lr-mult {self.head_lr_mult} must be positive"),

@@ -249,9 +249,36 @@ def max_folds(labels: np.ndarray, fraction: float) -> int:
     return int(min((c - 1) // min(c - 1, max(1, round(c * fraction))) for c in counts))
 
 
-def split_fold(data: PreparedData, fraction: float, seed: int, fold: int) -> PreparedData:
-    """A prepared data set whose ``train`` holds every training image, split for validation fold ``fold``."""
-    train_idx, val_idx = stratified_split(data.train.labels, fraction, seed, fold)
+def kfold_split(labels: np.ndarray, folds: int, seed: int, fold: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val) of stratified ``folds``-fold cross-validation: each class, in a ``seed``ed order, is
+    cut into ``folds`` near-equal parts; part ``fold`` validates and the others train. Over the folds every
+    image validates exactly once (see ``max_cv_folds``)."""
+    if not 2 <= folds <= max_cv_folds(labels):
+        raise UserError(f"{folds} cross-validation folds do not fit: each fold needs an image of every class and the "
+                        f"smallest class has {max_cv_folds(labels)}; ask for 2 to {max_cv_folds(labels)}")
+    if not 0 <= fold < folds:
+        raise UserError(f"validation fold {fold} does not exist in {folds}-fold cross-validation: use 0 to {folds - 1}")
+    rng = np.random.default_rng(seed)
+    train_idx, val_idx = [], []
+    for label in np.unique(labels):
+        parts = np.array_split(rng.permutation(np.flatnonzero(labels == label)), folds)
+        val_idx.append(parts[fold])
+        train_idx.extend(part for k, part in enumerate(parts) if k != fold)
+    return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(val_idx))
+
+
+def max_cv_folds(labels: np.ndarray) -> int:
+    """The most cross-validation folds that give every fold an image of each class: the smallest class's size."""
+    counts = np.bincount(labels)
+    return int(counts[counts > 0].min())
+
+
+def split_fold(data: PreparedData, fraction: float, seed: int, fold: int, cv_folds: int = 0) -> PreparedData:
+    """A prepared data set whose ``train`` holds every training image, split for validation fold ``fold``: of
+    ``cv_folds``-fold cross-validation when ``cv_folds`` >= 2, else the disjoint holdout blocks of ``fraction``."""
+    labels = data.train.labels
+    train_idx, val_idx = (kfold_split(labels, cv_folds, seed, fold) if cv_folds
+                          else stratified_split(labels, fraction, seed, fold))
     return PreparedData(data.classes, data.stored_size, data.train.subset(train_idx), data.train.subset(val_idx),
                         data.test, data.skipped, data.root)
 
@@ -265,9 +292,11 @@ def prepare_data(
     log=None,
     val_fold: int = 0,
     min_per_class: int | None = None,
+    cv_folds: int = 0,
 ) -> PreparedData:
     """Find, check, decode (once) and split the data. ``val_fraction=0`` keeps all of train for training;
-    ``val_fold`` picks another disjoint validation split of the same size (0: the usual one); ``min_per_class``
+    ``val_fold`` picks another disjoint validation split of the same size (0: the usual one), or with
+    ``cv_folds`` >= 2 the part of stratified ``cv_folds``-fold cross-validation that validates; ``min_per_class``
     raises the readable images each class needs (default: 2 with a validation split, else 1)."""
     root, classes = check_layout(data_dir if data_dir is not None else fetch_hotdog(), need_test=with_test)
     size = stored_size(image_size)
@@ -295,7 +324,10 @@ def prepare_data(
         if modes:
             counts = ", ".join(f"{mode} x{n}" for mode, n in sorted(Counter(modes).items()))
             log(f"converted {len(modes)} image(s) to 8-bit RGB from other modes ({counts}): transparency on white, 16-bit scaled to 8-bit")
-    if val_fraction > 0:
+    if cv_folds:
+        train_idx, val_idx = kfold_split(train_all.labels, cv_folds, split_seed, val_fold)
+        train, val = train_all.subset(train_idx), train_all.subset(val_idx)
+    elif val_fraction > 0:
         train_idx, val_idx = stratified_split(train_all.labels, val_fraction, split_seed, val_fold)
         train, val = train_all.subset(train_idx), train_all.subset(val_idx)
     else:

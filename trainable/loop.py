@@ -220,7 +220,7 @@ def train(
     """
     cfg.validate()
     if data is None:
-        data = prepare_data(cfg.data_dir, cfg.image_size, cfg.val_fraction, cfg.split_seed, log=log, val_fold=cfg.val_fold)
+        data = prepare_data(cfg.data_dir, cfg.image_size, cfg.val_fraction, cfg.split_seed, log=log, val_fold=cfg.val_fold, cv_folds=cfg.cv_folds)
     device = resolve_device(cfg.device)
     with own_rng(device), thread_count(cfg.threads or available_cpus()):
         return _train(cfg, data, device, on_epoch, resume_from)
