@@ -30,3 +30,11 @@ def test_every_option_the_readme_names_exists():
     named = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]+)", prose))
     outside = {"--logdir", "--head", "--address", "--port", "--num-gpus"}  # ray start's and tensorboard's own
     assert named - known - outside == set(), sorted(named - known - outside)
+
+
+def test_the_readme_lists_confirm_parquets_columns_in_order():
+    from study.confirm import CONFIRM_TYPES
+
+    paragraph = README.read_text().split("`confirm.parquet`: ", 1)[1].split("\n\n", 1)[0]
+    listed = re.findall(r"`([a-z_]+)`", paragraph)
+    assert listed == list(CONFIRM_TYPES), listed
