@@ -70,7 +70,7 @@ class Paired:
     mean: float
     sd: float  # sd of the per-fold differences (ddof 1; NaN with one fold)
     n: int  # shared folds
-    t: float  # mean / se; se = sd / sqrt(n), or sqrt(2 * pooled variance / n); NaN with fewer than 2 folds
+    t: float  # mean / se; NaN with fewer than 2 folds
     t_crit: float  # t_{0.975, df}
     ci_low: float
     ci_high: float
@@ -78,6 +78,7 @@ class Paired:
     folds: list = field(default_factory=list)
     df: int = 0  # n - 1 paired; (configurations - 1) x (folds - 1) pooled
     pooled: bool = False
+    se: float = math.nan  # sd / sqrt(n) paired, sqrt(2 * pooled variance / n) pooled
 
 
 @dataclass
@@ -113,8 +114,8 @@ class Decision:
             else:
                 verdict = (f"beyond noise (|t| {abs(p.t):.2f} > {p.t_crit:.3f})" if p.beyond_noise
                            else f"within noise (|t| {abs(p.t):.2f} <= {p.t_crit:.3f})")
-            how = (f"se {(p.ci_high - p.ci_low) / (2 * p.t_crit):.3f} with the error pooled over {len(self.table)} "
-                   f"configurations ({p.df} df)" if p.pooled else f"paired sd {p.sd:.3f}")
+            how = (f"se {p.se:.3f} with the error pooled over {len(self.table)} configurations ({p.df} df)"
+                   if p.pooled else f"paired sd {p.sd:.3f}")
             spread = f", {how}, 95% CI {p.ci_low:+.3f} to {p.ci_high:+.3f}" if p.n > 1 else ""
             second = (f"vs the book's recipe (trial {self.baseline}): {p.mean:+.3f} over {p.n} shared fold(s)"
                       f"{spread}: {verdict}")
@@ -184,14 +185,11 @@ def decide(rows: pd.DataFrame, baseline: Hashable | None = None) -> Decision:
         n = len(values)
         mean = float(values.mean())
         sd = float(values.std(ddof=1)) if n > 1 else math.nan
-        if pooled:
-            se, half = math.sqrt(pooled[0] / n), t975(pooled[1]) * math.sqrt(pooled[0] / n)
-        else:
-            se = sd / math.sqrt(n) if n > 1 else math.nan
-            half = t975(n - 1) * se if n > 1 else math.nan
+        se, df = (math.sqrt(pooled[0] / n), pooled[1]) if pooled else (sd / math.sqrt(n), n - 1)  # NaN, 0 with one fold
+        half = t975(df) * se
         cost = group["seconds_per_epoch"].mean()  # NaN-skipping
         records.append(dict(config=config, folds=n, failed=int(group["failed"].sum()), mean=mean, sd=sd, se=se,
-                            ci_low=max(0.0, mean - half), ci_high=min(1.0, mean + half),  # an accuracy lies in [0, 1]
+                            ci_low=float(np.clip(mean - half, 0, 1)), ci_high=float(np.clip(mean + half, 0, 1)),  # NaN stays NaN
                             seconds_per_epoch=float(cost) if pd.notna(cost) else math.nan, _order=order[config]))
     table = pd.DataFrame(records)
     table["_cost"] = table["seconds_per_epoch"].fillna(math.inf)  # an unknown cost is never the cheaper one
@@ -229,10 +227,25 @@ def pooled_error(data: pd.DataFrame) -> tuple[float, int] | None:
     wide = data.pivot(index="config", columns="fold", values="val_acc")
     if wide.isna().to_numpy().any() or wide.shape[0] < 3 or wide.shape[1] < 2:
         return None
-    values = wide.to_numpy(dtype=float)
-    residual = values - values.mean(axis=1, keepdims=True) - values.mean(axis=0, keepdims=True) + values.mean()
-    df = (values.shape[0] - 1) * (values.shape[1] - 1)
-    return float((residual**2).sum() / df), df
+    s2, df = residual_variance(wide.to_numpy(dtype=float))
+    return float(s2), int(df)
+
+
+def residual_variance(values: np.ndarray, valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(s2, df) of configuration x fold tables ``values[..., C, F]``, over the configurations ``valid[..., C]``
+    (default all): the variance left once each configuration's and each fold's mean is taken out,
+    df = (configurations - 1)(F - 1) (floored at 1 in s2's divisor; callers need 3+ configurations)."""
+    if valid is None:
+        valid = np.ones(values.shape[:-1], dtype=bool)
+    w = valid[..., None]
+    count = valid.sum(axis=-1)
+    folds = values.shape[-1]
+    row_means = values.mean(axis=-1, keepdims=True)
+    fold_means = (values * w).sum(axis=-2, keepdims=True) / count[..., None, None]
+    grand = (values * w).sum(axis=(-2, -1)) / (count * folds)
+    residual = (values - row_means - fold_means + grand[..., None, None]) * w
+    df = (count - 1) * (folds - 1)
+    return (residual**2).sum(axis=(-2, -1)) / np.maximum(df, 1), df
 
 
 def paired(diffs: Sequence[float], folds: list | None = None, pooled: tuple[float, int] | None = None) -> Paired:
@@ -252,7 +265,7 @@ def paired(diffs: Sequence[float], folds: list | None = None, pooled: tuple[floa
     else:  # identical differences: no spread, a nonzero mean is as certain as it gets
         t = math.copysign(math.inf, mean) if mean != 0 else 0.0
     return Paired(mean, sd, n, t, crit, mean - crit * se, mean + crit * se, bool(abs(t) > crit), list(folds or []),
-                  df=df, pooled=bool(pooled))
+                  df=df, pooled=bool(pooled), se=se)
 
 
 # --- the Monte Carlo ---------------------------------------------------------------------------------------
@@ -438,9 +451,10 @@ def simulate(n_configs: int = 32, top_k: int = CONFIRM_TOP, folds: int = CONFIRM
         if reuse_study_fold or fold_val_images is not None or folds < 2:
             raise ValueError("simulate: k-fold confirmation has 2 or more folds of split_images / folds validation images "
                              "and reuses no study split")
-        fold_val = split_images // folds if val_images else 0  # val_images 0/None: exact measurements everywhere
+        fold_images = split_images // folds
+        fold_val = fold_images if val_images else 0  # val_images 0/None: exact measurements everywhere
     else:
-        fold_val = val_images if fold_val_images is None else fold_val_images
+        fold_val = fold_images = val_images if fold_val_images is None else fold_val_images
     if reuse_study_fold and fold_val != val_images:
         raise ValueError(f"simulate: folds of {fold_val} validation images cannot reuse the study's split of {val_images}: "
                          "pass reuse_study_fold=False")
@@ -507,14 +521,9 @@ def simulate(n_configs: int = 32, top_k: int = CONFIRM_TOP, folds: int = CONFIRM
     fold_mean = scores.mean(axis=2)
     fold_se = scores.std(axis=2, ddof=1) / math.sqrt(folds) if folds > 1 else np.zeros((R, C))
     # as ``decide``: with 3+ configurations on the same 2+ folds, the se pooled from the configuration x fold table
-    n_valid = valid.sum(axis=1)
     if folds > 1:
-        w = valid[..., None]
-        fold_means = (scores * w).sum(axis=1, keepdims=True) / n_valid[:, None, None]
-        grand = (scores * w).sum(axis=(1, 2)) / (n_valid * folds)
-        residual = (scores - fold_mean[..., None] - fold_means + grand[:, None, None]) * w
-        s2 = (residual**2).sum(axis=(1, 2)) / np.maximum((n_valid - 1) * (folds - 1), 1)
-        fold_se = np.where((n_valid >= 3)[:, None], np.sqrt(s2 / folds)[:, None], fold_se)
+        s2, _ = residual_variance(scores, valid)
+        fold_se = np.where((valid.sum(axis=1) >= 3)[:, None], np.sqrt(s2 / folds)[:, None], fold_se)
     cost_c = cost[rows[:, None], c]
     keyed_mean = np.where(valid, fold_mean, -np.inf)
     win_col = np.lexsort((np.broadcast_to(np.arange(C), (R, C)), cost_c, -keyed_mean), axis=1)[:, 0]
@@ -528,7 +537,7 @@ def simulate(n_configs: int = 32, top_k: int = CONFIRM_TOP, folds: int = CONFIRM
     def epoch_units(validating: int | None) -> float:
         return split_images - (validating or 0) + eval_cost * (validating or 0)
 
-    epoch_cost = epoch_units(split_images // folds if scheme == "kfold" else fold_val) / epoch_units(val_images)
+    epoch_cost = epoch_units(fold_images) / epoch_units(val_images)
     confirm_epochs = (((folds - reused) * E) * valid).sum(axis=1) * epoch_cost
     study_epochs = epochs_run.sum(axis=1)
     best_true = true.max(axis=1)

@@ -164,16 +164,20 @@ RERUN_SCHEMA = {  # as the README lists rerun.parquet's columns
     "data_dir": "large_string", "threads": "int64", "comparable_to_book": "bool"}
 
 
+def picked_by_default(folder: StudyFolder) -> pd.Series:
+    """The trial rerun and --export take without --rank: the confirmed winner, else rank 1."""
+    trials = pd.read_parquet(folder.trials)
+    winner = trials[trials.get("recommended", pd.Series(dtype=str)).fillna("").str.contains("winner")]
+    return winner.iloc[0] if len(winner) else trials[trials["rank"] == 1].iloc[0]
+
+
 def check_rerun(folder: StudyFolder, seeds: int, epochs: int) -> pd.DataFrame:
     import pyarrow.parquet as pq
 
     assert {f.name: str(f.type) for f in pq.read_schema(folder.path / "rerun.parquet")} == RERUN_SCHEMA
     table = pd.read_parquet(folder.path / "rerun.parquet")
     assert len(table) == seeds and list(table["seed"]) == list(range(seeds))
-    trials = pd.read_parquet(folder.trials)
-    winner = trials[trials.get("recommended", pd.Series(dtype=str)).fillna("").str.contains("winner")]
-    picked = int(winner["rank"].iloc[0]) if len(winner) else 1  # the confirmed winner by default, else rank 1
-    assert set(table["epochs"]) == {epochs} and set(table["rank"]) == {picked}
+    assert set(table["epochs"]) == {epochs} and set(table["rank"]) == {int(picked_by_default(folder)["rank"])}
     for p in PARAMS:
         assert p in table.columns
     base = TrainConfig.from_dict(folder.read_settings().base)
@@ -468,9 +472,9 @@ def test_real_study_analyze_rerun_export(real_study, tmp_path, capsys):
     assert trainable_main(["--config", str(target), "--epochs", "1"]) == 0
     out = capsys.readouterr().out
     printed = float(out.split("epoch 1/1  train loss ")[1].split()[0])
-    trials = pd.read_parquet(real_study.trials)
-    winner = trials[trials["recommended"].fillna("").str.contains("winner")]  # exported by default: the confirmed winner
-    number = int(winner["optuna_trial"].iloc[0])
+    picked = picked_by_default(real_study)
+    assert "winner" in str(picked["recommended"])  # the study ran its confirmation stage: --export takes its winner
+    number = int(picked["optuna_trial"])
     epochs = pd.read_parquet(real_study.epochs)
     in_study = epochs[(epochs["optuna_trial"] == number) & (epochs["epoch"] == 1)].iloc[0]
     assert printed == round(float(in_study["train_loss"]), 4), (printed, in_study["train_loss"])

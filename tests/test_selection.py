@@ -129,6 +129,13 @@ def test_ties_go_to_the_cheaper_config_and_paired_uses_shared_folds_only():
     assert d.versus_baseline.sd == 0 and d.versus_baseline.beyond_noise  # no spread at all
 
 
+def test_one_fold_has_no_interval_and_keeps_the_winner():
+    d = decide(frame({"X": [0.6], "Y": [0.5]}, {"X": 2.0, "Y": 1.0}))
+    x = d.row("X")
+    assert math.isnan(x["se"]) and math.isnan(x["ci_low"]) and math.isnan(x["ci_high"])  # not clipped to 0 and 1
+    assert d.one_se_pick == "X" and "one fold: no interval" in d.lines()[0]
+
+
 def test_decide_rejects_bad_rows():
     with pytest.raises(ValueError, match="lack column"):
         decide(pd.DataFrame({"config": [1], "fold": [0], "val_acc": [0.5]}), baseline=None)

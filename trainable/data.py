@@ -253,9 +253,10 @@ def kfold_split(labels: np.ndarray, folds: int, seed: int, fold: int) -> tuple[n
     """Indices (train, val) of stratified ``folds``-fold cross-validation: each class, in a ``seed``ed order, is
     cut into ``folds`` near-equal parts; part ``fold`` validates and the others train. Over the folds every
     image validates exactly once (see ``max_cv_folds``)."""
-    if not 2 <= folds <= max_cv_folds(labels):
+    most = max_cv_folds(labels)
+    if not 2 <= folds <= most:
         raise UserError(f"{folds} cross-validation folds do not fit: each fold needs an image of every class and the "
-                        f"smallest class has {max_cv_folds(labels)}; ask for 2 to {max_cv_folds(labels)}")
+                        f"smallest class has {most}; ask for 2 to {most}")
     if not 0 <= fold < folds:
         raise UserError(f"validation fold {fold} does not exist in {folds}-fold cross-validation: use 0 to {folds - 1}")
     rng = np.random.default_rng(seed)
@@ -273,12 +274,16 @@ def max_cv_folds(labels: np.ndarray) -> int:
     return int(counts[counts > 0].min())
 
 
+def split_indices(labels: np.ndarray, fraction: float, seed: int, fold: int = 0, cv_folds: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val) of validation fold ``fold``: of ``cv_folds``-fold cross-validation when ``cv_folds``
+    >= 2, else of the disjoint held-out blocks of ``fraction``."""
+    return kfold_split(labels, cv_folds, seed, fold) if cv_folds else stratified_split(labels, fraction, seed, fold)
+
+
 def split_fold(data: PreparedData, fraction: float, seed: int, fold: int, cv_folds: int = 0) -> PreparedData:
-    """A prepared data set whose ``train`` holds every training image, split for validation fold ``fold``: of
-    ``cv_folds``-fold cross-validation when ``cv_folds`` >= 2, else the disjoint holdout blocks of ``fraction``."""
-    labels = data.train.labels
-    train_idx, val_idx = (kfold_split(labels, cv_folds, seed, fold) if cv_folds
-                          else stratified_split(labels, fraction, seed, fold))
+    """A prepared data set whose ``train`` holds every training image, split for validation fold ``fold``
+    (``split_indices``)."""
+    train_idx, val_idx = split_indices(data.train.labels, fraction, seed, fold, cv_folds)
     return PreparedData(data.classes, data.stored_size, data.train.subset(train_idx), data.train.subset(val_idx),
                         data.test, data.skipped, data.root)
 
@@ -324,11 +329,8 @@ def prepare_data(
         if modes:
             counts = ", ".join(f"{mode} x{n}" for mode, n in sorted(Counter(modes).items()))
             log(f"converted {len(modes)} image(s) to 8-bit RGB from other modes ({counts}): transparency on white, 16-bit scaled to 8-bit")
-    if cv_folds:
-        train_idx, val_idx = kfold_split(train_all.labels, cv_folds, split_seed, val_fold)
-        train, val = train_all.subset(train_idx), train_all.subset(val_idx)
-    elif val_fraction > 0:
-        train_idx, val_idx = stratified_split(train_all.labels, val_fraction, split_seed, val_fold)
+    if cv_folds or val_fraction > 0:
+        train_idx, val_idx = split_indices(train_all.labels, val_fraction, split_seed, val_fold, cv_folds)
         train, val = train_all.subset(train_idx), train_all.subset(val_idx)
     else:
         train, val = train_all, None
