@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--selection", action="store_true",
                       help="simulate whole studies (no training) with known true accuracies: the expected regret of picking by one "
                            "validation accuracy against the confirmation stage, and the stage's extra compute (study.selection)")
-    p.add_argument("--selection-repeats", type=int, default=1000, help="--selection: simulated studies (default: %(default)s)")
+    p.add_argument("--selection-repeats", type=int, default=10000, help="--selection: simulated studies (default: %(default)s)")
     p.add_argument("--feed-window", type=float, default=None, help="--feed: seconds per measured window (default: 0.3; --tiny: 0.02)")
     p.add_argument("--seconds", type=float, default=None, help="--trials-per-gpu: seconds each process trains, all together (default: 30; --tiny: 2)")
     p.add_argument("--epoch-images", type=int, default=None,

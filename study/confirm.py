@@ -38,6 +38,11 @@ class Job:
     baseline: bool
     resume_dir: str | None = None
 
+    def tune_config(self, folds: int) -> dict:
+        """The run's Tune config: its hyperparameters, its fold, and a validation after the last epoch only (its score)."""
+        return {**self.params, "optuna_trial": self.number, "baseline": self.baseline, "val_fold": self.fold, "cv_folds": folds,
+                "val_last_only": True, "resume_dir": self.resume_dir}
+
 
 class ConfirmTable:
     """``confirm.parquet``: one row per (configuration, fold), written after every change."""
@@ -314,8 +319,7 @@ def run_stage(folder: StudyFolder, settings: StudySettings, tables: StudyTables,
         progress.note(f"confirmation: {len(numbers)} configuration(s) (trials {', '.join(map(str, numbers))}) on {folds} fold(s): "
                       f"{len(jobs)} run(s) to go, {concurrent} at a time")
         callback = ConfirmCallback(folder.path, tables, table, numbers, settings.storage, progress)
-        job_configs = [{**job.params, "optuna_trial": job.number, "baseline": job.baseline, "val_fold": job.fold, "cv_folds": folds,
-                        "resume_dir": job.resume_dir} for job in jobs]
+        job_configs = [job.tune_config(folds) for job in jobs]
         trainable = tune.with_resources(tune.with_parameters(run_confirm, data=all_data, base=settings.base), resources)
         tuner = tune.Tuner(
             trainable, param_space={"job": tune.grid_search(job_configs)},

@@ -122,3 +122,12 @@ def test_runs_on_other_folds_are_set_aside_not_mixed(tmp_path):
     assert len(list(folder.path.glob("confirm.parquet.*"))) == 1
     pd.DataFrame([{k: v for k, v in row.items() if k != "cv_folds"}]).to_parquet(folder.confirm)  # an older version's held-out folds
     assert ConfirmTable(folder, 3).rows == {} and len(list(folder.path.glob("confirm.parquet.*"))) == 2
+
+
+def test_a_confirmation_run_validates_after_its_last_epoch_only():
+    from study.adapter import trial_config
+    from study.confirm import Job
+
+    config = Job(3, 1, {"lr": 0.01, "freeze_depth": 2}, baseline=False).tune_config(folds=2)
+    cfg = trial_config({"epochs": 4, "weights": "none"}, config, threads=1, gpus=[])
+    assert (cfg.val_fold, cfg.cv_folds, cfg.val_last_only, cfg.lr, cfg.freeze_depth) == (1, 2, True, 0.01, 2)

@@ -38,3 +38,35 @@ def test_the_readme_lists_confirm_parquets_columns_in_order():
     paragraph = README.read_text().split("`confirm.parquet`: ", 1)[1].split("\n\n", 1)[0]
     listed = re.findall(r"`([a-z_]+)`", paragraph)
     assert listed == list(CONFIRM_TYPES), listed
+
+
+# The README's simulation table, row by row: the arguments each row changes (the rest are simulate's defaults).
+SELECTION_ROWS = {
+    "defaults:": {},
+    "top 3, 2 folds": dict(top_k=3),
+    "top 8, 2 folds": dict(top_k=8),
+    "top 5, 3 folds": dict(folds=3),
+    "a race: top 8": dict(top_k=8, finalists=3),
+    "the earlier design": dict(top_k=3, folds=3, scheme="holdout", reuse_study_fold=True, confirm_val_last_only=False),
+    "less early stopping (grace 2": dict(grace=2),
+    "grace 2 and a race": dict(grace=2, top_k=7, finalists=3),
+    "grace 3, rf 2": dict(grace=3, reduction_factor=2),
+    "ImageNet-like": dict(truth_mean=0.90, truth_sd=0.02, baseline_acc=0.93),
+}
+
+
+def test_the_readme_selection_table_is_what_the_simulation_gives():
+    from study.selection import simulate
+
+    table = README.read_text().split("| simulated study, 10,000 repeats each |", 1)[1].split("\n\n", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("|---")]
+    assert len(rows) == len(SELECTION_ROWS)
+    for line in rows:
+        label, *cells = [cell.strip() for cell in line.strip("|").split("|")]
+        (changes,) = [kw for start, kw in SELECTION_ROWS.items() if label.startswith(start)]
+        r = simulate(**changes)  # 10,000 repeats, seed 0, as the bench
+        expected = [f"{r['regret_single']:.4f}", f"{r['regret_confirmed']:.4f}", f"{r['regret_ratio']:.2f}",
+                    f"{r['extra_compute_fraction']:.2f}", f"{r['study_epochs']:.0f} + {r['confirm_epochs']:.0f}",
+                    f"{r['p_best_in_candidates']:.2f}"]
+        assert cells == expected, (label, cells, expected)
+        assert not r["goal_met"]  # the README says no row meets the goal

@@ -284,10 +284,29 @@ def test_extra_compute_is_the_hand_count():
     # the book's recipe among the top K: not counted twice
     r = simulate(top_k=3, folds=2, scheme="holdout", reuse_study_fold=True, **tiny)  # trials 1, 3, 0: one new run each
     assert r["confirm_epochs"] == 3 * 1 * 3
-    # k-fold: 3 configurations x 3 folds x 3 epochs, each epoch training on 1334 of the 2000 images and validating
-    # 666 (a third of a step each) where a study epoch (exact: no validation images here) trains on 2000
+    # k-fold: 3 configurations x 3 folds x 3 epochs, each epoch training on 1334 of the 2000 images and, in the
+    # last epoch only, validating 666 (a third of a step each), where a study epoch (exact: no validation
+    # images here) trains on 2000
     r = simulate(top_k=2, folds=3, **tiny)
+    assert r["confirm_epochs"] == pytest.approx(27 * (1334 + 666 / 3 / 3) / 2000)
+    r = simulate(top_k=2, folds=3, confirm_val_last_only=False, **tiny)  # validating after every epoch
     assert r["confirm_epochs"] == pytest.approx(27 * (1334 + 666 / 3) / 2000)
+    # a race: the top 3 (trials 1, 3 and the book's recipe 0) run fold 0; the best one of fold 0 besides the
+    # book's recipe (trial 1) and the recipe run folds 1 and 2: 3 + 2 x 2 runs
+    r = simulate(top_k=3, folds=3, finalists=1, **tiny)
+    assert r["confirm_epochs"] == pytest.approx(7 * 3 * (1334 + 666 / 9) / 2000)
+    assert r["p_best_in_finalists"] == 1 and r["regret_confirmed"] == 0
+
+
+def test_a_race_keeps_the_book_recipe_and_the_best_of_fold_0():
+    # exact values: fold 0 ranks the candidates by their truth, so the finalists are the true best of them
+    tiny = dict(n_configs=6, epochs=3, concurrent=1, repeats=3, truth=[0.6, 0.7, 0.55, 0.65, 0.62, 0.58], **EXACT)
+    full = simulate(top_k=5, folds=2, **tiny)
+    raced = simulate(top_k=5, folds=2, finalists=2, **tiny)
+    assert raced["regret_confirmed"] == full["regret_confirmed"] == 0 and raced["p_best_in_finalists"] == 1
+    # 5 runs of fold 0 (the book's recipe among the top 5), then 2 finalists and the book's recipe on fold 1
+    assert raced["confirm_epochs"] == pytest.approx(full["confirm_epochs"] * (5 + 3) / 10)
+    assert simulate(top_k=5, folds=2, finalists=5, **tiny)["confirm_epochs"] == full["confirm_epochs"]
 
 
 def test_same_seed_same_result():
@@ -307,6 +326,8 @@ def test_simulate_rejects_bad_input():
         simulate(scheme="bootstrap")
     with pytest.raises(ValueError, match="fold_score"):
         simulate(fold_score="mean")
+    with pytest.raises(ValueError, match="finalists"):
+        simulate(finalists=0)
 
 
 def test_run_selection_writes_json_and_prints(tmp_path):
@@ -323,7 +344,12 @@ def test_run_selection_writes_json_and_prints(tmp_path):
     defaults = build_parser().parse_args([])  # the simulation runs at the study's own defaults
     assert written["inputs"]["top_k"] == defaults.confirm_top == 5 and written["inputs"]["folds"] == defaults.confirm_folds == 2
     assert written["inputs"]["scheme"] == "kfold" and defaults.grace_epochs == written["inputs"]["grace"]
+    from study.confirm import Job  # the stage validates its runs as the simulation costs them
+
+    assert written["inputs"]["confirm_val_last_only"] is Job(0, 0, {}, False).tune_config(2)["val_last_only"] is True
+    assert written["inputs"]["finalists"] is None  # the stage does not race
+    assert result["regret_candidates_floor"] <= result["regret_confirmed"]  # no judge of the candidates beats a perfect one
     console = Console(record=True, width=200)
     sel.print_selection(result, console)
     text = console.export_text()
-    assert "regret, single validation" in text and "extra compute" in text and "goal" in text
+    assert "regret, single validation" in text and "extra compute" in text and "goal" in text and "(the floor)" in text

@@ -371,6 +371,19 @@ def test_cli_config_file_and_flag_override(tiny_image_folder, tmp_path, capsys):
     assert code == 2 and err.startswith("error: unknown config keys ['learning_rate']") and err.count("\n") == 1
 
 
+def test_a_config_file_flag_must_be_true_or_false(tmp_path):
+    cfg_file = tmp_path / "cfg.json"
+    cfg_file.write_text(json.dumps({"val_last_only": True, "epochs": 2}))
+    assert TrainConfig.from_json(cfg_file).val_last_only is True
+    for wrong in ("yes", 1):
+        cfg_file.write_text(json.dumps({"val_last_only": wrong}))
+        with pytest.raises(UserError, match="val_last_only is .* but must be true or false"):
+            TrainConfig.from_json(cfg_file)
+    cfg_file.write_text(json.dumps({"epochs": True}))  # and a number is no flag
+    with pytest.raises(UserError, match="epochs is true but must be a whole number"):
+        TrainConfig.from_json(cfg_file)
+
+
 # --- 8. the torchvision import fix ----------------------------------------------------------------------
 def test_fresh_process_imports_trainable_then_torchvision_models():
     script = (
@@ -490,3 +503,18 @@ def test_a_checkpoint_says_its_epoch_without_loading_the_model(tiny_data, tmp_pa
     meta = json.loads((tmp_path / "e2" / "meta.json").read_text())
     assert meta["bytes"] == (tmp_path / "e2" / "state.pt").stat().st_size
     assert Checkpoint.epoch(tmp_path / "missing") is None
+
+
+def test_val_last_only_validates_once_and_scores_the_last_epoch_alike(tiny_data, monkeypatch):
+    import trainable.loop as loop
+
+    every = train(tiny_config(epochs=3), tiny_data)
+    calls = []
+    real = loop.evaluate
+    monkeypatch.setattr(loop, "evaluate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    last = train(tiny_config(epochs=3, val_last_only=True), tiny_data)
+    assert len(calls) == 1  # the confirmation's runs pay for one validation pass, not one per epoch
+    assert [math.isnan(m.val_acc) for m in last.history] == [True, True, False]
+    # validating consumes no randomness: the same weights, so the same last epoch
+    assert last.history[-1].val_acc == every.history[-1].val_acc and last.history[-1].val_loss == every.history[-1].val_loss
+    assert [m.train_loss for m in last.history] == [m.train_loss for m in every.history]

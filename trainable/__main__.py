@@ -72,9 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.checkpoint_dir:
             save(args.checkpoint_dir)
         flag = "  DIVERGED (loss is NaN/inf)" if m.diverged else ""
+        val = "not validated" if math.isnan(m.val_acc) and not m.diverged else f"val loss {m.val_loss:.4f} acc {m.val_acc:.3f}"
         print(
             f"epoch {m.epoch}/{cfg.epochs}  train loss {m.train_loss:.4f} acc {m.train_acc:.3f}  "
-            f"val loss {m.val_loss:.4f} acc {m.val_acc:.3f}  {m.seconds:.1f}s  {m.images_per_s:.1f} img/s{flag}",
+            f"{val}  {m.seconds:.1f}s  {m.images_per_s:.1f} img/s{flag}",
             flush=True,
         )
 

@@ -40,6 +40,8 @@ def add_fold_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cv-folds", type=int, default=d.cv_folds,
                         help="stratified F-fold cross-validation instead of --val-fraction: train on F-1 parts, validate on "
                              "part --val-fold; the confirmation stage's runs (default: %(default)s, a held-out split)")
+    parser.add_argument("--val-last-only", action="store_true",
+                        help="validate after the last epoch only (the confirmation stage's runs: they are scored by it)")
 
 
 def add_hyperparameter_options(parser: argparse.ArgumentParser) -> None:

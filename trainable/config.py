@@ -33,6 +33,7 @@ class TrainConfig:
     split_seed: int = 0  # which images form the validation split; one value for a whole study (same images for every trial)
     val_fold: int = 0  # another disjoint validation split of the same size (0: the usual one), or with cv_folds the validating part
     cv_folds: int = 0  # 0: hold out val_fraction; F >= 2: stratified F-fold cross-validation (the confirmation stage's folds)
+    val_last_only: bool = False  # validate after the last epoch only: a run scored by its end need not pay for the others
     # --- model ------------------------------------------------------------------------------------
     weights: str = "imagenet"  # "imagenet" (torchvision IMAGENET1K_V1), "none" (from scratch) or a state-dict path
     freeze_depth: int = 0  # leading stages frozen, of stem, layer1, layer2, layer3, layer4 (5: only the head trains)
@@ -105,10 +106,12 @@ class TrainConfig:
         return cls.from_dict(values)
 
 
-_KINDS = {"str": "a string", "str|None": "a string or null", "int": "a whole number", "float": "a number"}
+_KINDS = {"str": "a string", "str|None": "a string or null", "bool": "true or false", "int": "a whole number", "float": "a number"}
 
 
 def _kind(default) -> str:
+    if isinstance(default, bool):
+        return "bool"
     return "str|None" if default is None else "str" if isinstance(default, str) else "int" if isinstance(default, int) else "float"
 
 
@@ -117,6 +120,6 @@ def _fits(value, default) -> bool:
     kind = _kind(default)
     if kind.startswith("str"):
         return isinstance(value, str) or (value is None and kind == "str|None")
-    if isinstance(value, bool):
-        return False
+    if isinstance(value, bool) or kind == "bool":
+        return isinstance(value, bool) and kind == "bool"
     return isinstance(value, int) if kind == "int" else isinstance(value, (int, float))

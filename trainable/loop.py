@@ -292,7 +292,7 @@ def _train(cfg: TrainConfig, data: PreparedData, device: torch.device, on_epoch,
         train_seconds = time.perf_counter() - t0
         # The last step may have blown the weights up though its own loss was finite: no later epoch recovers.
         diverged = diverged or not all(torch.isfinite(p).all() for p in model.parameters())
-        if diverged or val_data is None:
+        if diverged or val_data is None or (cfg.val_last_only and epoch < cfg.epochs):
             val_loss, val_acc = math.nan, math.nan
         else:
             val_loss, val_acc = evaluate(model, val_data, cfg, device, bf16, channels_last)
