@@ -245,6 +245,12 @@ def test_zero_noise_means_zero_regret():
     assert r["p_best_single"] == 1 and r["p_best_completed"] == 1
 
 
+def test_confirm_seed_sd_is_the_confirmation_runs_own_noise():
+    quiet_study = simulate(repeats=300, seed=1, confirm_seed_sd=0.05, **EXACT)  # exact study, noisy confirmation
+    assert quiet_study["regret_single"] == 0 < quiet_study["regret_confirmed"]
+    assert simulate(repeats=300, seed=1, confirm_seed_sd=0.0, **EXACT)["regret_confirmed"] == 0
+
+
 def test_big_noise_gives_single_validation_regret():
     r = simulate(repeats=400, seed=1, val_images=20, seed_sd=0.05)
     assert r["regret_single"] > 3 * r["regret_single_se"] > 0
