@@ -174,6 +174,8 @@ def start_ray(address: str | None, log_to_driver: bool = False) -> None:
         check_reachable(address)
     else:
         reaper.spawn()  # ends this driver's local Ray processes even if it is killed hard
+    if log_to_driver and not sys.stdout.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # workers' lines reach a file or pipe: no ANSI colour codes in it
     kwargs = dict(logging_level=logging.ERROR, log_to_driver=log_to_driver, configure_logging=True)
     try:
         if address:

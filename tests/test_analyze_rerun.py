@@ -462,6 +462,7 @@ def test_real_study_analyze_rerun_export(real_study, tmp_path, capsys):
     assert rerun_mod.main([str(real_study.path), "--seeds", "2", "--epochs", "1", "--parallel"]) == 0
     out = capsys.readouterr().out
     assert "2 seed(s) as Ray tasks" in out and "seed 0 epoch 1/1: train loss" in out and "seed 1 epoch 1/1: train loss" in out
+    assert "(run_seed pid=" in out and "\x1b[" not in out  # the workers' lines, uncoloured where stdout is no terminal
     parallel = check_rerun(real_study, seeds=2, epochs=1)
     assert list(parallel["train_loss"]) == list(sequential["train_loss"]) and list(parallel["test_acc"]) == list(sequential["test_acc"])
 
