@@ -10,7 +10,6 @@ is freed.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from ray import tune
 
 from . import faults
 from .adapter import disk_full
-from .layout import LOGS_DIR, write_text_atomic
+from .layout import LOGS_DIR, drop_checkpoints, write_text_atomic
 from .progress import Progress
 from .results import StudyTables
 
@@ -78,9 +77,7 @@ class StudyCallback(tune.Callback):
         previous = self.tables.on_result(number, trial.trial_id, trial.config, {**result, "ended_at": time.time()},
                                          trial_dir=trial_location(trial, self.storage))
         self._write()
-        if previous and "://" not in previous:  # an earlier run's folder of this sample: its checkpoint is superseded
-            for folder in Path(previous).glob("checkpoint_*"):
-                shutil.rmtree(folder, ignore_errors=True)
+        drop_checkpoints(previous)  # an earlier run's folder of this sample: its checkpoint is superseded
         self.progress.update(self.tables)
         faults.at("result")
 
@@ -137,10 +134,7 @@ class StudyCallback(tune.Callback):
     def _drop_checkpoints(self, trial) -> None:
         """A finished trial never resumes: its checkpoint (45 MB for ResNet18) goes, so a study holds only those of
         the trials running (what the start-up free-space check counts)."""
-        where = trial_location(trial, self.storage)
-        if where and "://" not in where:
-            for folder in Path(where).glob("checkpoint_*"):
-                shutil.rmtree(folder, ignore_errors=True)
+        drop_checkpoints(trial_location(trial, self.storage))
 
     def _stop_for_disk(self, where: str, what: str) -> None:
         """Stop the study as Ctrl-C does: Ray's own handler ends the trials and keeps their checkpoints."""

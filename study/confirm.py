@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import faults
-from .layout import StudyFolder, StudySettings, isnan, set_aside, typed, write_parquet_atomic
+from .layout import StudyFolder, StudySettings, drop_checkpoints, isnan, set_aside, typed, write_parquet_atomic
 from .results import StudyTables
 
 CONFIRM_TYPES = {"optuna_trial": "int64", "baseline": "bool", "fold": "int64", "cv_folds": "int64", "status": "str",
@@ -192,11 +192,7 @@ class ConfirmCallback:
         row = self._row(trial)
         if not result.get("replayed") and where and row.get("trial_dir") != where:
             previous, row["trial_dir"] = row.get("trial_dir"), where  # its newest checkpoint is there now
-            if previous and not isnan(previous) and "://" not in str(previous):
-                import shutil
-
-                for folder in Path(previous).glob("checkpoint_*"):
-                    shutil.rmtree(folder, ignore_errors=True)
+            drop_checkpoints(previous)
         self._summarise(key)
         self._write()
 
@@ -218,12 +214,7 @@ class ConfirmCallback:
         number, fold = key
         self.progress.note(f"confirmation: trial {number} fold {fold}: {row['status']}"
                            + (f", val acc {row['val_acc']:.3f}" if row["status"] == "completed" else f" ({error})" if error else ""))
-        where = row.get("trial_dir")
-        if where and not isnan(where) and "://" not in str(where):  # a finished run never resumes: its checkpoint goes
-            import shutil
-
-            for folder in Path(where).glob("checkpoint_*"):
-                shutil.rmtree(folder, ignore_errors=True)
+        drop_checkpoints(row.get("trial_dir"))  # a finished run never resumes
         faults.at("confirm_ended")
 
     def _summarise(self, key: tuple[int, int]) -> None:

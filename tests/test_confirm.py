@@ -131,3 +131,17 @@ def test_a_confirmation_run_validates_after_its_last_epoch_only():
     config = Job(3, 1, {"lr": 0.01, "freeze_depth": 2}, baseline=False).tune_config(folds=2)
     cfg = trial_config({"epochs": 4, "weights": "none"}, config, threads=1, gpus=[])
     assert (cfg.val_fold, cfg.cv_folds, cfg.val_last_only, cfg.lr, cfg.freeze_depth) == (1, 2, True, 0.01, 2)
+
+
+def test_drop_checkpoints_empties_a_local_trial_folder_only(tmp_path):
+    from study.layout import drop_checkpoints
+
+    trial = tmp_path / "trial"
+    for name in ("checkpoint_000001", "checkpoint_000002"):
+        (trial / name).mkdir(parents=True)
+        (trial / name / "state.pt").write_bytes(b"x")
+    (trial / "params.json").write_text("{}")
+    drop_checkpoints(str(trial))
+    assert sorted(p.name for p in trial.iterdir()) == ["params.json"]  # the trial's other files stay
+    for nothing in (None, float("nan"), "", "s3://bucket/trial", str(tmp_path / "gone")):
+        drop_checkpoints(nothing)  # no folder, or a remote one: nothing to do, no error
