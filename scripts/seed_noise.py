@@ -21,10 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from trainable.config import TrainConfig  # noqa: E402
-from trainable.errors import UserError  # noqa: E402
+from trainable.config import TrainConfig
+from trainable.errors import UserError
 
 SPLITS = {"cv fold 0": (2, 0), "cv fold 1": (2, 1), "held out": (0, 0)}  # (cv_folds, val_fold)
 
@@ -33,15 +31,11 @@ def answers(cfg: TrainConfig, data) -> np.ndarray:
     """Train ``cfg`` and return 1/0 per validation image: right or wrong after the last epoch."""
     import torch
 
-    from trainable.loop import center_crop, normalize, to_device, train
+    from trainable.loop import eval_logits, train
 
-    model = train(cfg, data).model.eval()
-    cpu = torch.device("cpu")
-    images, labels = to_device(data.val, cpu)
-    with torch.inference_mode():
-        predicted = torch.cat([model(normalize(center_crop(images[ix], cfg.image_size), cpu, True)).argmax(1)
-                               for ix in torch.arange(len(labels)).split(256)])
-    return (predicted == labels).numpy().astype(int)
+    model = train(cfg, data).model
+    right = [logits.argmax(1) == y for logits, y in eval_logits(model, data.val, cfg, torch.device("cpu"), False, True)]
+    return torch.cat(right).numpy().astype(int)
 
 
 def summarise(runs: np.ndarray) -> dict:

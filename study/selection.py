@@ -535,28 +535,26 @@ def simulate(n_configs: int = 32, top_k: int = CONFIRM_TOP, folds: int = CONFIRM
     study_score = (values[rows[:, None], c, -1] if fold_score == "last" else best_val[rows[:, None], c])
     scores[:, :, 0] = np.where(reused, study_score, scores[:, :, 0])
     # a race: after fold 0 only the best ``finalists`` of the top K (and the book's recipe) run the other folds
-    base_c = valid & (c == 0)
-    finalist = valid.copy()
+    final = valid  # the candidates that run every fold: all of them, unless they race
     if finalists is not None and folds > 1:
+        base_c = valid & (c == 0)
         first = np.where(valid & ~base_c, scores[:, :, 0], -np.inf)
         order = np.lexsort((np.broadcast_to(np.arange(C), (R, C)), -first), axis=1)  # ties to the study's order
         place = np.empty_like(order)
         place[rows[:, None], order] = np.arange(C)
-        finalist = valid & (base_c | (place < finalists))
-    valid_all = valid
-    valid = finalist
+        final = valid & (base_c | (place < finalists))
     fold_mean = scores.mean(axis=2)
     fold_se = scores.std(axis=2, ddof=1) / math.sqrt(folds) if folds > 1 else np.zeros((R, C))
     # as ``decide``: with 3+ configurations on the same 2+ folds, the se pooled from the configuration x fold table
     if folds > 1:
-        s2, _ = residual_variance(scores, valid)
-        fold_se = np.where((valid.sum(axis=1) >= 3)[:, None], np.sqrt(s2 / folds)[:, None], fold_se)
+        s2, _ = residual_variance(scores, final)
+        fold_se = np.where((final.sum(axis=1) >= 3)[:, None], np.sqrt(s2 / folds)[:, None], fold_se)
     cost_c = cost[rows[:, None], c]
-    keyed_mean = np.where(valid, fold_mean, -np.inf)
+    keyed_mean = np.where(final, fold_mean, -np.inf)
     win_col = np.lexsort((np.broadcast_to(np.arange(C), (R, C)), cost_c, -keyed_mean), axis=1)[:, 0]
     confirmed = c[rows, win_col]
     bar = fold_mean[rows, win_col] - fold_se[rows, win_col]
-    inside = valid & (fold_mean >= bar[:, None] - 1e-12)
+    inside = final & (fold_mean >= bar[:, None] - 1e-12)
     one_se_col = np.argmin(np.where(inside, cost_c, np.inf), axis=1)
     one_se = c[rows, one_se_col]
 
@@ -567,7 +565,7 @@ def simulate(n_configs: int = 32, top_k: int = CONFIRM_TOP, folds: int = CONFIRM
     # a confirmation run scored by its last epoch validates only then (trainable's val_last_only)
     fold_epoch = epoch_units(fold_images) - (1 - 1 / E) * eval_cost * fold_images * confirm_val_last_only
     epoch_cost = fold_epoch / epoch_units(val_images)
-    runs = valid_all.sum(axis=1) + (valid.sum(axis=1) * (folds - 1)) - reused.sum(axis=1)
+    runs = valid.sum(axis=1) + final.sum(axis=1) * (folds - 1) - reused.sum(axis=1)  # fold 0 for all, the rest for the final
     confirm_epochs = runs * E * epoch_cost
     study_epochs = epochs_run.sum(axis=1)
     best_true = true.max(axis=1)
@@ -592,11 +590,11 @@ def simulate(n_configs: int = 32, top_k: int = CONFIRM_TOP, folds: int = CONFIRM
     out["full_study_epochs"] = n * E
     out["p_best_single"] = float(is_best[rows, single].mean())
     out["p_best_confirmed"] = float(is_best[rows, confirmed].mean())
-    out["p_best_in_candidates"] = float((is_best[rows[:, None], c] & valid_all).any(axis=1).mean())
-    out["p_best_in_finalists"] = float((is_best[rows[:, None], c] & valid).any(axis=1).mean())
+    out["p_best_in_candidates"] = float((is_best[rows[:, None], c] & valid).any(axis=1).mean())
+    out["p_best_in_finalists"] = float((is_best[rows[:, None], c] & final).any(axis=1).mean())
     out["p_best_completed"] = float((is_best & (epochs_run >= E)).any(axis=1).mean())
     # the floor of any confirmation of these candidates: the best true accuracy among them (infinitely many folds)
-    out["regret_candidates_floor"] = float((best_true - np.where(valid_all, true_c, -np.inf).max(axis=1)).mean())
+    out["regret_candidates_floor"] = float((best_true - np.where(valid, true_c, -np.inf).max(axis=1)).mean())
     out["single_val"] = float(best_val[rows, single].mean())  # the study's optimistic best validation
     out["single_true"] = float(true[rows, single].mean())
     out["confirmed_true"] = float(true[rows, confirmed].mean())

@@ -18,7 +18,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -188,21 +188,29 @@ def to_device(split: Split, device: torch.device) -> tuple[torch.Tensor, torch.T
     return images, labels
 
 
-def evaluate(model: nn.Module, split: Split | tuple[torch.Tensor, torch.Tensor], cfg: TrainConfig, device: torch.device,
-             bf16: bool, channels_last: bool) -> tuple[float, float]:
-    """Mean loss and accuracy on a split (a ``Split`` or its tensors from ``to_device``), centre-cropped."""
+def eval_logits(model: nn.Module, split: Split | tuple[torch.Tensor, torch.Tensor], cfg: TrainConfig, device: torch.device,
+                bf16: bool, channels_last: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(float logits, labels) batch by batch of a split (a ``Split`` or its tensors from ``to_device``),
+    centre-cropped, the model in eval mode, without autograd."""
     model.eval()
     images, labels = to_device(split, device) if isinstance(split, Split) else split
-    total_loss = torch.zeros((), device=device, dtype=torch.float64)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         for index in torch.arange(len(labels), device=labels.device).split(max(cfg.batch_size, 256)):  # eval mode takes a batch of 1 too
             x = normalize(center_crop(images[index], cfg.image_size), device, channels_last)
-            y = labels[index].to(device)
-            logits = model(x).float()
-            total_loss += nn.functional.cross_entropy(logits, y, reduction="sum")
-            correct += (logits.argmax(1) == y).sum()
-    n = max(len(labels), 1)
+            yield model(x).float(), labels[index].to(device)
+
+
+def evaluate(model: nn.Module, split: Split | tuple[torch.Tensor, torch.Tensor], cfg: TrainConfig, device: torch.device,
+             bf16: bool, channels_last: bool) -> tuple[float, float]:
+    """Mean loss and accuracy on a split (``eval_logits``); sums stay on the device until the end."""
+    total_loss = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    n = 0
+    for logits, y in eval_logits(model, split, cfg, device, bf16, channels_last):
+        total_loss += nn.functional.cross_entropy(logits, y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+        n += len(y)
+    n = max(n, 1)
     return total_loss.item() / n, correct.item() / n
 
 
