@@ -12,6 +12,7 @@ import math
 import os
 import socket
 import time
+import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -29,6 +30,7 @@ REPORT_FILE = "report.html"
 FIGURES_DIR = "figures"
 LOGS_DIR = "logs"
 LOCK_FILE = ".lock"
+RERUN_LOCK_FILE = ".rerun.lock"  # held while a rerun merges its rows into rerun.parquet
 DRIVER_FILE = ".driver.json"  # who holds the lock: pid, host, since
 
 # --- shared constants ----------------------------------------------------------------------------------
@@ -92,10 +94,16 @@ def storage_url(path: str | Path) -> str:
     return f"sqlite:///{Path(path).resolve()}"
 
 
+def temp_beside(path: Path) -> Path:
+    """A temporary name beside ``path`` that no other writer uses: two processes writing one file at once
+    (two reruns, two analyses) must each replace it whole, never write into one shared temporary."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Replace ``path`` with ``text``: a reader or a crash sees the old file or the new one, never half.
     A failed write (a full disk) leaves the old file and no temporary behind."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temp_beside(path)
     try:
         tmp.write_text(text)
         os.replace(tmp, path)
@@ -105,7 +113,7 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def write_parquet_atomic(frame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temp_beside(path)
     try:
         frame.to_parquet(tmp, index=False)
         os.replace(tmp, path)

@@ -29,8 +29,8 @@ from trainable import TrainConfig, UserError
 from trainable.cli import run_main
 
 from .layout import (BOOK_CLASSES, BOOK_FIGURE, BOOK_TEST_IMAGES, BOOK_TRAIN_IMAGES, HYPERPARAMETERS, RERUN_DIR,
-                     RERUN_FILE, StudyFolder, StudySettings, find_study, fmt, isnan, plain, typed, write_parquet_atomic,
-                     write_text_atomic)
+                     RERUN_FILE, RERUN_LOCK_FILE, StudyFolder, StudySettings, find_study, fmt, isnan, plain, temp_beside, typed,
+                     write_parquet_atomic, write_text_atomic)
 
 # TrainConfig fields and the flags of python -m trainable that set them: every one that shapes the numbers.
 TRAINABLE_FLAGS = ("data_dir", "weights", "epochs", "image_size", "batch_size", "val_fraction", "split_seed", "precision", "device",
@@ -174,7 +174,7 @@ def run_seed(cfg: TrainConfig, data, weights_path: str, progress: bool = False) 
         row["test_loss"], row["test_acc"] = evaluate(result.model, data.test, cfg, device, use_bf16(cfg.precision, device), True)
         path = Path(weights_path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
+        tmp = temp_beside(path)
         torch.save({k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}, tmp)
         os.replace(tmp, path)
         row["weights_file"] = str(path)
@@ -199,15 +199,21 @@ def _row(chosen: Chosen, result: dict, comparable: bool) -> dict:
 
 
 def write_rerun(folder: StudyFolder, chosen: Chosen, rows: list[dict]) -> Path:
-    """``rerun.parquet``: this trial's rows replace its earlier ones; other trials' rows stay. Atomic."""
+    """``rerun.parquet``: this trial's rows replace its earlier ones; other trials' rows stay. Atomic.
+
+    The read-merge-write holds a lock, so that reruns of two ranks at once (two terminals) keep each other's rows.
+    """
+    from filelock import FileLock
+
     path = folder.path / RERUN_FILE
     new = pd.DataFrame(rows, columns=list(RERUN_TYPES))
-    if path.is_file():
-        old = pd.read_parquet(path)
-        old = old[old["optuna_trial"] != chosen.row.get("optuna_trial")].reindex(columns=list(RERUN_TYPES))
-        new = pd.concat([old, new], ignore_index=True) if len(old) else new
-    new = new.sort_values(["rank", "seed"]).reset_index(drop=True).astype(RERUN_TYPES)
-    write_parquet_atomic(new, path)
+    with FileLock(str(folder.path / RERUN_LOCK_FILE)):
+        if path.is_file():
+            old = pd.read_parquet(path)
+            old = old[old["optuna_trial"] != chosen.row.get("optuna_trial")].reindex(columns=list(RERUN_TYPES))
+            new = pd.concat([old, new], ignore_index=True) if len(old) else new
+        new = new.sort_values(["rank", "seed"]).reset_index(drop=True).astype(RERUN_TYPES)
+        write_parquet_atomic(new, path)
     return path
 
 

@@ -29,7 +29,7 @@ from study import rerun as rerun_mod
 from study.layout import StudyFolder, StudySettings, storage_url
 from study.results import StudyTables
 from study.space import BASELINE, DEFAULT_SPACE, to_distributions
-from trainable import TrainConfig, UserError, evaluate, prepare_data
+from trainable import TrainConfig, evaluate, prepare_data
 from trainable.cli import run_main
 from trainable.loop import resolve_device, use_bf16
 from trainable.model import build_model
@@ -405,6 +405,32 @@ def test_rerun_trains_each_seed_and_saves_weights(fake, capsys):
     # the report shows the final evaluation
     analyze_mod.main([str(fake.path)])
     assert "test accuracy <b>" in (fake.path / "report.html").read_text()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+WRITE_RERUN_ROWS = """
+import sys, types
+from study.layout import StudyFolder
+from study.rerun import RERUN_TYPES, write_rerun
+folder, trial = StudyFolder(sys.argv[1]), int(sys.argv[2])
+blank = {"int64": 1, "float64": 0.5, "bool": False, "str": "x"}
+rows = []
+for seed in range(40):  # as a rerun does after every seed
+    rows.append({**{k: blank[t] for k, t in RERUN_TYPES.items()}, "optuna_trial": trial, "rank": trial + 1, "seed": seed})
+    write_rerun(folder, types.SimpleNamespace(row={"optuna_trial": trial}), rows)
+"""
+
+
+def test_reruns_of_three_ranks_at_once_keep_each_others_rows(tmp_path):
+    # Three terminals rerunning three ranks of one study: each merge into rerun.parquet must see the others'
+    # rows. Without the lock and the writers' own temporaries, rows were lost and the file was left damaged.
+    procs = [subprocess.Popen([sys.executable, "-c", WRITE_RERUN_ROWS, str(tmp_path), str(trial)], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for trial in range(3)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outs
+    table = pd.read_parquet(tmp_path / "rerun.parquet")
+    assert table.groupby("optuna_trial")["seed"].apply(sorted).to_dict() == {t: list(range(40)) for t in range(3)}
+    assert not list(tmp_path.glob("*.tmp")), "no temporary left behind"
 
 
 def test_book_figure_only_where_the_run_is_the_books_setting():

@@ -92,6 +92,31 @@ def test_two_drivers_on_one_name_one_refused(images, tmp_path):
     assert_exact(results / "race", "race", 2)
 
 
+def test_drivers_probing_one_results_folder_at_once_do_not_fail_each_other(tmp_path):
+    # The race behind the test above, made frequent: each probe of a writable folder must be its own file, or
+    # one driver deletes the other's probe and is refused with "cannot write results" (seen in CI).
+    import threading
+
+    from trainable.cli import check_output_folder
+    from trainable.errors import UserError
+
+    errors = []
+
+    def probe():
+        for _ in range(300):
+            try:
+                check_output_folder(tmp_path, "--results-dir", holds="results", kind="folder")
+            except UserError as exc:
+                errors.append(str(exc))
+
+    threads = [threading.Thread(target=probe) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and list(tmp_path.iterdir()) == [], (errors[:1], list(tmp_path.iterdir()))
+
+
 def test_a_second_driver_while_the_first_runs_is_refused(images, tmp_path):
     results = tmp_path / "r"
     first = subprocess.Popen([sys.executable, "-m", "study.run", *study_args(images, results, "busy", 2, 3)], cwd=ROOT,

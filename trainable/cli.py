@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -64,9 +65,9 @@ def check_output_folder(folder: str | Path, option: str, holds: str = "", kind: 
     folder = Path(folder).expanduser()
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
+        # A probe of its own: two drivers started at once on one folder must not delete each other's.
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
     except OSError as exc:
         what = f"{holds} to" if holds else "to"
         raise UserError(f"cannot write {what} {folder} ({exc.strerror or exc}): pass {option} a writable {kind}") from None
