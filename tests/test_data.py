@@ -4,6 +4,7 @@ the bad-data paths of the real CLI (one ``error:`` line, exit 2), and the archiv
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 import zipfile
@@ -383,7 +384,7 @@ def test_fetch_hotdog_downloads_verifies_and_extracts(tmp_path):
     assert sorted(p.relative_to(data).as_posix() for p in data.rglob("*.png"))[:2] == ["test/hotdog/0.png", "test/hotdog/1.png"]
     assert len(list(data.rglob("*.png"))) == 10
     assert (root / "hotdog.zip").read_bytes() == archive.read_bytes()
-    assert sorted(p.name for p in root.iterdir()) == ["hotdog", "hotdog.zip"], "no staging or partial files left"
+    assert sorted(p.name for p in root.iterdir()) == [".hotdog.lock", "hotdog", "hotdog.zip"], "no staging or partial files left"
     loaded = prepare_data(data, 32, with_test=True)
     assert loaded.classes == ["hotdog", "not-hotdog"] and len(loaded.test) == 4
     # the second call uses what is there: no download (the URL is gone now)
@@ -396,11 +397,39 @@ def test_fetch_hotdog_with_wrong_sha1_leaves_nothing(tmp_path):
     root = tmp_path / "cache"
     with pytest.raises(UserError, match=rf"has sha1 {sha1}, expected 0+: the file is corrupt"):
         fetch_hotdog(root, url=archive.as_uri(), sha1="0" * 40)
-    assert list(root.iterdir()) == []
+    assert [p.name for p in root.iterdir()] == [".hotdog.lock"]  # no archive, no partial download
 
 
 def test_fetch_hotdog_unreachable_url_is_a_user_error(tmp_path):
     root = tmp_path / "cache"
     with pytest.raises(UserError, match="cannot download the hotdog data.*--data-dir"):
         fetch_hotdog(root, url=(tmp_path / "absent.zip").as_uri(), sha1="0" * 40)
-    assert list(root.iterdir()) == []
+    assert [p.name for p in root.iterdir()] == [".hotdog.lock"]
+
+
+def test_first_runs_at_once_download_the_data_once(tmp_path):
+    # Four first runs on one cache at the same time (two studies, a study and a rerun...). Without the lock, all
+    # wrote one hotdog.zip.part and all but one ended in a bare FileNotFoundError.
+    import threading
+
+    archive, sha1 = _hotdog_zip(tmp_path)
+    with zipfile.ZipFile(archive, "a") as zf:  # large enough that the downloads overlap
+        for i in range(300):
+            zf.writestr(f"hotdog/extra/{i}.bin", os.urandom(20000))
+    sha1 = hashlib.sha1(archive.read_bytes()).hexdigest()
+    root, got, errors = tmp_path / "cache", [], []
+
+    def first_run():
+        try:
+            got.append(fetch_hotdog(root, url=archive.as_uri(), sha1=sha1))
+        except BaseException as exc:  # noqa: BLE001 - any failure is the finding
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=first_run) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and got == [root / "hotdog"] * 4, errors
+    assert sorted(p.name for p in root.iterdir()) == [".hotdog.lock", "hotdog", "hotdog.zip"]
+    assert len(list((root / "hotdog").rglob("*.png"))) == 10

@@ -67,11 +67,21 @@ def safe_extract(archive: Path, target: Path) -> None:
 
 def fetch_hotdog(root: Path | None = None, url: str = HOTDOG_URL, sha1: str = HOTDOG_SHA1) -> Path:
     """Download the book's hotdog.zip once, verify its sha1 before use, extract it; return the data folder."""
+    from filelock import FileLock
+
     root = Path(root or cache_dir())
     data = root / "hotdog"
     if (data / "train").is_dir():
         return data
     root.mkdir(parents=True, exist_ok=True)
+    # Two first runs at once (two studies, a study and a rerun) download once: the second waits, then finds it.
+    with FileLock(str(root / ".hotdog.lock")):
+        if (data / "train").is_dir():
+            return data
+        return _download_and_extract(root, data, url, sha1)
+
+
+def _download_and_extract(root: Path, data: Path, url: str, sha1: str) -> Path:
     archive = root / "hotdog.zip"
     if not archive.exists() or _sha1(archive) != sha1:
         partial = root / "hotdog.zip.part"
