@@ -16,7 +16,7 @@ from PIL import Image
 
 from trainable import UserError, prepare_data
 from trainable.cli import run_main
-from trainable.data import decode_image, fetch_hotdog, kfold_split, safe_extract, stored_size, stratified_split
+from trainable.data import cache_dir, decode_image, fetch_hotdog, kfold_split, safe_extract, stored_size, stratified_split
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--weights", "none", "--epochs", 1, "--batch-size", 8, "--threads", 1, "--device", "cpu", "--precision", "fp32"]
@@ -405,6 +405,14 @@ def test_fetch_hotdog_unreachable_url_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="cannot download the hotdog data.*--data-dir"):
         fetch_hotdog(root, url=(tmp_path / "absent.zip").as_uri(), sha1="0" * 40)
     assert [p.name for p in root.iterdir()] == [".hotdog.lock"]
+
+
+def test_the_data_cache_is_where_the_readme_says(tmp_path, monkeypatch):
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert cache_dir() == tmp_path / ".cache" / "hotdog-tune"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "hotdog-tune"
 
 
 def test_first_runs_at_once_download_the_data_once(tmp_path):
