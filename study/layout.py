@@ -195,17 +195,39 @@ class StudyFolder:
         try:
             lock.acquire(timeout=0)
         except Timeout:
-            holder = ""
-            try:
-                info = json.loads((self.path / DRIVER_FILE).read_text())
-                holder = f" (pid {info['pid']} on {info['host']}, since {info['since']})"
-            except (OSError, ValueError, KeyError):
-                pass
-            raise UserError(f"study {self.path.name!r} in {self.path.parent} is in use by another python -m study.run{holder}: "
+            raise UserError(f"study {self.path.name!r} in {self.path.parent} is in use by another python -m study.run{self._holder()}: "
                             "wait for it to end, or choose another --name") from None
         write_text_atomic(self.path / DRIVER_FILE, json.dumps(
             {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}))
         return lock
+
+    def _holder(self, wait_s: float = 2.0) -> str:
+        """" (pid N on host, since ...)" for the lock's holder, or "" where it cannot be told.
+
+        The holder writes ``.driver.json`` just after it takes the lock, and an earlier driver's file may still be
+        there: wait a moment for one that names a live process (on this host; another host's cannot be checked).
+        """
+        end = time.monotonic() + wait_s
+        while True:
+            try:
+                info = json.loads((self.path / DRIVER_FILE).read_text())
+                if info["host"] != socket.gethostname() or _alive(int(info["pid"])):
+                    return f" (pid {info['pid']} on {info['host']}, since {info['since']})"
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+            if time.monotonic() > end:
+                return ""
+            time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def newest_study(results_dir: Path) -> Path:

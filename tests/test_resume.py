@@ -117,6 +117,36 @@ def test_drivers_probing_one_results_folder_at_once_do_not_fail_each_other(tmp_p
     assert errors == [] and list(tmp_path.iterdir()) == [], (errors[:1], list(tmp_path.iterdir()))
 
 
+def test_the_refusal_names_the_live_holder_not_an_earlier_driver(tmp_path):
+    # The window behind the test above: the holder has the lock but has not yet written .driver.json, and the
+    # file there is an earlier driver's, whose process has ended. The refusal waits for the live holder's.
+    import json
+    import socket
+    import threading
+
+    from filelock import FileLock
+
+    from study.layout import DRIVER_FILE, LOCK_FILE, StudyFolder
+    from trainable.errors import UserError
+
+    folder = tmp_path / "s"
+    folder.mkdir()
+    held = FileLock(str(folder / LOCK_FILE))
+    held.acquire()
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    (folder / DRIVER_FILE).write_text(json.dumps({"pid": ended.pid, "host": socket.gethostname(), "since": "earlier"}))
+    late = threading.Timer(0.3, lambda: (folder / DRIVER_FILE).write_text(
+        json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": "now"})))
+    late.start()
+    try:
+        with pytest.raises(UserError, match=rf"in use by another python -m study.run \(pid {os.getpid()} on .*, since now\)"):
+            StudyFolder(folder).lock()
+    finally:
+        late.join()
+        held.release()
+
+
 def test_a_second_driver_while_the_first_runs_is_refused(images, tmp_path):
     results = tmp_path / "r"
     first = subprocess.Popen([sys.executable, "-m", "study.run", *study_args(images, results, "busy", 2, 3)], cwd=ROOT,
