@@ -32,6 +32,7 @@ LOGS_DIR = "logs"
 LOCK_FILE = ".lock"
 RERUN_LOCK_FILE = ".rerun.lock"  # held while a rerun merges its rows into rerun.parquet
 DRIVER_FILE = ".driver.json"  # who holds the lock: pid, host, since
+DRIVER_WRITES = (STUDY_FILE, TRIALS_FILE, EPOCHS_FILE, CONFIRM_FILE, DRIVER_FILE)  # written by the lock's holder only
 
 # --- shared constants ----------------------------------------------------------------------------------
 HYPERPARAMETERS = ("lr", "head_lr_mult", "weight_decay", "momentum", "freeze_depth", "augment", "batch_size")
@@ -199,6 +200,9 @@ class StudyFolder:
                             "wait for it to end, or choose another --name") from None
         write_text_atomic(self.path / DRIVER_FILE, json.dumps(
             {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}))
+        for name in DRIVER_WRITES:  # what a driver killed mid-write left; only a driver writes these, and we hold it
+            for tmp in self.path.glob(f".{name}.*.tmp"):
+                tmp.unlink(missing_ok=True)
         return lock
 
     def _holder(self, wait_s: float = 2.0) -> str:

@@ -147,6 +147,20 @@ def test_the_refusal_names_the_live_holder_not_an_earlier_driver(tmp_path):
         held.release()
 
 
+def test_a_driver_clears_what_a_killed_driver_half_wrote_and_nothing_else(tmp_path):
+    from study.layout import StudyFolder, temp_beside
+
+    folder = StudyFolder(tmp_path / "s")
+    folder.path.mkdir()
+    half = [temp_beside(folder.path / name) for name in ("trials.parquet", "epochs.parquet", "study.json", "confirm.parquet")]
+    kept = [temp_beside(folder.path / "rerun.parquet"), folder.path / "trials.parquet"]  # a rerun's, running now; a table
+    for path in half + kept:
+        path.write_bytes(b"half")
+    lock = folder.lock()
+    lock.release()
+    assert not any(p.exists() for p in half) and all(p.exists() for p in kept)
+
+
 def test_a_second_driver_while_the_first_runs_is_refused(images, tmp_path):
     results = tmp_path / "r"
     first = subprocess.Popen([sys.executable, "-m", "study.run", *study_args(images, results, "busy", 2, 3)], cwd=ROOT,
