@@ -353,7 +353,7 @@ def test_a_cached_zip_with_the_wrong_sha1_and_no_good_download_is_never_extracte
     other, _ = _hotdog_zip(tmp_path / "other")  # a good archive, but not the one whose sha1 is expected
     with pytest.raises(UserError, match="has sha1 .*, expected"):
         fetch_hotdog(root, url=other.as_uri(), sha1="0" * 40)
-    assert sorted(p.name for p in root.iterdir()) == ["hotdog.zip"], "nothing extracted, no partial download left"
+    assert sorted(p.name for p in root.iterdir()) == [".hotdog.lock", "hotdog.zip"], "nothing extracted, no partial download left"
     assert (root / "hotdog.zip").read_bytes() == planted
 
 
