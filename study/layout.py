@@ -206,7 +206,7 @@ class StudyFolder:
         return lock
 
     def _holder(self, wait_s: float = 2.0) -> str:
-        """" (pid N on host, since ...)" for the lock's holder, or "" where it cannot be told.
+        """The lock holder for the refusal, ``" (pid N on HOST, since ...)"``, or ``""`` where it cannot be told.
 
         The holder writes ``.driver.json`` just after it takes the lock, and an earlier driver's file may still be
         there: wait a moment for one that names a live process (on this host; another host's cannot be checked).
