@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
+from trainable.cli import run_main
 from trainable.config import TrainConfig
 from trainable.errors import UserError
 
@@ -72,32 +72,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (default: %(default)s)")
     p.add_argument("--json", metavar="FILE", help="also write the figures and every run's answers here")
     args = p.parse_args(argv)
-    try:
-        if args.seeds < 2:
-            raise UserError(f"--seeds {args.seeds}: a spread needs 2 or more")
-        configs = {"book's recipe": {}}
-        for path in args.config:
-            exported = TrainConfig.from_json(path)
-            configs[Path(path).stem] = {k: getattr(exported, k) for k in
-                                        ("lr", "head_lr_mult", "weight_decay", "momentum", "freeze_depth", "augment")}
-        from trainable.data import prepare_data
+    if args.seeds < 2:
+        raise UserError(f"--seeds {args.seeds}: a spread needs 2 or more")
+    configs = {"book's recipe": {}}
+    for path in args.config:
+        exported = TrainConfig.from_json(path)
+        configs[Path(path).stem] = {k: getattr(exported, k) for k in
+                                    ("lr", "head_lr_mult", "weight_decay", "momentum", "freeze_depth", "augment")}
+    from trainable.data import prepare_data
 
-        base = TrainConfig(data_dir=args.data_dir, weights=args.weights, epochs=args.epochs, image_size=args.image_size,
-                           batch_size=args.batch_size, threads=args.threads, device="cpu", precision="fp32",
-                           val_last_only=True).validate()
-        tables: dict[tuple[str, str], np.ndarray] = {}
-        for split, (cv_folds, fold) in SPLITS.items():
-            data = prepare_data(args.data_dir, args.image_size, base.val_fraction, base.split_seed, val_fold=fold, cv_folds=cv_folds)
-            for name, changes in configs.items():
-                cfg = base.replace(cv_folds=cv_folds, val_fold=fold, **changes)
-                rows = []
-                for seed in range(args.seeds):
-                    rows.append(answers(cfg.replace(seed=seed), data))
-                    print(f"{name}, {split}, seed {seed}: val acc {rows[-1].mean():.3f}", flush=True)
-                tables[(name, split)] = np.array(rows)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    base = TrainConfig(data_dir=args.data_dir, weights=args.weights, epochs=args.epochs, image_size=args.image_size,
+                       batch_size=args.batch_size, threads=args.threads, device="cpu", precision="fp32",
+                       val_last_only=True).validate()
+    tables: dict[tuple[str, str], np.ndarray] = {}
+    for split, (cv_folds, fold) in SPLITS.items():
+        data = prepare_data(args.data_dir, args.image_size, base.val_fraction, base.split_seed, val_fold=fold, cv_folds=cv_folds)
+        for name, changes in configs.items():
+            cfg = base.replace(cv_folds=cv_folds, val_fold=fold, **changes)
+            rows = []
+            for seed in range(args.seeds):
+                rows.append(answers(cfg.replace(seed=seed), data))
+                print(f"{name}, {split}, seed {seed}: val acc {rows[-1].mean():.3f}", flush=True)
+            tables[(name, split)] = np.array(rows)
     figures = {f"{name} | {split}": summarise(t) for (name, split), t in tables.items()}
     print("\nconfiguration | split: accuracy, sd between seeds; an image's variance between seeds (a coin's); "
           "sd from which images (binomial)")
@@ -116,4 +112,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

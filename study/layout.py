@@ -13,6 +13,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -101,26 +102,29 @@ def temp_beside(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text``: a reader or a crash sees the old file or the new one, never half.
-    A failed write (a full disk) leaves the old file and no temporary behind."""
+def temps_beside(path: Path) -> list[Path]:
+    """Every ``temp_beside`` name of ``path`` there now: what writers killed mid-write left (or one writing now)."""
+    return list(path.parent.glob(f".{path.name}.*.tmp"))
+
+
+def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
+    """Replace ``path`` with what ``write(tmp)`` writes to a temporary beside it: a reader or a crash sees the
+    old file or the new one, never half. A failed write (a full disk) leaves the old file and no temporary."""
     tmp = temp_beside(path)
     try:
-        tmp.write_text(text)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def write_parquet_atomic(frame, path: Path) -> None:
-    tmp = temp_beside(path)
-    try:
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda tmp: frame.to_parquet(tmp, index=False))
 
 
 @dataclass
@@ -201,7 +205,7 @@ class StudyFolder:
         write_text_atomic(self.path / DRIVER_FILE, json.dumps(
             {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}))
         for name in DRIVER_WRITES:  # what a driver killed mid-write left; only a driver writes these, and we hold it
-            for tmp in self.path.glob(f".{name}.*.tmp"):
+            for tmp in temps_beside(self.path / name):
                 tmp.unlink(missing_ok=True)
         return lock
 
@@ -211,27 +215,19 @@ class StudyFolder:
         The holder writes ``.driver.json`` just after it takes the lock, and an earlier driver's file may still be
         there: wait a moment for one that names a live process (on this host; another host's cannot be checked).
         """
+        import psutil
+
         end = time.monotonic() + wait_s
         while True:
             try:
                 info = json.loads((self.path / DRIVER_FILE).read_text())
-                if info["host"] != socket.gethostname() or _alive(int(info["pid"])):
+                if info["host"] != socket.gethostname() or psutil.pid_exists(int(info["pid"])):
                     return f" (pid {info['pid']} on {info['host']}, since {info['since']})"
             except (OSError, ValueError, KeyError, TypeError):
                 pass
             if time.monotonic() > end:
                 return ""
             time.sleep(0.05)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def newest_study(results_dir: Path) -> Path:

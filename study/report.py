@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import html
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ import pandas as pd
 
 from .analysis import (CONFIRM_COLUMNS, Analysis, StudyData, baseline_acc, baseline_number, confirmation_rows, describe_range,
                        describe_space, top_table_rows)
-from .layout import BOOK_FIGURE, FIGURES_DIR, REPORT_FILE, fmt, fmt_acc, temp_beside, write_text_atomic
+from .layout import BOOK_FIGURE, FIGURES_DIR, REPORT_FILE, fmt, fmt_acc, write_atomic, write_text_atomic
 from .summary import noise_note
 
 PNG_NAMES = ("parallel.png", "importance.png", "params.png", "curves.png")
@@ -206,10 +205,8 @@ def write_pngs(analysis: Analysis, out: Path, curves: int) -> list[Path]:
 
     def save(fig, name: str) -> None:
         path = out / name
-        tmp = temp_beside(path)
-        fig.savefig(tmp, format="png", dpi=130, bbox_inches="tight")
+        write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=130, bbox_inches="tight"))
         plt.close(fig)
-        os.replace(tmp, path)
         written.append(path)
 
     title = f"study {data.settings.name}"

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shlex
 import sys
 import time
@@ -29,7 +28,7 @@ from trainable import TrainConfig, UserError
 from trainable.cli import run_main
 
 from .layout import (BOOK_CLASSES, BOOK_FIGURE, BOOK_TEST_IMAGES, BOOK_TRAIN_IMAGES, HYPERPARAMETERS, RERUN_DIR,
-                     RERUN_FILE, RERUN_LOCK_FILE, StudyFolder, StudySettings, find_study, fmt, isnan, plain, temp_beside, typed,
+                     RERUN_FILE, RERUN_LOCK_FILE, StudyFolder, StudySettings, find_study, fmt, isnan, plain, typed, write_atomic,
                      write_parquet_atomic, write_text_atomic)
 
 # TrainConfig fields and the flags of python -m trainable that set them: every one that shapes the numbers.
@@ -174,9 +173,8 @@ def run_seed(cfg: TrainConfig, data, weights_path: str, progress: bool = False) 
         row["test_loss"], row["test_acc"] = evaluate(result.model, data.test, cfg, device, use_bf16(cfg.precision, device), True)
         path = Path(weights_path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_beside(path)
-        torch.save({k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}, tmp)
-        os.replace(tmp, path)
+        weights = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
+        write_atomic(path, lambda tmp: torch.save(weights, tmp))
         row["weights_file"] = str(path)
     row["seconds"] = time.perf_counter() - t0
     return row

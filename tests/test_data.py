@@ -418,26 +418,17 @@ def test_the_data_cache_is_where_the_readme_says(tmp_path, monkeypatch):
 def test_first_runs_at_once_download_the_data_once(tmp_path):
     # Four first runs on one cache at the same time (two studies, a study and a rerun...). Without the lock, all
     # wrote one hotdog.zip.part and all but one ended in a bare FileNotFoundError.
-    import threading
+    from concurrent.futures import ThreadPoolExecutor
 
     archive, sha1 = _hotdog_zip(tmp_path)
     with zipfile.ZipFile(archive, "a") as zf:  # large enough that the downloads overlap
         for i in range(300):
             zf.writestr(f"hotdog/extra/{i}.bin", os.urandom(20000))
     sha1 = hashlib.sha1(archive.read_bytes()).hexdigest()
-    root, got, errors = tmp_path / "cache", [], []
-
-    def first_run():
-        try:
-            got.append(fetch_hotdog(root, url=archive.as_uri(), sha1=sha1))
-        except BaseException as exc:  # noqa: BLE001 - any failure is the finding
-            errors.append(repr(exc))
-
-    threads = [threading.Thread(target=first_run) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == [] and got == [root / "hotdog"] * 4, errors
+    root = tmp_path / "cache"
+    with ThreadPoolExecutor(4) as pool:
+        runs = [pool.submit(fetch_hotdog, root, url=archive.as_uri(), sha1=sha1) for _ in range(4)]
+    errors = [repr(run.exception()) for run in runs if run.exception()]
+    assert errors == [] and [run.result() for run in runs] == [root / "hotdog"] * 4, errors
     assert sorted(p.name for p in root.iterdir()) == [".hotdog.lock", "hotdog", "hotdog.zip"]
     assert len(list((root / "hotdog").rglob("*.png"))) == 10

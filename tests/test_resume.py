@@ -95,25 +95,17 @@ def test_two_drivers_on_one_name_one_refused(images, tmp_path):
 def test_drivers_probing_one_results_folder_at_once_do_not_fail_each_other(tmp_path):
     # The race behind the test above, made frequent: each probe of a writable folder must be its own file, or
     # one driver deletes the other's probe and is refused with "cannot write results" (seen in CI).
-    import threading
+    from concurrent.futures import ThreadPoolExecutor
 
     from trainable.cli import check_output_folder
-    from trainable.errors import UserError
-
-    errors = []
 
     def probe():
         for _ in range(300):
-            try:
-                check_output_folder(tmp_path, "--results-dir", holds="results", kind="folder")
-            except UserError as exc:
-                errors.append(str(exc))
+            check_output_folder(tmp_path, "--results-dir", holds="results", kind="folder")
 
-    threads = [threading.Thread(target=probe) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with ThreadPoolExecutor(4) as pool:
+        runs = [pool.submit(probe) for _ in range(4)]
+    errors = [str(run.exception()) for run in runs if run.exception()]
     assert errors == [] and list(tmp_path.iterdir()) == [], (errors[:1], list(tmp_path.iterdir()))
 
 
