@@ -149,17 +149,20 @@ def export(chosen: Chosen, target: str) -> None:
 
 
 # --- retraining --------------------------------------------------------------------------------------
-def run_seed(cfg: TrainConfig, data, weights_path: str, progress: bool = False) -> dict:
-    """Train ``cfg`` on ``data.train``, evaluate once on ``data.test``, save the weights; one result row."""
+def run_seed(cfg: TrainConfig, data, weights_path: str, report=None) -> dict:
+    """Train ``cfg`` on ``data.train``, evaluate once on ``data.test``, save the weights; one result row.
+
+    ``report`` takes each epoch's progress line (``print`` here, a queue's ``put`` in a Ray task).
+    """
     import torch
 
     from trainable import evaluate, train
     from trainable.loop import resolve_device, use_bf16
 
     def on_epoch(m, _save) -> None:
-        if progress:
-            print(f"  seed {cfg.seed} epoch {m.epoch}/{cfg.epochs}: train loss {m.train_loss:.4f} acc {m.train_acc:.3f}, "
-                  f"{m.seconds:.0f}s, {m.images_per_s:.1f} img/s" + ("  DIVERGED" if m.diverged else ""), flush=True)
+        if report:
+            report(f"  seed {cfg.seed} epoch {m.epoch}/{cfg.epochs}: train loss {m.train_loss:.4f} acc {m.train_acc:.3f}, "
+                   f"{m.seconds:.0f}s, {m.images_per_s:.1f} img/s" + ("  DIVERGED" if m.diverged else ""))
 
     t0 = time.perf_counter()
     result = train(cfg, data, on_epoch=on_epoch)
@@ -251,7 +254,7 @@ def retrain(folder: StudyFolder, chosen: Chosen, seeds: int, parallel: bool = Fa
         rows = _retrain_ray(chosen, data, seeds_list, weights, lambda rs: write_rerun(folder, chosen, rs), not not_the_book)
     else:
         for s in seeds_list:
-            result = run_seed(cfg.replace(seed=s), data, weights[s], progress=True)
+            result = run_seed(cfg.replace(seed=s), data, weights[s], report=lambda line: print(line, flush=True))
             rows.append(_row(chosen, result, not not_the_book))
             _print_seed(result)
             write_rerun(folder, chosen, rows)  # after every seed: an interrupted rerun keeps what it finished
@@ -262,23 +265,34 @@ def retrain(folder: StudyFolder, chosen: Chosen, seeds: int, parallel: bool = Fa
 
 
 def _retrain_ray(chosen: Chosen, data, seeds: list[int], weights: dict, save, comparable: bool) -> list[dict]:
-    """Each seed as a Ray task with the study's per-trial resources; the data goes to the object store once."""
+    """Each seed as a Ray task with the study's per-trial resources; the data goes to the object store once.
+
+    The tasks' epoch lines come back through a Ray queue and this driver prints them: Ray's own streaming of a
+    worker's output is asynchronous and may drop a task's last lines when Ray shuts down right after it.
+    """
     import ray
+    from ray.util.queue import Queue
 
     from .run import start_ray
 
     settings = chosen.settings
-    start_ray(None, log_to_driver=True)  # each task's epoch lines reach this console, prefixed with its pid
+    start_ray(None, log_to_driver=True)  # anything else a task prints (a warning) still reaches this console
     try:
         threads = chosen.config.threads
         gpus = float(settings.gpus_per_trial or 0) if ray.cluster_resources().get("GPU", 0) else 0.0
         task = ray.remote(num_cpus=threads, num_gpus=gpus)(run_seed)
         data_ref = ray.put(data)
         print(f"{len(seeds)} seed(s) as Ray tasks, each with {threads} CPU(s)" + (f" and {gpus:g} GPU" if gpus else ""), flush=True)
-        pending = {task.remote(chosen.config.replace(seed=s), data_ref, weights[s], True): s for s in seeds}
+        lines = Queue(actor_options={"num_cpus": 0})  # takes no CPU from the seeds
+        pending = {task.remote(chosen.config.replace(seed=s), data_ref, weights[s], lines.put): s for s in seeds}
         rows = []
         while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+            # a task puts each line before it goes on (put waits), so a finished task's lines are all here now
+            for line in lines.get_nowait_batch(lines.qsize()):
+                print(line, flush=True)
+            if not done:
+                continue
             pending.pop(done[0])
             result = ray.get(done[0])
             rows.append(_row(chosen, result, comparable))
