@@ -32,6 +32,7 @@ import numpy as np
 
 from trainable import TrainConfig, UserError
 from trainable.data import PreparedData, check_layout, prepare_data
+from trainable.files import write_atomic
 from trainable.loop import available_cpus, resolve_device
 
 from .bench_cells import ROOT, Limit, _free_device, bench_subset
@@ -108,9 +109,7 @@ class GpuSampler(threading.Thread):
 
 # --- one worker process ----------------------------------------------------------------------------------
 def _write_json(path: Path, value: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value))
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(value)))
 
 
 def _wait_for(path: Path, timeout: float) -> bool:

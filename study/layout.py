@@ -12,12 +12,11 @@ import math
 import os
 import socket
 import time
-import uuid
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from trainable import UserError
+from trainable.files import temps_beside, write_atomic
 
 # --- file names ----------------------------------------------------------------------------------------
 STUDY_FILE = "study.json"
@@ -94,29 +93,6 @@ def set_aside(path: Path, why: str = "damaged") -> Path:
 def storage_url(path: str | Path) -> str:
     """The SQLAlchemy URL of an Optuna SQLite file."""
     return f"sqlite:///{Path(path).resolve()}"
-
-
-def temp_beside(path: Path) -> Path:
-    """A temporary name beside ``path`` that no other writer uses: two processes writing one file at once
-    (two reruns, two analyses) must each replace it whole, never write into one shared temporary."""
-    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-
-
-def temps_beside(path: Path) -> list[Path]:
-    """Every ``temp_beside`` name of ``path`` there now: what writers killed mid-write left (or one writing now)."""
-    return list(path.parent.glob(f".{path.name}.*.tmp"))
-
-
-def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
-    """Replace ``path`` with what ``write(tmp)`` writes to a temporary beside it: a reader or a crash sees the
-    old file or the new one, never half. A failed write (a full disk) leaves the old file and no temporary."""
-    tmp = temp_beside(path)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -140,7 +140,8 @@ def test_the_refusal_names_the_live_holder_not_an_earlier_driver(tmp_path):
 
 
 def test_a_driver_clears_what_a_killed_driver_half_wrote_and_nothing_else(tmp_path):
-    from study.layout import StudyFolder, temp_beside
+    from study.layout import StudyFolder
+    from trainable.files import temp_beside
 
     folder = StudyFolder(tmp_path / "s")
     folder.path.mkdir()

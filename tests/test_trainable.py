@@ -304,6 +304,25 @@ def test_cli_checkpoint_dir_and_resume(tiny_image_folder, tmp_path, capsys):
     assert all(torch.equal(rebuilt[k], v) for k, v in want.items())
 
 
+def test_cli_weights_a_full_disk_cannot_write_leave_the_old_file_whole(tiny_image_folder, tmp_path, capsys, monkeypatch):
+    import errno
+
+    (tmp_path / "out").mkdir()
+    target = tmp_path / "out" / "w.pt"
+    target.write_bytes(b"the weights of an earlier run")
+
+    def disk_full(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"half a file")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    code, _, err = run_cli(["--data-dir", tiny_image_folder, "--weights", "none", "--image-size", SIZE, "--batch-size", 8, "--epochs", 1,
+                            "--threads", 1, "--save-weights", target], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: cannot write the weights to {target} (No space left on device)") and "--save-weights another path" in err
+    assert target.read_bytes() == b"the weights of an earlier run" and sorted(p.name for p in target.parent.iterdir()) == ["w.pt"]
+
+
 def test_cli_resume_without_a_checkpoint_is_a_user_error(tiny_image_folder, tmp_path, capsys):
     code, out, err = run_cli(["--data-dir", tiny_image_folder, "--weights", "none", "--resume", "--checkpoint-dir", tmp_path / "none"], capsys)
     assert code == 2 and err.count("\n") == 1 and err.startswith("error: --resume needs a checkpoint")

@@ -16,6 +16,7 @@ from pathlib import Path
 from .cli import add_data_options, add_hyperparameter_options, check_output_folder, run_main
 from .config import TrainConfig
 from .errors import UserError
+from .files import write_atomic
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="after training, evaluate once on the test split and add test_acc/test_loss to the last line")
     parser.add_argument("--checkpoint-dir", help="save model/optimizer/epoch here after every epoch")
     parser.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir's last epoch")
-    parser.add_argument("--save-weights", help="write the final model's state dict here")
+    parser.add_argument("--save-weights", help="write the final model's state dict here (atomically: a kill or a full disk mid-save leaves the old file whole)")
     return parser
 
 
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(args, argv)
     import torch  # only now: a wrong option is answered without importing torch
 
-    from .loop import Checkpoint, EpochMetrics, train
+    from .loop import Checkpoint, EpochMetrics, data_for, train
 
     if args.resume and not Checkpoint.exists(args.checkpoint_dir):
         raise UserError(f"--resume needs a checkpoint: none in {args.checkpoint_dir!r}; pass the --checkpoint-dir of the earlier run")
@@ -81,13 +82,16 @@ def main(argv: list[str] | None = None) -> int:
 
     data = None
     if args.test:
-        from .data import prepare_data
-
-        data = prepare_data(cfg.data_dir, cfg.image_size, cfg.val_fraction, cfg.split_seed, with_test=True, log=log, val_fold=cfg.val_fold, cv_folds=cfg.cv_folds)
+        data = data_for(cfg, with_test=True, log=log)
     result = train(cfg, data, on_epoch=on_epoch, resume_from=args.checkpoint_dir if args.resume else None, log=log)
     if args.save_weights:
         Path(args.save_weights).parent.mkdir(parents=True, exist_ok=True)
-        torch.save(result.model.state_dict(), args.save_weights)
+        state = result.model.state_dict()
+        try:  # a kill or a full disk mid-save leaves the old file, never half a new one
+            write_atomic(Path(args.save_weights), lambda tmp: torch.save(state, tmp))
+        except OSError as exc:
+            raise UserError(f"cannot write the weights to {args.save_weights} ({exc.strerror or exc}): free some space there, "
+                            "or pass --save-weights another path") from None
     best = result.best
     final = result.history[-1] if result.history else None
     summary = {

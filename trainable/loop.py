@@ -31,6 +31,7 @@ from .augment import augment_batch, center_crop, normalize, train_transform
 from .config import TrainConfig
 from .data import PreparedData, Split, prepare_data
 from .errors import UserError
+from .files import write_atomic
 from .model import build_model, freeze, param_groups, set_train_mode
 
 CHECKPOINT_FILE = "state.pt"
@@ -108,18 +109,15 @@ class Checkpoint:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / CHECKPOINT_FILE
-        tmp = path.with_suffix(".tmp")
         state = {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "epoch": epoch,
             "history": [m.as_dict() for m in history],
         }
-        torch.save(state, tmp)
-        os.replace(tmp, path)  # never a half-written checkpoint
-        meta = directory / f".{META_FILE}.tmp"
-        meta.write_text(json.dumps({"epoch": epoch, "bytes": path.stat().st_size}))
-        os.replace(meta, directory / META_FILE)  # written last: a checkpoint with its meta is complete
+        write_atomic(path, lambda tmp: torch.save(state, tmp))  # never a half-written checkpoint
+        meta = json.dumps({"epoch": epoch, "bytes": path.stat().st_size})
+        write_atomic(directory / META_FILE, lambda tmp: tmp.write_text(meta))  # written last: a checkpoint with its meta is complete
         return path
 
     @staticmethod
@@ -214,6 +212,12 @@ def evaluate(model: nn.Module, split: Split | tuple[torch.Tensor, torch.Tensor],
     return total_loss.item() / n, correct.item() / n
 
 
+def data_for(cfg: TrainConfig, with_test: bool = False, log: Callable[[str], None] | None = None) -> PreparedData:
+    """The data ``cfg`` trains on: its folder at its image size, its validation split or CV fold (and the test split)."""
+    return prepare_data(cfg.data_dir, cfg.image_size, cfg.val_fraction, cfg.split_seed, with_test=with_test, log=log,
+                        val_fold=cfg.val_fold, cv_folds=cfg.cv_folds)
+
+
 def train(
     cfg: TrainConfig,
     data: PreparedData | None = None,
@@ -228,7 +232,7 @@ def train(
     """
     cfg.validate()
     if data is None:
-        data = prepare_data(cfg.data_dir, cfg.image_size, cfg.val_fraction, cfg.split_seed, log=log, val_fold=cfg.val_fold, cv_folds=cfg.cv_folds)
+        data = data_for(cfg, log=log)
     device = resolve_device(cfg.device)
     with own_rng(device), thread_count(cfg.threads or available_cpus()):
         return _train(cfg, data, device, on_epoch, resume_from)
