@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from study.layout import HYPERPARAMETERS
 from trainable.cli import run_main
 from trainable.config import TrainConfig
 from trainable.errors import UserError
@@ -77,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     configs = {"book's recipe": {}}
     for path in args.config:
         exported = TrainConfig.from_json(path)
-        configs[Path(path).stem] = {k: getattr(exported, k) for k in
-                                    ("lr", "head_lr_mult", "weight_decay", "momentum", "freeze_depth", "augment")}
+        # the searched hyperparameters, except the batch size: this script's --batch-size sets it for every run
+        configs[Path(path).stem] = {k: getattr(exported, k) for k in HYPERPARAMETERS if k != "batch_size"}
     from trainable.data import prepare_data
 
     base = TrainConfig(data_dir=args.data_dir, weights=args.weights, epochs=args.epochs, image_size=args.image_size,
