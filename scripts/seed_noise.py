@@ -80,16 +80,17 @@ def main(argv: list[str] | None = None) -> int:
         exported = TrainConfig.from_json(path)
         # the searched hyperparameters, except the batch size: this script's --batch-size sets it for every run
         configs[Path(path).stem] = {k: getattr(exported, k) for k in HYPERPARAMETERS if k != "batch_size"}
-    from trainable.data import prepare_data
+    from trainable.loop import data_for
 
     base = TrainConfig(data_dir=args.data_dir, weights=args.weights, epochs=args.epochs, image_size=args.image_size,
                        batch_size=args.batch_size, threads=args.threads, device="cpu", precision="fp32",
                        val_last_only=True).validate()
     tables: dict[tuple[str, str], np.ndarray] = {}
     for split, (cv_folds, fold) in SPLITS.items():
-        data = prepare_data(args.data_dir, args.image_size, base.val_fraction, base.split_seed, val_fold=fold, cv_folds=cv_folds)
+        on_split = base.replace(cv_folds=cv_folds, val_fold=fold)
+        data = data_for(on_split)
         for name, changes in configs.items():
-            cfg = base.replace(cv_folds=cv_folds, val_fold=fold, **changes)
+            cfg = on_split.replace(**changes)
             rows = []
             for seed in range(args.seeds):
                 rows.append(answers(cfg.replace(seed=seed), data))

@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from trainable import TrainConfig, UserError
-from trainable.data import PreparedData, check_layout, prepare_data
+from trainable.data import PreparedData, check_layout
 from trainable.files import write_atomic
-from trainable.loop import available_cpus, resolve_device
+from trainable.loop import available_cpus, data_for, resolve_device
 
 from .bench_cells import ROOT, Limit, _free_device, bench_subset
 
@@ -133,7 +133,7 @@ def gpu_worker(args: argparse.Namespace) -> int:
         gpu = device.index if device.index is not None else torch.cuda.current_device()
         torch.cuda.set_per_process_memory_fraction(1.0 / args.worker_count, gpu)
     cfg = share_config(args, args.data_dir, threads=args.threads, seed=index)
-    data = prepare_data(args.data_dir, cfg.image_size, cfg.val_fraction, cfg.split_seed)
+    data = data_for(cfg)
     subset = bench_subset(data, args.epoch_images, cfg.val_fraction, seed=index)
     # warm-up on every batch shape an epoch meets (a full batch, the epoch's short last one, the validation batch):
     # kernels, cuDNN's choice per shape, the allocator
@@ -215,9 +215,7 @@ def run_processes(args: argparse.Namespace, data_dir: Path, n: int, log) -> dict
             if sampler is not None:
                 sampler.start()
             go = time.time() + 0.5
-            tmp_go = folder / ".go"
-            tmp_go.write_text(repr(go))
-            os.replace(tmp_go, folder / "go")
+            write_atomic(folder / "go", lambda tmp: tmp.write_text(repr(go)))  # a worker never reads half a start time
             for i, proc in enumerate(procs):
                 try:
                     code = proc.wait(timeout=max(1.0, go + args.seconds + 600 - time.time()))
