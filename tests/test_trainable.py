@@ -304,6 +304,19 @@ def test_cli_checkpoint_dir_and_resume(tiny_image_folder, tmp_path, capsys):
     assert all(torch.equal(rebuilt[k], v) for k, v in want.items())
 
 
+def test_cli_writes_where_it_checked_home_included(tiny_image_folder, tmp_path, capsys, monkeypatch):
+    # --save-weights=~/w.pt reaches the program unexpanded (no shell expands ~ after "="): write under $HOME, not ./~
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    common = ["--data-dir", tiny_image_folder, "--weights", "none", "--image-size", SIZE, "--batch-size", 8, "--threads", 1,
+              "--checkpoint-dir=~/ck", "--save-weights=~/models/w.pt"]
+    assert run_cli([*common, "--epochs", 1], capsys)[0] == 0
+    assert (home / "models" / "w.pt").is_file() and (home / "ck" / "state.pt").is_file() and not (tmp_path / "~").exists()
+    code, out, _ = run_cli([*common, "--epochs", 2, "--resume"], capsys)
+    assert code == 0 and "epoch 2/2" in out and "epoch 1/" not in out  # resumed from ~/ck
+
+
 def test_cli_weights_a_full_disk_cannot_write_leave_the_old_file_whole(tiny_image_folder, tmp_path, capsys, monkeypatch):
     import errno
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -29,9 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "the same seed and thread count give the same run")
     parser.add_argument("--test", action="store_true",
                         help="after training, evaluate once on the test split and add test_acc/test_loss to the last line")
-    parser.add_argument("--checkpoint-dir", help="save model/optimizer/epoch here after every epoch")
+    # ~ expanded here, once: the folder checked before training is the one written after it (no shell expands --x=~/y)
+    parser.add_argument("--checkpoint-dir", type=os.path.expanduser, help="save model/optimizer/epoch here after every epoch")
     parser.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir's last epoch")
-    parser.add_argument("--save-weights", help="write the final model's state dict here (atomically: a kill or a full disk mid-save leaves the old file whole)")
+    parser.add_argument("--save-weights", type=os.path.expanduser, help="write the final model's state dict here (atomically: a kill or a full disk mid-save leaves the old file whole)")
     return parser
 
 
@@ -62,9 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.checkpoint_dir:
         check_output_folder(args.checkpoint_dir, "--checkpoint-dir")
     if args.save_weights:
-        if Path(args.save_weights).expanduser().is_dir():
+        if Path(args.save_weights).is_dir():
             raise UserError(f"--save-weights {args.save_weights} is a folder: pass the path of a file to write")
-        check_output_folder(Path(args.save_weights).expanduser().parent, "--save-weights")
+        check_output_folder(Path(args.save_weights).parent, "--save-weights")
 
     def log(message: str) -> None:
         print(message, file=sys.stderr)
