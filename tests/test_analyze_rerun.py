@@ -407,7 +407,6 @@ def test_rerun_trains_each_seed_and_saves_weights(fake, capsys):
     assert "test accuracy <b>" in (fake.path / "report.html").read_text()
 
 
-ROOT = Path(__file__).resolve().parents[1]
 WRITE_RERUN_ROWS = """
 import sys, types
 from study.layout import StudyFolder
@@ -424,7 +423,7 @@ for seed in range(40):  # as a rerun does after every seed
 def test_reruns_of_three_ranks_at_once_keep_each_others_rows(tmp_path):
     # Three terminals rerunning three ranks of one study: each merge into rerun.parquet must see the others'
     # rows. Without the lock and the writers' own temporaries, rows were lost and the file was left damaged.
-    procs = [subprocess.Popen([sys.executable, "-c", WRITE_RERUN_ROWS, str(tmp_path), str(trial)], cwd=ROOT,
+    procs = [subprocess.Popen([sys.executable, "-c", WRITE_RERUN_ROWS, str(tmp_path), str(trial)], cwd=REPO,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for trial in range(3)]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], outs

@@ -318,17 +318,12 @@ def test_cli_writes_where_it_checked_home_included(tiny_image_folder, tmp_path, 
 
 
 def test_cli_weights_a_full_disk_cannot_write_leave_the_old_file_whole(tiny_image_folder, tmp_path, capsys, monkeypatch):
-    import errno
+    from tests.test_files import disk_full
 
     (tmp_path / "out").mkdir()
     target = tmp_path / "out" / "w.pt"
     target.write_bytes(b"the weights of an earlier run")
-
-    def disk_full(obj, f, *args, **kwargs):
-        Path(f).write_bytes(b"half a file")
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(torch, "save", disk_full)
+    monkeypatch.setattr(torch, "save", lambda obj, f, *a, **k: disk_full(Path(f)))
     code, _, err = run_cli(["--data-dir", tiny_image_folder, "--weights", "none", "--image-size", SIZE, "--batch-size", 8, "--epochs", 1,
                             "--threads", 1, "--save-weights", target], capsys)
     assert code == 2 and err.count("\n") == 1
