@@ -123,8 +123,11 @@ def run_study(cluster: Cluster, tmp_path: Path, name: str, *extra: str, env: dic
 def test_a_study_on_a_two_node_cluster_runs_trials_on_both_nodes(cluster, tmp_path):
     nodes = cluster.node_ids()
     assert len(nodes) == 2, "the cluster should have two raylets"
-    # 4 epochs each: the two trials overlap long enough that neither waits for the other's process
-    out = run_study(cluster, tmp_path, "two", "--cpus-per-trial", "1", "--gpus-per-trial", "0", "--max-concurrent", "2", "--epochs", "4")
+    # Both trials get a placement group at once, one per node (1 CPU each). --fresh-actors: with actor reuse, a
+    # loaded machine could start trial 1's process on the second node more slowly than trial 0 ran, and Tune then
+    # hands trial 1 trial 0's idle process on the first node instead (seen once in CI).
+    out = run_study(cluster, tmp_path, "two", "--cpus-per-trial", "1", "--gpus-per-trial", "0", "--max-concurrent", "2", "--epochs", "4",
+                    "--fresh-actors")
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
     assert "2 trial(s) at a time, each with 1 CPU(s)" in out.stdout
     folder = tmp_path / "results" / "two"
