@@ -6,10 +6,12 @@ each hyperparameter matters (Optuna's importance on the stored study) and the ra
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from trainable import UserError
@@ -93,6 +95,104 @@ def confirmation(data: StudyData) -> Confirmation | None:
     return Confirmation(table, folds, lines)
 
 
+def winner_row(data: StudyData) -> tuple[pd.Series | None, str]:
+    """The study's answer and what it is: the confirmed winner where the confirmation stage named one, else the
+    single-validation best (rank 1); (None, "") when no trial has a validation accuracy."""
+    if "recommended" in data.trials:
+        named = data.trials[data.trials["recommended"].fillna("").str.contains("winner")]
+        if len(named):
+            return named.iloc[0], "confirmed winner"
+    usable = data.scored[~data.scored["status"].isin(["diverged", "errored"])]
+    return (usable.iloc[0], "best (rank 1)") if len(usable) else (None, "")
+
+
+@dataclass
+class RerunResult:
+    """One configuration's reruns on the test split (``rerun.parquet``)."""
+
+    optuna_trial: int
+    rank: int
+    baseline: bool
+    accs: dict[int, float]  # seed -> test accuracy (diverged seeds left out)
+    epochs: int
+    comparable_to_book: bool
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(list(self.accs.values()))) if self.accs else math.nan
+
+    @property
+    def sd(self) -> float:
+        return float(np.std(list(self.accs.values()), ddof=1)) if len(self.accs) > 1 else math.nan
+
+    def describe(self) -> str:
+        spread = f" +- {self.sd:.3f}" if len(self.accs) > 1 else ""
+        return f"{self.mean:.3f}{spread} over {len(self.accs)} seed(s)" if self.accs else "no test accuracy (every seed diverged)"
+
+
+def reruns_on_test(data: StudyData) -> list[RerunResult]:
+    """The reruns in ``rerun.parquet``, one per configuration, by rank."""
+    rerun = data.rerun
+    if rerun is None or rerun.empty:
+        return []
+    out = []
+    for (rank, number), group in rerun.groupby(["rank", "optuna_trial"], sort=True):
+        good = group[group["test_acc"].notna()]
+        out.append(RerunResult(int(number), int(rank), bool(group["baseline"].any()), dict(zip(good["seed"].astype(int), good["test_acc"].astype(float))),
+                           int(group["epochs"].max()), "comparable_to_book" in group and bool(group["comparable_to_book"].all())))
+    return out
+
+
+def versus_book_on_test(runs: list[RerunResult], number: int):
+    """``number`` minus the book's recipe on the test split, paired over the seeds both ran (a ``Paired``), or None."""
+    from .selection import paired
+
+    mine = next((r for r in runs if r.optuna_trial == number), None)
+    book = next((r for r in runs if r.baseline), None)
+    if mine is None or book is None or mine is book:
+        return None
+    shared = sorted(set(mine.accs) & set(book.accs))
+    return paired([mine.accs[s] - book.accs[s] for s in shared], folds=shared) if shared else None
+
+
+def answer_lines(analysis: "Analysis") -> list[str]:
+    """What the study found, first: the confirmed winner with its interval and its gain over the book's recipe,
+    its test result after a rerun, then the single-validation best for what it is."""
+    data = analysis.data
+    row, what = winner_row(data)
+    if row is None:
+        return ["no trial has a validation accuracy: nothing to recommend (see the status of each trial)"]
+    number = int(row["optuna_trial"])
+    lines = []
+    conf = analysis.confirmation
+    if what == "confirmed winner" and conf is not None:
+        lines += conf.lines[:2]
+    else:
+        lines.append(f"best: trial {number}, val acc {row['best_val_acc']:.3f} on the study's one validation split "
+                     f"(no confirmation stage named a winner)")
+    runs = reruns_on_test(data)
+    mine = next((r for r in runs if r.optuna_trial == number), None)
+    if mine is not None:
+        book = next((r for r in runs if r.baseline), None)
+        text = f"on the test split (study.rerun): trial {number} {mine.describe()}"
+        if book is not None and book is not mine:
+            text += f", the book's recipe {book.describe()}"
+            versus = versus_book_on_test(runs, number)
+            if versus is not None:
+                text += f"; difference {versus.describe('seed')}"
+        lines.append(text)
+    else:
+        lines.append(f"test split: not measured yet (python -m study.rerun {data.folder.path} retrains trial {number} and the "
+                     "book's recipe on the same seeds)")
+    best = data.scored.head(1)
+    if len(best) and what == "confirmed winner":
+        b = best.iloc[0]
+        lines.append(f"the study's rank 1 on its one validation split: trial {int(b['optuna_trial'])}, val acc {b['best_val_acc']:.3f} "
+                     + ("(the same configuration)" if int(b["optuna_trial"]) == number else "(not the answer: one split of "
+                        f"{data.settings.val_images or '?'} images is a noisy judge, which the confirmation stage corrects)"))
+    return lines
+
+
 def baseline_number(data: StudyData) -> int | None:
     """The book's recipe's trial number, where the study ran it."""
     baseline = data.trials.loc[data.trials["baseline"].fillna(False).astype(bool), "optuna_trial"]
@@ -160,7 +260,11 @@ def importance_uncertainty(trials: list, params: list[str], evaluator, resamples
       hyperparameters, PED-ANOVA clears it from 20 trials on and not at 8 or 14; on pure noise it warns at every
       count tried (8-40); tests/test_analyze_rerun.py checks both.
 
-    Returns (intervals, chance, observed): the last two are raw importances.
+    - Each share's estimate: the median over the same resamples. On a few dozen trials Optuna's one estimate
+      on all of them can lie outside the resamples' interval (a bootstrap of PED-ANOVA is biased: a resample
+      repeats trials); the median is never outside it.
+
+    Returns (intervals, chance, observed, medians): chance and observed are raw importances.
     """
     import numpy as np
     import optuna
@@ -180,6 +284,7 @@ def importance_uncertainty(trials: list, params: list[str], evaluator, resamples
         return [float(got.get(p, 0.0)) for p in params]
 
     boot = [s for s in (shares([trials[i] for i in rng.integers(0, n, n)]) for _ in range(resamples)) if s is not None]
+    medians = {p: float(np.median([b[i] for b in boot])) for i, p in enumerate(params)} if boot else {}
     null = []
     for _ in range(resamples):
         shuffled = rng.permutation(values)
@@ -194,7 +299,7 @@ def importance_uncertainty(trials: list, params: list[str], evaluator, resamples
             intervals[p] = (float(np.percentile(table[:, i], 5)), float(np.percentile(table[:, i], 95)))
     chance = float(np.percentile(null, 95)) if null else math.nan
     observed = shares(trials, normalize=False)
-    return intervals, chance, sum(observed) if observed else math.nan
+    return intervals, chance, sum(observed) if observed else math.nan, medians
 
 
 def _evaluator(name: str, n_trials: int):
@@ -307,13 +412,15 @@ def compute_importance(data: StudyData, method: str = "ped-anova") -> Importance
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         values = optuna.importance.get_param_importances(study, evaluator=evaluator, params=params)
-    values = {p: float(values.get(p, 0.0)) for p in sorted(params, key=lambda p: -values.get(p, 0.0))}
-    intervals, chance, top = importance_uncertainty(study.trials, params, evaluator)
+    intervals, chance, top, medians = importance_uncertainty(study.trials, params, evaluator)
+    estimate = medians or {p: float(values.get(p, 0.0)) for p in params}
+    values = {p: estimate[p] for p in sorted(params, key=lambda p: -estimate[p])}
     if math.isfinite(chance) and top <= chance:
         warning = (f"with {len(study.trials)} trials these importances cannot be told from chance: together ({top:.3g}) they are no "
                    f"larger than what shuffled accuracies give 95% of the time ({chance:.3g}); more trials would tell")
         caveat = f"{warning}. {caveat}" if caveat else warning
-    return Importance(values, f"{name} on {source}", caveat, intervals, chance if math.isfinite(chance) else None)
+    how = f"{name} on {source}" + (f", median of {RESAMPLES} resamples" if medians else "")
+    return Importance(values, how, caveat, intervals, chance if math.isfinite(chance) else None)
 
 
 @dataclass
@@ -344,6 +451,171 @@ def best_ranges(data: StudyData) -> dict[str, BestRange]:
             r.low, r.high = float(values.min()), float(values.max())
         out[p] = r
     return out
+
+
+# The furthest a searched bound may be widened: the hyperparameter's own domain (a bound already there says nothing).
+WIDEST = {"lr": (0.0, None), "head_lr_mult": (0.0, None), "weight_decay": (0.0, None), "momentum": (0.0, 0.99),
+          "freeze_depth": (0, 5), "batch_size": (2, None)}
+POSITIVE = ("lr", "head_lr_mult")  # never 0 itself
+EDGE = 0.1  # the outer tenth of a range (in log space for a log range) counts as its edge
+
+
+def range_warnings(data: StudyData) -> list[str]:
+    """One line per searched bound that the best trials crowd: the best may lie outside what was searched.
+
+    A bound is crowded when at least half of the top trials (``top_count``, 3 or more), and at least two, lie in
+    the outer tenth of the range at that end (for an integer range of up to ten values: at the bound itself); a
+    uniform draw puts a tenth there. A bound where the hyperparameter's own domain ends (freeze depth 0 or 5, momentum 0) cannot be
+    widened and says nothing.
+    """
+    usable = data.scored[~data.scored["status"].isin(["diverged", "errored"])]
+    top = usable.head(top_count(len(usable)))
+    if len(top) < 3:
+        return []
+    lines = []
+    for p in data.params:
+        spec = data.settings.space.get(p, {})
+        bounds = data.bounds(p)
+        if spec.get("type") not in ("float", "int") or bounds is None or bounds[1] <= bounds[0]:
+            continue
+        low, high = bounds
+        values = pd.to_numeric(top[p], errors="coerce").dropna().to_numpy(dtype=float)
+        log = bool(spec.get("log")) and low > 0
+        if spec["type"] == "int" and high - low <= 10:
+            at = {"low": values <= low, "high": values >= high}
+        else:
+            u = ((np.log(values) - math.log(low)) / (math.log(high) - math.log(low)) if log else (values - low) / (high - low))
+            at = {"low": u <= EDGE, "high": u >= 1 - EDGE}
+        for end, inside in at.items():
+            count = int(inside.sum())
+            bound = low if end == "low" else high
+            limit = WIDEST.get(p, (None, None))[0 if end == "low" else 1]
+            if count < max(2, math.ceil(len(top) / 2)) or (limit is not None and bound == limit):
+                continue
+            near = values[inside]
+            lines.append(f"{p}: {count} of the top {len(top)} trials lie at the {end} end of its range "
+                         f"({fmt(float(near.min()))} to {fmt(float(near.max()))}; the range ends at {fmt(bound)}): the best may lie "
+                         f"beyond it; widen it with --space, e.g. {json.dumps({p: widened(p, spec, end)})} "
+                         "(python -m study.run --show-space prints the whole space)")
+    return lines
+
+
+def widened(p: str, spec: dict, end: str) -> dict:
+    """``spec`` with its ``end`` bound moved out: a decade for a log range, half the range otherwise, within WIDEST."""
+    low, high = float(spec["low"]), float(spec["high"])
+    limit = WIDEST.get(p, (None, None))[0 if end == "low" else 1]
+    if spec.get("log") and low > 0:
+        new = high * 10 if end == "high" else low / 10
+    else:
+        step = max((high - low) / 2, 1 if spec["type"] == "int" else 0)
+        new = high + step if end == "high" else low - step
+    if limit is not None:
+        new = min(new, limit) if end == "high" else max(new, limit)
+    if p in POSITIVE and new <= 0:
+        new = low / 10
+    if spec["type"] == "int":
+        new = int(math.ceil(new) if end == "high" else math.floor(new))
+    return {**spec, end: new}
+
+
+@dataclass
+class TopCheck:
+    """The raw evidence for one hyperparameter: do the top trials differ from the others in it? (no model)"""
+
+    param: str
+    p_value: float  # a permutation test: how often random "top" sets differ from the others as much
+    text: str  # what the top trials hold, against the others
+
+    @property
+    def strong(self) -> bool:
+        return self.p_value < 0.05
+
+
+PERMUTATIONS = 2000
+
+
+def top_vs_rest(data: StudyData, permutations: int = PERMUTATIONS, seed: int = 0) -> dict[str, TopCheck]:
+    """For each hyperparameter, whether the top trials (``top_count``) differ from the rest, by a permutation test
+    that needs no model of the accuracy: for a categorical one the statistic is the largest excess share of one
+    value among the top trials over the rest, for a numeric one the distance between the top trials' mean rank
+    and the others' (log values rank as the values do). The p-value is the share of random top sets of the
+    same size that differ at least as much. Unlike PED-ANOVA (top against all trials, which TPE drew mostly
+    near the best) it compares the top with the trials not among them."""
+    usable = data.scored[~data.scored["status"].isin(["diverged", "errored"])].reset_index(drop=True)
+    n, k = len(usable), top_count(len(usable))
+    if n < 4 or k >= n:
+        return {}
+    rng = np.random.default_rng(seed)
+    draws = np.argsort(rng.random((permutations, n)), axis=1)[:, :k]  # random top sets
+    is_top = np.zeros((permutations, n), dtype=bool)
+    np.put_along_axis(is_top, draws, True, axis=1)
+    real = np.zeros(n, dtype=bool)
+    real[:k] = True  # the table is ranked
+    out = {}
+    for p in data.params:
+        column = usable[p]
+        if data.is_categorical(p) or not pd.api.types.is_numeric_dtype(column):
+            labels = column.astype(str).to_numpy()
+            choices = sorted(set(labels))
+            onehot = np.stack([labels == c for c in choices], axis=1).astype(float)  # (n, choices)
+
+            def excess(top: np.ndarray) -> np.ndarray:
+                top = np.atleast_2d(top).astype(float)
+                share_top = top @ onehot / k
+                share_rest = (1 - top) @ onehot / (n - k)
+                return share_top - share_rest  # (sets, choices)
+
+            observed = excess(real)[0]
+            best = int(np.argmax(observed))
+            null = excess(is_top).max(axis=1)
+            count_top = int(onehot[real, best].sum())
+            count_rest = int(onehot[~real, best].sum())
+            text = f"{choices[best]}: {count_top} of the top {k}, {count_rest} of the other {n - k}"
+        else:
+            ranks = column.rank().to_numpy(dtype=float)
+
+            def distance(top: np.ndarray) -> np.ndarray:
+                top = np.atleast_2d(top)
+                return np.abs((top * ranks).sum(axis=1) / k - ((~top) * ranks).sum(axis=1) / (n - k))
+
+            observed_d = distance(real)[0]
+            null = distance(is_top)
+            observed = np.array([observed_d])
+            best = 0
+            top_values, rest_values = column[real], column[~real]
+            text = f"median {fmt(float(top_values.median()))} in the top {k}, {fmt(float(rest_values.median()))} in the other {n - k}"
+        p_value = float((np.sum(null >= observed[best] - 1e-12) + 1) / (permutations + 1))
+        out[p] = TopCheck(p, p_value, text)
+    return out
+
+
+def importance_disagreements(imp: "Importance", checks: dict[str, TopCheck]) -> list[str]:
+    """Where the importance and the raw top-vs-rest evidence disagree, one line each (instead of one number).
+
+    The importance "says it matters" when its share is at least a fair share (1 / the hyperparameters); the
+    evidence is strong at p < 0.05. Where the importances as a whole cannot be told from chance (their note says
+    so already), only the other direction is said: evidence the importance leaves out."""
+    if not imp.values or not checks:
+        return []
+    fair = 1 / len(imp.values)
+    lines = []
+    for p, share in imp.values.items():
+        check = checks.get(p)
+        if check is None:
+            continue
+        if check.strong and share < fair:
+            lines.append(f"{p}: importance {imp.describe(p)} says it matters little, yet the top trials differ from the others in it "
+                         f"({check.text}; p {check.p_value:.3f} by permutation): the two disagree, so read neither as settled "
+                         "(PED-ANOVA compares the top with all trials, which the search drew mostly near the best, and can "
+                         "understate what the search already settled)")
+        elif share >= fair and check.p_value > 0.2 and "cannot be told from chance" not in imp.note:
+            lines.append(f"{p}: importance {imp.describe(p)} says it matters, yet the top trials do not differ from the others in it "
+                         f"({check.text}; p {check.p_value:.2f} by permutation): the two disagree, so read neither as settled")
+    return lines
+
+
+def describe_check(check: TopCheck | None) -> str:
+    return "-" if check is None else f"{check.text} (p {check.p_value:.3f})"
 
 
 def describe_range(r: BestRange) -> str:
@@ -391,11 +663,16 @@ class Analysis:
     importance: Importance
     ranges: dict[str, BestRange]
     confirmation: Confirmation | None = None
+    checks: dict[str, TopCheck] = field(default_factory=dict)  # the top trials against the rest, per hyperparameter
+    disagreements: list[str] = field(default_factory=list)  # where the importance and the checks disagree
+    range_warnings: list[str] = field(default_factory=list)  # bounds the best trials crowd
 
 
 def analyze(folder: StudyFolder, importance: str = "ped-anova") -> Analysis:
     data = read_study(folder)
-    return Analysis(data, compute_importance(data, importance), best_ranges(data), confirmation(data))
+    imp, checks = compute_importance(data, importance), top_vs_rest(data)
+    return Analysis(data, imp, best_ranges(data), confirmation(data), checks, importance_disagreements(imp, checks),
+                    range_warnings(data))
 
 
 CONFIRM_COLUMNS = ["trial", "folds", "mean val acc", "sd", "95% CI", "s/epoch", "recommended"]

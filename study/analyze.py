@@ -1,7 +1,9 @@
 """``python -m study.analyze [results/<study>]``: what a finished (or running) study found.
 
-Prints the top trials, how much each hyperparameter matters (Optuna's PED-ANOVA importance on the stored
-study) and the range where the best trials lie; writes ``report.html`` into the study folder (one
+Prints the answer first (the confirmed winner, its gain over the book's recipe, its test result after a
+rerun), a warning where the best trials crowd a bound of the searched space, the top trials, how much each
+hyperparameter matters (Optuna's PED-ANOVA importance on the stored study, checked against the top trials
+against the rest) and the range where the best trials lie; writes ``report.html`` into the study folder (one
 self-contained file: plotly.js inline, opens from disk with no network) and the same figures as PNG files
 under ``figures/``. Reads only the study folder: no Ray, no training.
 """
@@ -14,8 +16,8 @@ import sys
 from trainable import UserError
 from trainable.cli import run_main
 
-from .analysis import (CONFIRM_COLUMNS, Analysis, analyze, baseline_acc, baseline_number, confirmation_rows, describe_range,
-                       describe_space, top_table_rows)
+from .analysis import (CONFIRM_COLUMNS, Analysis, analyze, answer_lines, baseline_acc, baseline_number, confirmation_rows,
+                       describe_check, describe_range, describe_space, top_table_rows)
 from .layout import find_study
 from .summary import noise_note
 
@@ -33,6 +35,11 @@ def print_analysis(analysis: Analysis, top: int) -> None:
                   f"{base.get('image_size')}px, weights {base.get('weights')}, data {base.get('data_dir') or 'the book hotdog set'}",
                   markup=False)
 
+    for line in answer_lines(analysis):  # the answer first: the confirmed winner, its gain, its test result
+        console.print(line, markup=False)
+    for line in analysis.range_warnings:
+        console.print(f"warning: {line}", markup=False)
+
     columns, rows = top_table_rows(data, top)
     table = Table(title=f"top {len(rows)} trial(s) (* = the book's recipe)", title_justify="left")
     for c in columns:
@@ -44,16 +51,19 @@ def print_analysis(analysis: Analysis, top: int) -> None:
     first = next(iter(analysis.ranges.values()), None)
     where = f"top {first.n_top} of {first.n_scored}" if first else "top trials"
     table = Table(title=f"how much each hyperparameter matters: {imp.method}", title_justify="left")
-    for c, justify in (("hyperparameter", "left"), ("importance (90% interval)", "left"), (f"{where} lie in", "left"), ("searched", "left")):
+    for c, justify in (("hyperparameter", "left"), ("importance (90% interval)", "left"), (f"{where} lie in", "left"),
+                       ("top vs the rest (p)", "left"), ("searched", "left")):
         table.add_column(c, justify=justify)
     order = list(imp.values) if imp.values else data.params
     for p in order:
         share = imp.values.get(p) if imp.values else None
         bar = "-" if share is None else f"{imp.describe(p):17s} " + "#" * round(share * 20)
-        table.add_row(p, bar, describe_range(analysis.ranges[p]), describe_space(data, p))
+        table.add_row(p, bar, describe_range(analysis.ranges[p]), describe_check(analysis.checks.get(p)), describe_space(data, p))
     console.print(table)
     if imp.note:
         console.print(f"note: {imp.note}", markup=False)
+    for line in analysis.disagreements:
+        console.print(f"note: {line}", markup=False)
     if analysis.confirmation is not None:
         conf = analysis.confirmation
         base = baseline_number(data)
@@ -70,8 +80,8 @@ def print_analysis(analysis: Analysis, top: int) -> None:
     if len(best):
         b, baseline = best.iloc[0], baseline_acc(data)
         versus = f" (the book's recipe: {baseline:.3f})" if baseline is not None else ""
-        console.print(f"best: rank 1, val acc {b['best_val_acc']:.3f}{versus}", markup=False)
-        if note := noise_note(float(b["best_val_acc"]), baseline, data.settings.val_images):
+        console.print(f"single validation: rank 1, val acc {b['best_val_acc']:.3f}{versus}", markup=False)
+        if note := noise_note(float(b["best_val_acc"]), baseline, data.settings.val_images, analysis.confirmation is not None):
             console.print(f"note: {note}", markup=False)
 
 

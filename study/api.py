@@ -69,12 +69,14 @@ class Study:
         return analyze(self.folder, importance)
 
     def rerun(self, seeds: int = 3, rank: int | None = None, epochs: int | None = None, parallel: bool = False,
-              threads: int | None = None) -> pd.DataFrame:
-        """Retrain a configuration on train + validation with each seed and test it once: ``python -m study.rerun``."""
-        from .rerun import choose, retrain
+              threads: int | None = None, baseline: bool = True) -> pd.DataFrame:
+        """Retrain a configuration on train + validation with each seed and test it once, and the book's recipe on the
+        same seeds unless ``baseline=False``: ``python -m study.rerun``. Rows of both (``baseline`` tells them apart)."""
+        from .rerun import choose, choose_baseline, retrain
 
         chosen = choose(self.folder, rank, epochs, threads=threads)
-        return pd.DataFrame(retrain(self.folder, chosen, seeds, parallel))
+        book = choose_baseline(self.folder, chosen, epochs, threads=threads)[0] if baseline else None
+        return pd.DataFrame(retrain(self.folder, chosen, seeds, parallel, book))
 
 
 def load_study(path: str | Path | None = None, results_dir: str | Path = "results") -> Study:

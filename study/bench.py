@@ -96,6 +96,19 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--selection", action="store_true",
                       help="simulate whole studies (no training) with known true accuracies: the expected regret of picking by one "
                            "validation accuracy against the confirmation stage, and the stage's extra compute (study.selection)")
+    mode.add_argument("--flow", action="store_true",
+                      help="the whole used-by flow as a user runs it (study.run, study.rerun of the winner and the book's recipe, "
+                           "study.analyze) per --flow-seeds: wall time per phase, the confirmation's gain over the book's recipe "
+                           "with its interval, the rerun's paired gain on the test split, and whether the interval held it")
+    p.add_argument("--flow-seeds", type=int, nargs="+", default=[0], help="--flow: study seeds, one whole flow each (default: 0)")
+    p.add_argument("--flow-samples", type=int, default=32, help="--flow: trials per study (default: %(default)s)")
+    p.add_argument("--flow-epochs", type=int, default=3, help="--flow: epochs per trial (default: %(default)s)")
+    p.add_argument("--flow-size", type=int, default=64, help="--flow: image size (default: %(default)s)")
+    p.add_argument("--flow-batch-size", type=int, default=32, help="--flow: batch size (default: %(default)s)")
+    p.add_argument("--flow-rerun-seeds", type=int, default=3, help="--flow: study.rerun --seeds (default: %(default)s)")
+    p.add_argument("--weights", default=None,
+                   help="--flow: the backbone (default: $HOTDOG_ASSETS/weights/resnet18-caltech101-64.pt beside the data, else imagenet)")
+    p.add_argument("--results-dir", default=None, help="--flow: where the studies go (default: a new folder under results/)")
     p.add_argument("--selection-repeats", type=int, default=10000, help="--selection: simulated studies (default: %(default)s)")
     p.add_argument("--feed-window", type=float, default=None, help="--feed: seconds per measured window (default: 0.3; --tiny: 0.02)")
     p.add_argument("--seconds", type=float, default=None, help="--trials-per-gpu: seconds each process trains, all together (default: 30; --tiny: 2)")
@@ -191,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         result = run_selection(args.selection_repeats, 0, args.json)
         print_selection(result, console)
         return 0
+    if args.flow:
+        return flow(args, log)
     if args.trials_per_gpu:
         from .bench_share import check_share_device
 
@@ -247,6 +262,34 @@ def main(argv: list[str] | None = None) -> int:
     log(f"load average (1, 5, 15 min) at start {report['load_start']}, at end {report['load_end']}; {report['seconds']:.0f}s in all")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def flow(args: argparse.Namespace, log) -> int:
+    """``--flow``: one whole flow per study seed, its figures printed and in ``--json``."""
+    from .bench_flow import print_flow, run_flow, write_json
+
+    data_dir = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
+    check_layout(data_dir, need_test=True)
+    weights = args.weights or str(data_dir.parent / "weights" / "resnet18-caltech101-64.pt")
+    if not args.weights and not Path(weights).is_file():
+        weights = "imagenet"
+    if Path(weights).expanduser().is_file():  # the commands run from the checkout: an absolute path
+        weights = str(Path(weights).expanduser().resolve())
+    results = Path(args.results_dir or ROOT / "results" / f"flow-{time.strftime('%Y%m%d-%H%M%S')}").expanduser().resolve()
+    report = {"machine": machine(), "load_start": load_average(), "data_dir": str(data_dir.resolve()), "weights": weights,
+              "samples": args.flow_samples, "epochs": args.flow_epochs, "image_size": args.flow_size,
+              "batch_size": args.flow_batch_size, "rerun_seeds": args.flow_rerun_seeds, "flows": []}
+    for seed in args.flow_seeds:
+        result = run_flow(str(data_dir.resolve()), weights, results, seed, args.flow_samples, args.flow_epochs, args.flow_size,
+                          args.flow_batch_size, args.flow_rerun_seeds, log)
+        report["flows"].append(result)
+        print_flow(result, log)
+        if args.json:
+            write_json(args.json, {**report, "partial": seed != args.flow_seeds[-1]})
+    report["load_end"] = load_average()
+    if args.json:
+        write_json(args.json, report)
     return 0
 
 

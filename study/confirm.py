@@ -4,7 +4,11 @@ One validation split of a few hundred images is a noisy judge: its top trial is 
 sample has finished, the top K configurations by validation accuracy plus the book's recipe each run
 stratified F-fold cross-validation of the whole train split (``trainable.data.kfold_split``: every training
 image validates once, so each configuration is judged on all of them, not on the study's few hundred),
-with the study's epochs, image size and per-trial resources, as Ray trials. Each run lands in
+with the study's epochs, image size and per-trial resources, as Ray trials. Fold k trains with seed
+``fold_seed(study seed, k)`` for every configuration: a run's seed effect (head initialisation, batch order,
+augmentation draws) is as large as the differences between good configurations, so the folds of one
+configuration must not share it (the spread between folds would then hold no seed noise and the intervals
+would be too narrow), while every configuration on one fold does (the comparisons stay paired). Each run lands in
 ``confirm.parquet`` as it ends (atomically); a run a killed driver left unfinished continues from its newest
 intact checkpoint on ``--resume``, as a study's trial does. The decision (``study.selection.decide``): the
 best mean over folds is the winner; beside it the paired difference to the book's recipe and the
@@ -24,10 +28,15 @@ from . import faults
 from .layout import StudyFolder, StudySettings, drop_checkpoints, isnan, set_aside, typed, write_parquet_atomic
 from .results import StudyTables
 
-CONFIRM_TYPES = {"optuna_trial": "int64", "baseline": "bool", "fold": "int64", "cv_folds": "int64", "status": "str",
+CONFIRM_TYPES = {"optuna_trial": "int64", "baseline": "bool", "fold": "int64", "cv_folds": "int64", "seed": "int64", "status": "str",
                  "val_acc": "float64", "val_loss": "float64", "epochs": "int64", "seconds": "float64", "images_per_s": "float64",
                  "trial_id": "str", "trial_dir": "str", "error": "str"}
 DONE = ("completed", "diverged", "errored")
+
+
+def fold_seed(study_seed: int, fold: int) -> int:
+    """The training seed of every confirmation run on ``fold``: its own per fold, shared by the configurations."""
+    return int(study_seed) + int(fold)
 
 
 @dataclass
@@ -36,12 +45,13 @@ class Job:
     fold: int
     params: dict
     baseline: bool
+    seed: int = 0  # fold_seed(study seed, fold)
     resume_dir: str | None = None
 
     def tune_config(self, folds: int) -> dict:
-        """The run's Tune config: its hyperparameters, its fold, and a validation after the last epoch only (its score)."""
+        """The run's Tune config: its hyperparameters, its fold and seed, and a validation after the last epoch only (its score)."""
         return {**self.params, "optuna_trial": self.number, "baseline": self.baseline, "val_fold": self.fold, "cv_folds": folds,
-                "val_last_only": True, "resume_dir": self.resume_dir}
+                "seed": self.seed, "val_last_only": True, "resume_dir": self.resume_dir}
 
 
 class ConfirmTable:
@@ -64,6 +74,12 @@ class ConfirmTable:
                 aside = set_aside(self.path, "other-folds")
                 self.note = (f"confirm.parquet holds runs on other folds than {folds}-fold cross-validation: they are set "
                              f"aside as {aside.name} and the stage runs again")
+                return
+            if "seed" not in frame:
+                # an older version trained every fold with the study's seed: its intervals leave out the seed noise
+                aside = set_aside(self.path, "one-seed")
+                self.note = (f"confirm.parquet holds runs that trained every fold with one seed (an older design whose intervals "
+                             f"leave out the seed noise): they are set aside as {aside.name} and the stage runs again")
                 return
             for row in frame.to_dict("records"):
                 self.rows[(int(row["optuna_trial"]), int(row["fold"]))] = row
@@ -90,8 +106,9 @@ def candidates(tables: StudyTables, top: int) -> list[int]:
     return chosen
 
 
-def plan(tables: StudyTables, table: ConfirmTable, numbers: list[int], folds: int, params: list[str]) -> list[Job]:
-    """The runs still to do: every (configuration, fold) without a finished row, from its checkpoint where it has one."""
+def plan(tables: StudyTables, table: ConfirmTable, numbers: list[int], folds: int, params: list[str], seed: int) -> list[Job]:
+    """The runs still to do: every (configuration, fold) without a finished row, from its checkpoint where it has one;
+    fold k with seed ``fold_seed(seed, k)``."""
     jobs = []
     for number in numbers:
         trial = tables.trials[number]
@@ -101,7 +118,7 @@ def plan(tables: StudyTables, table: ConfirmTable, numbers: list[int], folds: in
             if row is not None and row["status"] in DONE:
                 continue
             resume = None if row is None or isnan(row.get("trial_dir")) else str(row["trial_dir"])
-            jobs.append(Job(number, fold, config, bool(trial.get("baseline")), resume))
+            jobs.append(Job(number, fold, config, bool(trial.get("baseline")), fold_seed(seed, fold), resume))
     return jobs
 
 
@@ -168,7 +185,7 @@ class ConfirmCallback:
         number, fold = self.key(trial)
         return self.table.rows.setdefault((number, fold), {
             "optuna_trial": number, "baseline": bool(trial.config["job"].get("baseline")), "fold": fold, "cv_folds": int(trial.config["job"]["cv_folds"]),
-            "status": "running", "val_acc": math.nan, "val_loss": math.nan, "epochs": 0, "seconds": 0.0, "images_per_s": math.nan,
+            "seed": int(trial.config["job"]["seed"]), "status": "running", "val_acc": math.nan, "val_loss": math.nan, "epochs": 0, "seconds": 0.0, "images_per_s": math.nan,
             "trial_id": trial.trial_id, "trial_dir": None, "error": None})
 
     def on_start(self, trial, where: str | None) -> None:
@@ -299,7 +316,7 @@ def run_stage(folder: StudyFolder, settings: StudySettings, tables: StudyTables,
     if not numbers:
         return None, ["confirmation: no usable trial to confirm (every trial diverged or failed)"], True
     settings.confirm["candidates"] = numbers
-    jobs = plan(tables, table, numbers, folds, params)
+    jobs = plan(tables, table, numbers, folds, params, settings.base["seed"])
     record(tables, table, numbers, None)
     table.write()
     tables.write()
@@ -334,6 +351,11 @@ def run_stage(folder: StudyFolder, settings: StudySettings, tables: StudyTables,
     if result is None:
         missing = len(numbers) * folds - sum(len(table.finished(n)) for n in numbers)
         return stopped or "interrupted", [f"confirmation: {missing} run(s) unfinished"], False
-    settings.summary["confirmation"] = {"winner": int(result.winner), "one_se_pick": int(result.one_se_pick), "folds": folds,
-                                        "candidates": numbers, "lines": result.lines()}
+    w, versus = result.row(result.winner), result.versus_baseline
+    settings.summary["confirmation"] = {
+        "winner": int(result.winner), "one_se_pick": int(result.one_se_pick), "folds": folds, "candidates": numbers,
+        "winner_mean": float(w["mean"]), "winner_ci": [float(w["ci_low"]), float(w["ci_high"])],
+        "gain": None if versus is None else {"mean": versus.mean, "ci": [versus.ci_low, versus.ci_high], "df": versus.df,
+                                             "beyond_noise": versus.beyond_noise},
+        "lines": result.lines()}
     return stopped, result.lines(), True

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .analysis import (CONFIRM_COLUMNS, Analysis, StudyData, baseline_acc, baseline_number, confirmation_rows, describe_range,
-                       describe_space, top_table_rows)
+from .analysis import (CONFIRM_COLUMNS, Analysis, StudyData, answer_lines, baseline_acc, baseline_number, confirmation_rows,
+                       describe_check, describe_range, describe_space, reruns_on_test, top_table_rows, versus_book_on_test,
+                       winner_row)
 from .layout import BOOK_FIGURE, FIGURES_DIR, REPORT_FILE, fmt, fmt_acc, write_atomic, write_text_atomic
 from .summary import noise_note
 
@@ -87,6 +88,23 @@ def _curve_name(row: pd.Series) -> str:
     return f"#{int(row['rank'])} (trial {fmt(row['optuna_trial'])}{tag}): {fmt_acc(row['best_val_acc'])}"
 
 
+def starred(data: StudyData) -> tuple[pd.DataFrame, str]:
+    """The trial every plot marks: the confirmed winner (else rank 1), as a one-row frame, and its legend name."""
+    row, what = winner_row(data)
+    if row is None:
+        return data.scored.head(0), ""
+    return data.scored[data.scored["optuna_trial"] == row["optuna_trial"]], f"{what} (trial {int(row['optuna_trial'])})"
+
+
+def curve_trials(data: StudyData, curves: int) -> pd.DataFrame:
+    """The top ``curves`` trials whose learning curves are drawn, the marked one always among them."""
+    top = data.scored.head(curves)
+    marked, _ = starred(data)
+    if len(marked) and not marked["optuna_trial"].isin(top["optuna_trial"]).all():
+        top = pd.concat([marked, top.head(max(curves - 1, 0))])
+    return top
+
+
 def _acc_range(values: pd.Series) -> tuple[float, float]:
     v = values.dropna()
     if not len(v):
@@ -124,10 +142,11 @@ def plotly_figures(analysis: Analysis, curves: int) -> dict:
         names = list(imp.values)[::-1]
         fig = go.Figure(go.Bar(x=[imp.values[n] for n in names], y=names, orientation="h", marker_color="#1f77b4",
                                text=[f"{imp.values[n]:.2f}" for n in names], textposition="auto"))
-        fig.update_layout(height=120 + 40 * len(names), xaxis_title="importance (share, sums to 1)", margin=dict(l=120, r=30, t=30, b=50))
+        fig.update_layout(height=120 + 40 * len(names), xaxis_title="importance (median share over resamples)", margin=dict(l=120, r=30, t=30, b=50))
         figures["importance"] = fig
 
     # validation accuracy against each hyperparameter
+    best, star_name = starred(data)
     n = len(data.params)
     cols = min(3, max(n, 1))
     rows = max(1, math.ceil(n / cols))
@@ -145,10 +164,9 @@ def plotly_figures(analysis: Analysis, curves: int) -> dict:
                 text=[f"#{int(row['rank'])}: {_label(row, data.params)}" for _, row in group.iterrows()],
                 hovertemplate="%{text}<br>val acc %{y:.3f}<extra></extra>"), row=r, col=c)
             shown.add(status)
-        best = scored.head(1)
         if len(best):
             x = best[p].astype(str) if axis.categorical else best[p]
-            fig.add_trace(go.Scatter(x=x, y=best["best_val_acc"], mode="markers", name="best (rank 1)", legendgroup="best",
+            fig.add_trace(go.Scatter(x=x, y=best["best_val_acc"], mode="markers", name=star_name, legendgroup="best",
                                      showlegend=i == 0, marker=dict(symbol="star", size=16, color="gold", line=dict(width=1, color="black")),
                                      hoverinfo="skip"), row=r, col=c)
         # the searched range (every choice), so where the trials fell within it shows
@@ -167,7 +185,7 @@ def plotly_figures(analysis: Analysis, curves: int) -> dict:
     # learning curves
     fig = go.Figure()
     epochs = data.epochs
-    top = data.scored.head(curves)
+    top = curve_trials(data, curves)
     top_ids = set(top["trial_id"])
     first = True
     for trial_id, group in epochs.groupby("trial_id", sort=False):
@@ -220,10 +238,13 @@ def write_pngs(analysis: Analysis, out: Path, curves: int) -> list[Path]:
     cmap = matplotlib.colormaps["viridis"]
     columns = [a.normalized(scored[a.param]) for a in axes] + [((scored["best_val_acc"].to_numpy(dtype=float) - lo) / (hi - lo))]
     matrix = np.vstack(columns).T if len(scored) else np.zeros((0, k + 1))
-    order = np.argsort(scored["best_val_acc"].to_numpy(dtype=float))  # best drawn last, on top
+    marked, _ = starred(data)
+    mark = set(marked["optuna_trial"]) if len(marked) else set()
+    key = scored["best_val_acc"].to_numpy(dtype=float) + np.where(scored["optuna_trial"].isin(mark), np.inf, 0)
+    order = np.argsort(key)  # the winner drawn last, on top, and thick
     for i in order:
         acc = float(scored["best_val_acc"].iloc[i])
-        ax.plot(range(k + 1), matrix[i], color=cmap(norm(acc)), lw=2.4 if i == order[-1] else 1.3, alpha=0.9)
+        ax.plot(range(k + 1), matrix[i], color=cmap(norm(acc)), lw=3.0 if scored["optuna_trial"].iloc[i] in mark else 1.3, alpha=0.9)
     for j, axis in enumerate(axes):
         ax.axvline(j, color="black", lw=0.8)
         span = axis.range[1] - axis.range[0]
@@ -251,7 +272,7 @@ def write_pngs(analysis: Analysis, out: Path, curves: int) -> list[Path]:
         for y, s in enumerate(shares):
             ax.text(s, y, f" {s:.2f}", va="center", fontsize=8)
         ax.set_xlim(0, max(shares) * 1.18 if max(shares) > 0 else 1)
-        ax.set_xlabel("importance (share, sums to 1)")
+        ax.set_xlabel("importance (median share over resamples)")
         ax.set_title(f"{title}: {imp.method}", fontsize=9)
     else:
         ax.axis("off")
@@ -263,6 +284,7 @@ def write_pngs(analysis: Analysis, out: Path, curves: int) -> list[Path]:
     n = max(len(data.params), 1)
     cols = min(3, n)
     rows = math.ceil(n / cols)
+    best, star_name = starred(data)
     fig, grid = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False, sharey=True)
     rng = np.random.default_rng(0)
     for i, axis in enumerate(axes):
@@ -274,11 +296,10 @@ def write_pngs(analysis: Analysis, out: Path, curves: int) -> list[Path]:
             elif axis.log:
                 x = 10 ** x
             ax.scatter(x, group["best_val_acc"], s=30, color=STATUS_COLORS.get(status, "#333"), label=status, edgecolor="white", lw=0.5)
-        best = scored.head(1)
         if len(best):
             x = axis.values(best[axis.param])
             ax.scatter(10 ** x if axis.log and not axis.categorical else x, best["best_val_acc"], marker="*", s=220,
-                       color="gold", edgecolor="black", lw=0.8, label="best (rank 1)", zorder=5)
+                       color="gold", edgecolor="black", lw=0.8, label=star_name, zorder=5)
         if axis.categorical:
             ax.set_xticks(axis.tickvals, axis.ticktext, rotation=30, ha="right", fontsize=8)
             ax.set_xlim(axis.range[0] - 0.5, axis.range[1] + 0.5)
@@ -304,7 +325,7 @@ def write_pngs(analysis: Analysis, out: Path, curves: int) -> list[Path]:
     # learning curves
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     epochs = data.epochs
-    top = scored.head(curves)
+    top = curve_trials(data, curves)
     top_ids = set(top["trial_id"])
     first = True
     for trial_id, group in epochs.groupby("trial_id", sort=False):
@@ -355,23 +376,27 @@ def _table(columns: list[str], rows: list[list[str]], left: set[str] = frozenset
 
 
 def _rerun_section(data: StudyData) -> str:
-    rerun = data.rerun
-    if rerun is None or rerun.empty:
+    runs = reruns_on_test(data)
+    if not runs:
         return ('<p class="muted">No final evaluation yet: <code>python -m study.rerun '
-                f'{html.escape(str(data.folder.path))}</code> retrains the best configuration with several seeds on '
-                "train + validation and measures it on the test split.</p>")
+                f'{html.escape(str(data.folder.path))}</code> retrains the confirmed winner and the book\'s recipe with the '
+                "same seeds on train + validation and measures both on the test split.</p>")
+    rerun = data.rerun
     parts = []
-    for (rank, number), group in rerun.groupby(["rank", "optuna_trial"], sort=True):
-        acc = group["test_acc"].dropna()
-        sd = f" &plusmn; {acc.std(ddof=1):.3f}" if len(acc) > 1 else ""
-        comparable = "comparable_to_book" in group and bool(group["comparable_to_book"].all())
-        book = f"; {html.escape(BOOK_FIGURE)}" if comparable else ""
-        parts.append(f"<p>rank {int(rank)} (trial {int(number)}): test accuracy <b>{acc.mean():.3f}{sd}</b> "
-                     f"(mean &plusmn; sd over {len(acc)} seed(s), {int(group['epochs'].iloc[0])} epoch(s) on train + validation){book}</p>")
+    for run in runs:
+        group = rerun[rerun["optuna_trial"] == run.optuna_trial]
+        book = f"; {html.escape(BOOK_FIGURE)}" if run.comparable_to_book else ""
+        tag = ", the book's recipe" if run.baseline else ""
+        parts.append(f"<p>rank {run.rank} (trial {run.optuna_trial}{tag}): test accuracy <b>{html.escape(run.describe())}</b> "
+                     f"(mean &plusmn; sd, {run.epochs} epoch(s) on train + validation){book}</p>")
         cols = ["seed", "test_acc", "test_loss", "epochs", "seconds", "status"]
         rows = [[fmt(r["seed"]), fmt_acc(r["test_acc"]), fmt(r["test_loss"]), fmt(r["epochs"]), f"{r['seconds']:.0f}", str(r["status"])]
-                for _, r in group.iterrows()]
+                for _, r in group.sort_values("seed").iterrows()]
         parts.append(_table(cols, rows, {"status"}))
+        versus = None if run.baseline else versus_book_on_test(runs, run.optuna_trial)
+        if versus is not None:
+            parts.append(f"<p><b>trial {run.optuna_trial} vs the book's recipe</b>, paired seed by seed: "
+                         f"{html.escape(versus.describe('seed'))}</p>")
     return "\n".join(parts)
 
 
@@ -408,16 +433,20 @@ def build_html(analysis: Analysis, figures: dict, top: int = 10) -> str:
     best_text = ""
     if len(best):
         b, baseline = best.iloc[0], baseline_acc(data)
-        best_text = f"best validation accuracy <b>{b['best_val_acc']:.3f}</b> (rank 1, trial {fmt(b['optuna_trial'])})"
+        best_text = f"single-validation best {b['best_val_acc']:.3f} (rank 1, trial {fmt(b['optuna_trial'])})"
         if baseline is not None:
             best_text += f"; the book's recipe (baseline, * in the table) {baseline:.3f}"
-        if note := noise_note(float(b["best_val_acc"]), baseline, s.val_images):
+        if note := noise_note(float(b["best_val_acc"]), baseline, s.val_images, analysis.confirmation is not None):
             best_text += f". Note: {html.escape(note)}"
+    answer = "".join(f"<li>{html.escape(line)}</li>" for line in answer_lines(analysis))
+    warnings = "".join(f'<p class="note">{html.escape(line)}</p>' for line in analysis.range_warnings)
+    disagreements = "".join(f'<p class="note">{html.escape(line)}</p>' for line in analysis.disagreements)
     columns, rows = top_table_rows(data, top)
     first_range = next(iter(analysis.ranges.values()), None)
     where = f"top {first_range.n_top} of {first_range.n_scored} trials lie in" if first_range else "top trials lie in"
     order = list(imp.values) if imp.values else data.params
-    imp_rows = [[p, imp.describe(p), describe_range(analysis.ranges[p]), describe_space(data, p)] for p in order]
+    imp_rows = [[p, imp.describe(p), describe_range(analysis.ranges[p]), describe_check(analysis.checks.get(p)), describe_space(data, p)]
+                for p in order]
     note = f'<p class="note">{html.escape(imp.note)}</p>' if imp.note else ""
     skipped = len(data.trials) - len(data.scored)
     skipped_text = f" ({skipped} trial(s) without a validation accuracy are left out)" if skipped else ""
@@ -430,7 +459,10 @@ def build_html(analysis: Analysis, figures: dict, top: int = 10) -> str:
 <p class="muted">{html.escape(str(data_text))}; {html.escape(str(base.get('epochs')))} epoch(s) at {html.escape(str(base.get('image_size')))}px,
 weights {html.escape(str(base.get('weights')))}, batch {html.escape(str(base.get('batch_size')))}, validation {html.escape(str(base.get('val_fraction')))} of train;
 created {html.escape(s.created or '?')}; report written {dt.datetime.now():%Y-%m-%d %H:%M}.</p>
-<p>{len(data.trials)} trial(s) ({counts}); {best_text}.</p>
+<h2>The answer</h2>
+<ul>{answer}</ul>
+{warnings}
+<p class="muted">{len(data.trials)} trial(s) ({counts}); {best_text}.</p>
 
 <h2>Top trials</h2>
 {_table(columns, rows, {"status", *[p for p in data.params if data.is_categorical(p)]})}
@@ -438,10 +470,12 @@ created {html.escape(s.created or '?')}; report written {dt.datetime.now():%Y-%m
 {_confirmation_section(analysis)}
 
 <h2>How much each hyperparameter matters</h2>
-<p>{html.escape(imp.method)}: each hyperparameter's share in telling the best trials from the rest, with a 90% interval
-from drawing the trials again (bootstrap); and the range where the best trials lie.</p>
-{note}
-{_table(["hyperparameter", "importance (90% interval)", where, "searched"], imp_rows, {"hyperparameter", where, "searched"})}
+<p>{html.escape(imp.method)}: each hyperparameter's share in telling the best trials from the rest, the median and a 90% interval
+over drawing the trials again (bootstrap); beside it, without a model, whether the top trials differ from the others in it (a
+permutation test, p); and the range where the best trials lie.</p>
+{note}{disagreements}
+{_table(["hyperparameter", "importance (90% interval)", where, "top vs the rest (p)", "searched"], imp_rows,
+        {"hyperparameter", where, "top vs the rest (p)", "searched"})}
 {plot("importance")}
 
 <h2>Parallel coordinates</h2>

@@ -1,10 +1,14 @@
 """``python -m study.rerun [results/<study>] [--rank 1] [--seeds 3]``: the final, honest number.
 
 Takes a trial's configuration from ``trials.parquet`` over the study's shared settings (the confirmed winner
-where the study ran its confirmation stage, else rank 1; ``--rank N`` picks by the study's ranking), retrains it with each of ``--seeds`` seeds (the study's seed + 0, 1, ...) on the
-whole train split (train + validation), evaluates each model once on the test split, and prints the test
-accuracy as mean +- sd. Writes ``rerun.parquet`` beside the study's tables (one row per seed) and each
-seed's weights under ``rerun/``. The data is decoded once for all seeds.
+where the study ran its confirmation stage, else rank 1; ``--rank N`` picks by the study's ranking), retrains it
+with each of ``--seeds`` seeds (the study's seed + 0, 1, ...) on the whole train split (train + validation),
+evaluates each model once on the test split, and prints the test accuracy as mean +- sd. The book's recipe
+runs beside it on the same seeds (``--no-baseline`` skips it), and the paired difference, seed by seed, is
+printed with its 95% t-interval: the answer to "is it better than the book's recipe on unseen images?".
+Writes ``rerun.parquet`` beside the study's tables (one row per configuration and seed) and each run's
+weights under ``rerun/``; rewrites ``report.html`` where ``study.analyze`` wrote one. The data is decoded
+once for all runs.
 
 ``--export FILE`` (or ``-`` for stdout) writes that configuration as a JSON file for
 ``python -m trainable --config FILE`` instead: the trial as it ran in the study (its validation split, epochs,
@@ -66,12 +70,7 @@ def trial_threads(row: dict, settings: StudySettings) -> int:
 
 
 def choose(folder: StudyFolder, rank: int | None, epochs: int | None, device: str | None = None, threads: int | None = None) -> Chosen:
-    settings = folder.read_settings()
-    if not folder.trials.is_file():
-        raise UserError(f"study {settings.name!r} in {folder.path} has no trials yet (no trials.parquet): nothing to rerun")
-    trials = pd.read_parquet(folder.trials)
-    if len(trials) == 0:
-        raise UserError(f"study {settings.name!r} has no trials yet: nothing to rerun")
+    settings, trials = read_trials(folder)
     why = ""
     if rank is None:
         winner = trials[trials["recommended"].fillna("").str.contains("winner")] if "recommended" in trials else trials.iloc[:0]
@@ -87,11 +86,40 @@ def choose(folder: StudyFolder, rank: int | None, epochs: int | None, device: st
     if not 1 <= rank <= len(trials):
         raise UserError(f"--rank {rank} is beyond the table: study {settings.name!r} has {len(trials)} trial(s), ranks 1-{len(trials)}")
     row = {k: plain(v) for k, v in trials[trials["rank"] == rank].iloc[0].to_dict().items()}
+    return _chosen(settings, row, epochs, device, threads, why)
+
+
+def choose_baseline(folder: StudyFolder, chosen: Chosen, epochs: int | None, device: str | None = None,
+                    threads: int | None = None) -> tuple[Chosen | None, str]:
+    """The book's recipe as the study ran it, to retrain beside ``chosen`` on the same seeds; (None, why not) where
+    there is none to compare with."""
+    if chosen.row.get("baseline"):
+        return None, "the trial picked is the book's recipe itself"
+    settings, trials = read_trials(folder)
+    rows = trials[trials["baseline"].fillna(False).astype(bool)]
+    if not len(rows):
+        return None, "the study has no baseline (the book's recipe lies outside its search space)"
+    row = {k: plain(v) for k, v in rows.iloc[0].to_dict().items()}
+    return _chosen(settings, row, epochs, device, threads, "the book's recipe, on the same seeds"), ""
+
+
+def read_trials(folder: StudyFolder) -> tuple[StudySettings, pd.DataFrame]:
+    settings = folder.read_settings()
+    if not folder.trials.is_file():
+        raise UserError(f"study {settings.name!r} in {folder.path} has no trials yet (no trials.parquet): nothing to rerun")
+    trials = pd.read_parquet(folder.trials)
+    if len(trials) == 0:
+        raise UserError(f"study {settings.name!r} has no trials yet: nothing to rerun")
+    return settings, trials
+
+
+def _chosen(settings: StudySettings, row: dict, epochs: int | None, device: str | None, threads: int | None, why: str) -> Chosen:
     params = {}
     for name in settings.space:
         value = row.get(name)
         if value is None:
-            raise UserError(f"trial {row.get('optuna_trial')} (rank {rank}) has no value for {name!r} in trials.parquet: choose another --rank")
+            raise UserError(f"trial {row.get('optuna_trial')} (rank {row.get('rank')}) has no value for {name!r} in trials.parquet: "
+                            "choose another --rank")
         params[name] = typed(name, value)
     base = TrainConfig.from_dict(settings.base)
     trial = base.replace(**params, threads=trial_threads(row, settings), **({"device": device} if device else {})).validate()
@@ -149,7 +177,7 @@ def export(chosen: Chosen, target: str) -> None:
 
 
 # --- retraining --------------------------------------------------------------------------------------
-def run_seed(cfg: TrainConfig, data, weights_path: str, report=None) -> dict:
+def run_seed(cfg: TrainConfig, data, weights_path: str, report=None, label: str = "") -> dict:
     """Train ``cfg`` on ``data.train``, evaluate once on ``data.test``, save the weights; one result row.
 
     ``report`` takes each epoch's progress line (``print`` here, a queue's ``put`` in a Ray task).
@@ -161,7 +189,7 @@ def run_seed(cfg: TrainConfig, data, weights_path: str, report=None) -> dict:
 
     def on_epoch(m, _save) -> None:
         if report:
-            report(f"  seed {cfg.seed} epoch {m.epoch}/{cfg.epochs}: train loss {m.train_loss:.4f} acc {m.train_acc:.3f}, "
+            report(f"  {label}seed {cfg.seed} epoch {m.epoch}/{cfg.epochs}: train loss {m.train_loss:.4f} acc {m.train_acc:.3f}, "
                    f"{m.seconds:.0f}s, {m.images_per_s:.1f} img/s" + ("  DIVERGED" if m.diverged else ""))
 
     t0 = time.perf_counter()
@@ -218,11 +246,17 @@ def write_rerun(folder: StudyFolder, chosen: Chosen, rows: list[dict]) -> Path:
     return path
 
 
-def _print_seed(row: dict) -> None:
+def label(chosen: Chosen) -> str:
+    """``trial 18 (the book's recipe)``: how a run's lines name it."""
+    return f"trial {fmt(chosen.row.get('optuna_trial'))}" + (" (the book's recipe)" if chosen.row.get("baseline") else "")
+
+
+def _print_seed(name: str, row: dict) -> None:
     if row["status"] == "diverged":
-        print(f"seed {row['seed']}: DIVERGED (loss NaN/inf) after {row['epochs']} epoch(s) in {row['seconds']:.0f}s: no test accuracy", flush=True)
+        print(f"{name} seed {row['seed']}: DIVERGED (loss NaN/inf) after {row['epochs']} epoch(s) in {row['seconds']:.0f}s: "
+              "no test accuracy", flush=True)
     else:
-        print(f"seed {row['seed']}: test acc {row['test_acc']:.3f} (loss {row['test_loss']:.4f}) after {row['epochs']} epoch(s) "
+        print(f"{name} seed {row['seed']}: test acc {row['test_acc']:.3f} (loss {row['test_loss']:.4f}) after {row['epochs']} epoch(s) "
               f"in {row['seconds']:.0f}s -> {row['weights_file']}", flush=True)
 
 
@@ -238,7 +272,20 @@ def summary_line(accs: list[float], not_the_book: str) -> str:
     return f"{line}    {BOOK_FIGURE}"
 
 
-def retrain(folder: StudyFolder, chosen: Chosen, seeds: int, parallel: bool = False) -> list[dict]:
+def paired_line(name: str, rows: list[dict], baseline_rows: list[dict]) -> str:
+    """``name`` minus the book's recipe on the test split, paired seed by seed, with its 95% t-interval."""
+    from .selection import paired
+
+    mine = {r["seed"]: r["test_acc"] for r in rows if not isnan(r["test_acc"])}
+    theirs = {r["seed"]: r["test_acc"] for r in baseline_rows if not isnan(r["test_acc"])}
+    shared = sorted(set(mine) & set(theirs))
+    if not shared:
+        return f"{name} vs the book's recipe: no seed where both have a test accuracy"
+    return f"{name} vs the book's recipe on the test split: " + paired([mine[s] - theirs[s] for s in shared]).describe("seed")
+
+
+def retrain(folder: StudyFolder, chosen: Chosen, seeds: int, parallel: bool = False, baseline: Chosen | None = None) -> list[dict]:
+    """Each seed of ``chosen`` (and of ``baseline``, on the same seeds), trained and tested; their rows, also in rerun.parquet."""
     from trainable import prepare_data
 
     cfg = chosen.config
@@ -248,24 +295,35 @@ def retrain(folder: StudyFolder, chosen: Chosen, seeds: int, parallel: bool = Fa
           f"in {time.perf_counter() - t0:.1f}s")
     not_the_book = comparable_to_book(cfg, data.classes, len(data.train), len(data.test))
     seeds_list = [cfg.seed + i for i in range(seeds)]
-    weights = {s: str(folder.path / RERUN_DIR / f"trial{chosen.row.get('optuna_trial')}-seed{s}.pt") for s in seeds_list}
-    rows: list[dict] = []
+    runs = [chosen] + ([baseline] if baseline is not None else [])
+    # seed by seed, the runs side by side: an interrupted rerun keeps pairs
+    jobs = [(run, s, str(folder.path / RERUN_DIR / f"trial{run.row.get('optuna_trial')}-seed{s}.pt")) for s in seeds_list for run in runs]
+    rows: dict[int, list[dict]] = {id(run): [] for run in runs}
+
+    def done(run: Chosen, result: dict) -> None:
+        rows[id(run)].append(_row(run, result, not not_the_book))
+        _print_seed(label(run), result)
+        write_rerun(folder, run, rows[id(run)])  # after every seed: an interrupted rerun keeps what it finished
+
     if parallel:
-        rows = _retrain_ray(chosen, data, seeds_list, weights, lambda rs: write_rerun(folder, chosen, rs), not not_the_book)
+        _retrain_ray(chosen.settings, data, jobs, done)
     else:
-        for s in seeds_list:
-            result = run_seed(cfg.replace(seed=s), data, weights[s], report=lambda line: print(line, flush=True))
-            rows.append(_row(chosen, result, not not_the_book))
-            _print_seed(result)
-            write_rerun(folder, chosen, rows)  # after every seed: an interrupted rerun keeps what it finished
-    accs = [r["test_acc"] for r in rows if not isnan(r["test_acc"])]
-    print(summary_line(accs, not_the_book))
+        for run, s, weights in jobs:
+            done(run, run_seed(run.config.replace(seed=s), data, weights, report=lambda line: print(line, flush=True),
+                               label=f"{label(run)} "))
+    for i, run in enumerate(runs):
+        accs = [r["test_acc"] for r in sorted(rows[id(run)], key=lambda r: r["seed"]) if not isnan(r["test_acc"])]
+        line = summary_line(accs, not_the_book)
+        print(f"{label(run)}: {line if i == len(runs) - 1 else line.split(chr(10))[0]}")  # why the book's figure is absent: once
+    if baseline is not None:
+        print(paired_line(label(chosen), rows[id(chosen)], rows[id(baseline)]))
     print(f"results: {folder.path / RERUN_FILE}")
-    return rows
+    return [r for run in runs for r in sorted(rows[id(run)], key=lambda r: r["seed"])]
 
 
-def _retrain_ray(chosen: Chosen, data, seeds: list[int], weights: dict, save, comparable: bool) -> list[dict]:
-    """Each seed as a Ray task with the study's per-trial resources; the data goes to the object store once.
+def _retrain_ray(settings: StudySettings, data, jobs: list[tuple[Chosen, int, str]], done) -> None:
+    """Each (configuration, seed) as a Ray task with the study's per-trial resources; the data goes to the object
+    store once.
 
     The tasks' epoch lines come back through a Ray queue and this driver prints them: Ray's own streaming of a
     worker's output is asynchronous and may drop a task's last lines when Ray shuts down right after it.
@@ -275,30 +333,23 @@ def _retrain_ray(chosen: Chosen, data, seeds: list[int], weights: dict, save, co
 
     from .run import start_ray
 
-    settings = chosen.settings
     start_ray(None, log_to_driver=True)  # anything else a task prints (a warning) still reaches this console
     try:
-        threads = chosen.config.threads
+        threads = max(run.config.threads for run, _, _ in jobs)
         gpus = float(settings.gpus_per_trial or 0) if ray.cluster_resources().get("GPU", 0) else 0.0
         task = ray.remote(num_cpus=threads, num_gpus=gpus)(run_seed)
         data_ref = ray.put(data)
-        print(f"{len(seeds)} seed(s) as Ray tasks, each with {threads} CPU(s)" + (f" and {gpus:g} GPU" if gpus else ""), flush=True)
+        print(f"{len(jobs)} run(s) as Ray tasks, each with {threads} CPU(s)" + (f" and {gpus:g} GPU" if gpus else ""), flush=True)
         lines = Queue(actor_options={"num_cpus": 0})  # takes no CPU from the seeds
-        pending = {task.remote(chosen.config.replace(seed=s), data_ref, weights[s], lines.put): s for s in seeds}
-        rows = []
+        pending = {task.remote(run.config.replace(seed=s), data_ref, weights, lines.put, f"{label(run)} "): run
+                   for run, s, weights in jobs}
         while pending:
-            done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+            finished, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
             # a task puts each line before it goes on (put waits), so a finished task's lines are all here now
             for line in lines.get_nowait_batch(lines.qsize()):
                 print(line, flush=True)
-            if not done:
-                continue
-            pending.pop(done[0])
-            result = ray.get(done[0])
-            rows.append(_row(chosen, result, comparable))
-            _print_seed(result)
-            save(rows)
-        return sorted(rows, key=lambda r: r["seed"])
+            if finished:
+                done(pending.pop(finished[0]), ray.get(finished[0]))
     finally:
         ray.shutdown()
 
@@ -318,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="torch threads per seed (default: the trial's own, so the same seed gives the same numbers "
                              "sequentially and with --parallel; another count changes them slightly)")
     parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the study's)")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="retrain only the trial picked; by default the book's recipe runs beside it on the same seeds and the "
+                             "paired difference on the test split is printed")
     parser.add_argument("--parallel", action="store_true", help="run the seeds at once as Ray tasks, each with the trial's threads as CPUs (and the study's GPU share)")
     parser.add_argument("--export", metavar="FILE",
                         help="write the trial's configuration as it ran in the study (JSON for python -m trainable --config; - for stdout) and exit")
@@ -358,8 +412,29 @@ def main(argv: list[str] | None = None) -> int:
     params = "  ".join(f"{p}={fmt(getattr(cfg, p))}" for p in chosen.settings.space)
     print(f"retraining {params}: {cfg.epochs} epoch(s) at {cfg.image_size}px, weights {cfg.weights}, on train + validation, "
           f"{args.seeds} seed(s), {cfg.threads} thread(s) each")
-    rows = retrain(folder, chosen, args.seeds, args.parallel)
-    return 0 if any(not isnan(r["test_acc"]) for r in rows) else 1
+    baseline = None
+    if not args.no_baseline:
+        baseline, why_not = choose_baseline(folder, chosen, args.epochs, args.device, args.threads)
+        print(f"and the book's recipe (trial {fmt(baseline.row.get('optuna_trial'))}) on the same seeds, to compare on the test split "
+              "(--no-baseline skips it)"
+              if baseline else f"no baseline beside it: {why_not}")
+    rows = retrain(folder, chosen, args.seeds, args.parallel, baseline)
+    refresh_report(folder)
+    return 0 if any(not isnan(r["test_acc"]) for r in rows if r["optuna_trial"] == chosen.row.get("optuna_trial")) else 1
+
+
+def refresh_report(folder: StudyFolder) -> None:
+    """Where study.analyze already wrote report.html, write it again: its last section shows these reruns."""
+    from .layout import REPORT_FILE
+
+    if not (folder.path / REPORT_FILE).is_file():
+        print(f"python -m study.analyze {shlex.quote(str(folder.path))} writes the report with these results")
+        return
+    from .analysis import analyze
+    from .report import write_report
+
+    html, _ = write_report(analyze(folder))
+    print(f"report: {html} (rewritten with these results)")
 
 
 if __name__ == "__main__":

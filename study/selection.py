@@ -81,6 +81,16 @@ class Paired:
     se: float = math.nan  # sd / sqrt(n) paired, sqrt(2 * pooled variance / n) pooled
 
 
+    def describe(self, unit: str = "fold") -> str:
+        """``+0.038 over 3 paired seeds (sd 0.014, 95% CI +0.003 to +0.073): beyond noise (|t| 4.70 > 4.303)``."""
+        if self.n < 2:
+            return f"{self.mean:+.3f} over {self.n} {unit}: no interval (one {unit})"
+        how = f"se {self.se:.3f} pooled, {self.df} df" if self.pooled else f"sd {self.sd:.3f}"
+        verdict = (f"beyond noise (|t| {abs(self.t):.2f} > {self.t_crit:.3f})" if self.beyond_noise
+                   else f"within noise (|t| {abs(self.t):.2f} <= {self.t_crit:.3f})")
+        return f"{self.mean:+.3f} over {self.n} paired {unit}s ({how}, 95% CI {self.ci_low:+.3f} to {self.ci_high:+.3f}): {verdict}"
+
+
 @dataclass
 class Decision:
     table: pd.DataFrame  # config, folds, failed, mean, sd, se, ci_low, ci_high, seconds_per_epoch (best mean first)
@@ -383,7 +393,7 @@ def simulate(n_configs: int = 32, top_k: int = CONFIRM_TOP, folds: int = CONFIRM
              scheme: str = "kfold", reuse_study_fold: bool = False, fold_score: str = "last",
              fold_val_images: int | None = None, split_images: int = 2000, eval_cost: float = 1 / 3,
              cost_sd: float = 0.4, finalists: int | None = None, confirm_val_last_only: bool = True,
-             confirm_seed_sd: float | None = None) -> dict:
+             confirm_seed_sd: float | None = None, fold_seeds: bool = True) -> dict:
     """A Monte Carlo of a study and its confirmation stage with known true accuracies.
 
     Per repeat (all repeats vectorised):
@@ -481,7 +491,7 @@ def simulate(n_configs: int = 32, top_k: int = CONFIRM_TOP, folds: int = CONFIRM
                   seed_sd=seed_sd, split_sd=split_sd, tau_range=list(tau_range), stuck_exact=stuck_exact, scheme=scheme,
                   reuse_study_fold=reuse_study_fold, fold_score=fold_score, fold_val_images=fold_val,
                   split_images=split_images, eval_cost=eval_cost, cost_sd=cost_sd, finalists=finalists,
-                  confirm_val_last_only=confirm_val_last_only, confirm_seed_sd=confirm_seed_sd)
+                  confirm_val_last_only=confirm_val_last_only, confirm_seed_sd=confirm_seed_sd, fold_seeds=fold_seeds)
     rng = np.random.default_rng(seed)
     R, n, E = repeats, n_configs, epochs
     rows = np.arange(R)
@@ -525,9 +535,11 @@ def simulate(n_configs: int = 32, top_k: int = CONFIRM_TOP, folds: int = CONFIRM
     C = cand.shape[1]
     true_c = true[rows[:, None], c]
     g_c = _curve(E, tau[rows[:, None], c])  # (R, C, E): the configuration's curve; fresh seed effect per fold
-    fresh_mean = (chance + (true_c - chance)[..., None, None] * g_c[:, :, None, :]
-                  + rng.normal(0.0, seed_sd if confirm_seed_sd is None else confirm_seed_sd, (R, C, folds, 1))
-                  + split[:, None, :, None])
+    # a seed effect per run: each fold its own seed (the stage's design); with fold_seeds=False one seed for every
+    # fold of a configuration (the earlier design), so its folds share one draw
+    confirm_sd = seed_sd if confirm_seed_sd is None else confirm_seed_sd
+    seed_effect = rng.normal(0.0, confirm_sd, (R, C, folds if fold_seeds else 1, 1))
+    fresh_mean = chance + (true_c - chance)[..., None, None] * g_c[:, :, None, :] + seed_effect + split[:, None, :, None]
     fresh = np.where(stuck[rows[:, None], c][..., None, None], chance, _noisy(rng, fresh_mean, fold_val))  # (R, C, F, E)
     scores = fresh[..., -1] if fold_score == "last" else fresh.max(axis=3)
     completed = epochs_run[rows[:, None], c] >= E
@@ -573,6 +585,7 @@ def simulate(n_configs: int = 32, top_k: int = CONFIRM_TOP, folds: int = CONFIRM
               (("single", single), ("confirmed", confirmed), ("one_se", one_se))}
     fraction = confirm_epochs / study_epochs
     is_best = true == best_true[:, None]
+    gain = gain_intervals(scores, final, c, win_col, true)
 
     def mean_se(x: np.ndarray) -> tuple[float, float]:
         return float(x.mean()), float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else 0.0
@@ -580,8 +593,8 @@ def simulate(n_configs: int = 32, top_k: int = CONFIRM_TOP, folds: int = CONFIRM
     out: dict = {}
     for name in ("single", "confirmed", "one_se"):
         out[f"regret_{name}"], out[f"regret_{name}_se"] = mean_se(regret[name])
-    gain = regret["single"] - regret["confirmed"]
-    out["regret_reduction"], out["regret_reduction_se"] = mean_se(gain)  # paired: same studies
+    reduction = regret["single"] - regret["confirmed"]
+    out["regret_reduction"], out["regret_reduction_se"] = mean_se(reduction)  # paired: same studies
     out["regret_ratio"] = out["regret_confirmed"] / out["regret_single"] if out["regret_single"] > 0 else math.nan
     out["extra_compute_fraction"], out["extra_compute_fraction_se"] = mean_se(fraction)
     out["study_epochs"] = float(study_epochs.mean())
@@ -599,9 +612,46 @@ def simulate(n_configs: int = 32, top_k: int = CONFIRM_TOP, folds: int = CONFIRM
     out["single_true"] = float(true[rows, single].mean())
     out["confirmed_true"] = float(true[rows, confirmed].mean())
     out["best_true"] = float(best_true.mean())
+    out.update(gain)
     out["goal_met"] = bool(out["regret_confirmed"] <= out["regret_single"] / 2 and out["extra_compute_fraction"] <= 0.35)
     out["inputs"] = inputs
     return out
+
+
+def gain_intervals(scores: np.ndarray, final: np.ndarray, c: np.ndarray, win_col: np.ndarray, true: np.ndarray) -> dict:
+    """How the stage's 95% interval for the winner's gain over the book's recipe (configuration 0) holds up.
+
+    Per simulated study where the winner is not the book's recipe and both ran every fold: the interval as
+    ``decide`` prints it (the mean difference over the folds +- t se, se pooled from the configuration x fold
+    table with 3 or more configurations, else from the pair's own differences), against the true gain
+    true[winner] - true[book]. The winner is the best of several means, so its lead is biased upward (the
+    winner's curse): the coverage says whether the interval is wide enough to hold the truth anyway.
+    Returns gain_coverage (share of those studies whose interval holds the true gain), gain_ci_width (mean
+    width), gain_beyond_noise (share whose interval excludes 0), gain_studies (share of studies with an
+    interval), gain_true and gain_estimate (means over those studies).
+    """
+    R, C, F = scores.shape
+    rows = np.arange(R)
+    base_col = np.argmax(final & (c == 0), axis=1)
+    has_base = (final & (c == 0)).any(axis=1)
+    use = has_base & (c[rows, win_col] != 0) & (F > 1)
+    nan = dict(gain_coverage=math.nan, gain_ci_width=math.nan, gain_beyond_noise=math.nan, gain_studies=0.0,
+               gain_true=math.nan, gain_estimate=math.nan)
+    if not use.any():
+        return nan
+    diffs = scores[rows, win_col] - scores[rows, base_col]  # (R, F)
+    estimate = diffs.mean(axis=1)
+    s2, df_pooled = residual_variance(scores, final)
+    pooled = final.sum(axis=1) >= 3
+    se = np.where(pooled, np.sqrt(2 * s2 / F), diffs.std(axis=1, ddof=1) / math.sqrt(F))
+    df = np.where(pooled, df_pooled, F - 1)
+    crit = np.array([t975(float(d)) for d in df])
+    low, high = estimate - crit * se, estimate + crit * se
+    truth = true[rows, c[rows, win_col]] - true[:, 0]
+    covered = (low <= truth) & (truth <= high)
+    return dict(gain_coverage=float(covered[use].mean()), gain_ci_width=float((high - low)[use].mean()),
+                gain_beyond_noise=float(((low > 0) | (high < 0))[use].mean()), gain_studies=float(use.mean()),
+                gain_true=float(truth[use].mean()), gain_estimate=float(estimate[use].mean()))
 
 
 # --- reporting --------------------------------------------------------------------------------------------

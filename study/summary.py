@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shlex
 import sys
 
 import pandas as pd
@@ -12,7 +13,7 @@ from rich.table import Table
 from .layout import HYPERPARAMETERS, StudyFolder, StudySettings, fmt, isnan, plain
 
 
-def noise_note(best_acc: float | None, baseline_acc: float | None, val_images: int | None) -> str:
+def noise_note(best_acc: float | None, baseline_acc: float | None, val_images: int | None, confirmed: bool = False) -> str:
     """How far a validation accuracy on ``val_images`` images can move by chance, and whether the lead is inside it.
 
     The binomial standard error sqrt(p(1-p)/n); a lead over the baseline under two standard errors of a
@@ -23,8 +24,9 @@ def noise_note(best_acc: float | None, baseline_acc: float | None, val_images: i
     se = math.sqrt(max(best_acc * (1 - best_acc), 0.0) / val_images)
     text = f"a validation accuracy on {val_images} images is uncertain by about +-{se:.3f} (1 standard error)"
     if baseline_acc is not None and best_acc - baseline_acc < 2 * math.sqrt(2) * se:
-        text += (f"; the lead over the book's recipe ({best_acc - baseline_acc:+.3f}) is within chance: "
-                 "compare them on the test split with python -m study.rerun --seeds 3")
+        text += (f"; the lead over the book's recipe ({best_acc - baseline_acc:+.3f}) is within chance" +
+                 (": the confirmation stage above judges them on every training image" if confirmed else
+                  ": compare them on the test split with python -m study.rerun --seeds 3"))
     return text
 
 
@@ -57,6 +59,9 @@ def print_summary(folder: StudyFolder, settings: StudySettings, tables, fit_s: f
     train_images = round((settings.val_images or 0) * (1 - settings.base["val_fraction"]) / settings.base["val_fraction"]) or None
     summary = summarize(trials, epochs, fit_s, train_images)
     console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+    answer = (confirmation or [])[:2]  # the confirmed winner and its gain over the book's recipe lead
+    for line in answer:
+        console.print(f"answer: {line}" if line.startswith("winner") else line, markup=False)
     table = Table(title=f"study {settings.name}: top trials", title_justify="left")
     params = list(settings.space)
     columns = ["rank", "optuna_trial", *params, "best_val_acc", "best_epoch", "epochs_run", "status"]
@@ -77,15 +82,23 @@ def print_summary(folder: StudyFolder, settings: StudySettings, tables, fit_s: f
             versus = f" vs the book's recipe (baseline, marked *) {base:.3f}"
         else:
             versus = "" if settings.baseline is None else " (the baseline has no validation accuracy)"
-        console.print(f"best: trial {best['optuna_trial']}, val acc {best['best_val_acc']:.3f}{versus} with {best['params']}", markup=False)
-        if note := noise_note(best["best_val_acc"], base, settings.val_images):
+        label = "single validation: rank 1" if answer else "best"
+        console.print(f"{label}: trial {best['optuna_trial']}, val acc {best['best_val_acc']:.3f}{versus} with {best['params']}", markup=False)
+        if note := noise_note(best["best_val_acc"], base, settings.val_images, bool(answer)):
             console.print(f"note: {note}", markup=False)
     else:
         console.print("no usable trial: every trial diverged or failed (see the lines above); "
                       "for divergence lower the learning-rate range (--space)", markup=False)
-    for line in confirmation or []:
+    for line in (confirmation or [])[len(answer):]:
         console.print(line, markup=False)
-    console.print(f"results: {folder.trials}\nnext: python -m study.analyze {folder.path}   then: python -m study.rerun {folder.path}", markup=False)
+    from .analysis import StudyData, range_warnings
+
+    warnings = range_warnings(StudyData(folder, settings, trials, epochs, [p for p in params if p in trials.columns]))
+    for line in warnings:
+        console.print(f"warning: {line}", markup=False)
+    summary["range_warnings"] = warnings
+    where = shlex.quote(str(folder.path))
+    console.print(f"results: {folder.trials}\nnext: python -m study.analyze {where}   then: python -m study.rerun {where}", markup=False)
     return summary
 
 

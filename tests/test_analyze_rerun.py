@@ -176,8 +176,17 @@ def check_rerun(folder: StudyFolder, seeds: int, epochs: int) -> pd.DataFrame:
 
     assert {f.name: str(f.type) for f in pq.read_schema(folder.path / "rerun.parquet")} == RERUN_SCHEMA
     table = pd.read_parquet(folder.path / "rerun.parquet")
-    assert len(table) == seeds and list(table["seed"]) == list(range(seeds))
-    assert set(table["epochs"]) == {epochs} and set(table["rank"]) == {int(picked_by_default(folder)["rank"])}
+    picked = picked_by_default(folder)
+    mine = table[table["rank"] == int(picked["rank"])]
+    assert list(mine["seed"]) == list(range(seeds))
+    if not picked["baseline"]:  # the book's recipe beside it, on the same seeds
+        book = table[table["baseline"]]
+        assert list(book["seed"]) == list(range(seeds)) and len(table) == 2 * seeds
+        trials = pd.read_parquet(folder.trials)
+        assert set(book["optuna_trial"]) == set(trials.loc[trials["baseline"], "optuna_trial"])
+    else:
+        assert len(table) == seeds
+    assert set(table["epochs"]) == {epochs}
     for p in PARAMS:
         assert p in table.columns
     base = TrainConfig.from_dict(folder.read_settings().base)
@@ -218,7 +227,9 @@ def test_importance_and_best_ranges(fake):
     analysis = analysis_mod.analyze(fake)
     values = analysis.importance.values
     assert values is not None and set(values) == set(PARAMS)
-    assert sum(values.values()) == pytest.approx(1.0)
+    for p, share in values.items():  # the estimate (the resamples' median) lies inside its own 90% interval
+        low, high = analysis.importance.intervals[p]
+        assert 0 <= low <= share <= high <= 1, (p, low, share, high)
     assert list(values) == sorted(values, key=lambda p: -values[p])  # most important first
     assert "PED-ANOVA" in analysis.importance.method and "with 7 trials these importances cannot be told from chance" in analysis.importance.note
     scored = analysis.data.scored
@@ -391,20 +402,33 @@ def test_export_runs_with_python_m_trainable(fake, tmp_path, capsys):
 
 
 def test_rerun_trains_each_seed_and_saves_weights(fake, capsys):
+    book_rank = int(pd.read_parquet(fake.trials).query("baseline")["rank"].iloc[0])
+    assert book_rank not in (1, 3)  # ranks 1 and 3 are other configurations: the book's recipe runs beside them
     assert rerun_mod.main([str(fake.path), "--seeds", "2", "--epochs", "1"]) == 0
     out = capsys.readouterr().out
     assert "test accuracy over 2 seed(s)" in out and "+-" in out
     assert "0.933 +- 0.012" not in out and "not shown beside it" in out  # not the book's setting
     table = check_rerun(fake, seeds=2, epochs=1)
     assert table["test_acc"].between(0, 1).all()
-    # a second rerun of another trial keeps these rows; rerunning the same trial replaces them
-    assert rerun_mod.main([str(fake.path), "--rank", "2", "--seeds", "1", "--epochs", "1"]) == 0
+    # the paired difference on the test split, seed by seed, with its interval
+    mine, book = (table[table["baseline"] == b].set_index("seed")["test_acc"] for b in (False, True))
+    diff = float((mine - book).mean())
+    (line,) = [line for line in out.splitlines() if "vs the book's recipe on the test split" in line]
+    assert f"{diff:+.3f} over 2 paired seeds" in line and "95% CI" in line, line
+    # --no-baseline: this trial only; a rerun of another trial keeps these rows; rerunning the same trial replaces them
+    assert rerun_mod.main([str(fake.path), "--rank", "3", "--seeds", "1", "--epochs", "1", "--no-baseline"]) == 0
+    assert "vs the book's recipe" not in capsys.readouterr().out
     assert rerun_mod.main([str(fake.path), "--seeds", "1", "--epochs", "1"]) == 0
     table = pd.read_parquet(fake.path / "rerun.parquet")
-    assert sorted(zip(table["rank"], table["seed"])) == [(1, 0), (2, 0)]
-    # the report shows the final evaluation
+    assert sorted(zip(table["rank"], table["seed"])) == sorted([(1, 0), (3, 0), (book_rank, 0)])
+    # the report shows the final evaluation: both, and their paired difference; a rerun rewrites it
     analyze_mod.main([str(fake.path)])
-    assert "test accuracy <b>" in (fake.path / "report.html").read_text()
+    capsys.readouterr()
+    html = (fake.path / "report.html").read_text()
+    assert "test accuracy <b>" in html and "vs the book's recipe</b>, paired seed by seed" in html
+    assert rerun_mod.main([str(fake.path), "--seeds", "2", "--epochs", "1"]) == 0
+    assert "rewritten with these results" in capsys.readouterr().out
+    assert "over 2 paired seeds" in (fake.path / "report.html").read_text()
 
 
 WRITE_RERUN_ROWS = """
@@ -536,3 +560,55 @@ def test_fanova_without_scikit_learn_is_refused_at_once(fake, capsys):
         pass
     code, err, _ = exit_code_and_stderr(capsys, analyze_mod.main, [str(fake.path), "--importance", "fanova"])
     assert code == 2 and len(err) == 1 and "pip install scikit-learn" in err[0]
+
+
+# --- the range warning and the importance's cross-check ------------------------------------------------
+def fake_study_data(tmp_path, lr_values: list[float], space: dict | None = None, augments: list[str] | None = None):
+    """A StudyData of ranked trials with the given learning rates (best first), without running anything."""
+    from study.analysis import StudyData
+
+    space = space or {"lr": {"type": "float", "low": 1e-4, "high": 0.1, "log": True},
+                      "freeze_depth": {"type": "int", "low": 0, "high": 5},
+                      "augment": {"type": "categorical", "choices": ["none", "flip", "d2l"]}}
+    n = len(lr_values)
+    trials = pd.DataFrame({"rank": range(1, n + 1), "optuna_trial": range(n), "baseline": [False] * n, "lr": lr_values,
+                           "freeze_depth": [i % 6 for i in range(n)], "augment": augments or ["none", "flip", "d2l"] * (n // 3) + ["none"] * (n % 3),
+                           "best_val_acc": np.linspace(0.9, 0.6, n), "status": ["completed"] * n})
+    settings = StudySettings(name="s", base=TrainConfig().to_dict(), space=space, samples=n, seed=0, experiment_path=str(tmp_path))
+    return StudyData(StudyFolder(tmp_path), settings, trials, pd.DataFrame(), [p for p in space if p in trials])
+
+
+def test_range_warning_when_the_best_trials_crowd_a_bound(tmp_path):
+    lrs = [0.09, 0.08, 0.095, 0.07, 0.003, 0.001, 0.0005, 0.01, 0.002, 0.0003, 0.004, 0.0008]  # top 3 at the high end
+    (line,) = analysis_mod.range_warnings(fake_study_data(tmp_path, lrs))
+    assert line.startswith("lr: 3 of the top 3 trials lie at the high end of its range") and "the range ends at 0.1" in line, line
+    suggested = json.loads(line.split("e.g. ")[1].split(" (python")[0])
+    assert suggested == {"lr": {"type": "float", "low": 1e-4, "high": 1.0, "log": True}}  # a decade more, pasteable into --space
+
+
+def test_range_warning_stays_quiet_inside_the_range_and_at_a_domain_limit(tmp_path):
+    middle = [0.003, 0.004, 0.002, 0.09, 0.0002, 0.01, 0.0005, 0.05, 0.001, 0.0003, 0.02, 0.0008]
+    assert analysis_mod.range_warnings(fake_study_data(tmp_path, middle)) == []
+    # freeze depth 0 and 5 end its domain: the best trials there cannot ask for a wider range
+    data = fake_study_data(tmp_path, middle)
+    data.trials["freeze_depth"] = [5, 5, 5, 5] + [1] * 8
+    assert analysis_mod.range_warnings(data) == []
+    data.settings.space["freeze_depth"] = {"type": "int", "low": 0, "high": 4}  # 4 is not the domain's end: 5 could be tried
+    data.trials["freeze_depth"] = [4, 4, 4, 4] + [1] * 8
+    (line,) = analysis_mod.range_warnings(data)
+    assert line.startswith("freeze_depth: 3 of the top 3 trials lie at the high end") and '"high": 5' in line, line
+
+
+def test_top_vs_rest_finds_what_the_importance_can_miss(tmp_path):
+    # every top trial uses flip, few of the rest do: the raw counts say augment matters, whatever a model says
+    n = 24
+    augments = ["flip"] * 6 + ["none", "d2l"] * 9
+    data = fake_study_data(tmp_path, list(np.geomspace(1e-4, 0.1, n)[np.random.default_rng(0).permutation(n)]), augments=augments)
+    checks = analysis_mod.top_vs_rest(data)
+    assert checks["augment"].strong and checks["augment"].text.startswith("flip: 6 of the top 6, 0 of the other 18")
+    assert not checks["lr"].strong  # shuffled learning rates: nothing to find
+    low = analysis_mod.Importance({"augment": 0.05, "lr": 0.6, "freeze_depth": 0.35}, "PED-ANOVA", "",
+                                  {"augment": (0.0, 0.1), "lr": (0.4, 0.8), "freeze_depth": (0.2, 0.5)})
+    lines = analysis_mod.importance_disagreements(low, checks)
+    assert any(line.startswith("augment: importance 0.05 (0.00-0.10) says it matters little, yet") for line in lines), lines
+    assert any(line.startswith("lr: importance 0.60") and "says it matters, yet the top trials do not differ" in line for line in lines)

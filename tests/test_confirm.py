@@ -14,7 +14,7 @@ from study.layout import StudyFolder
 from tests.test_study import assert_exact, make_images, run_study, study_args
 
 pytestmark = pytest.mark.slow
-CONFIRM_TYPES = {"optuna_trial": "int64", "baseline": "bool", "fold": "int64", "cv_folds": "int64", "status": "large_string",
+CONFIRM_TYPES = {"optuna_trial": "int64", "baseline": "bool", "fold": "int64", "cv_folds": "int64", "seed": "int64", "status": "large_string",
                  "val_acc": "double", "val_loss": "double", "epochs": "int64", "seconds": "double", "images_per_s": "double",
                  "trial_id": "large_string", "trial_dir": "large_string", "error": "large_string"}
 
@@ -36,6 +36,9 @@ def check_confirmation(folder: Path, top: int, folds: int) -> pd.DataFrame:
     assert len(confirm) == len(expected) * folds and not confirm.duplicated(["optuna_trial", "fold"]).any()
     assert (confirm["status"] == "completed").all() and confirm["val_acc"].between(0, 1).all()
     assert (confirm["cv_folds"] == folds).all() and sorted(confirm["fold"].unique()) == list(range(folds))
+    # each fold its own seed (the seed noise is in the spread between folds), the same for every configuration on it
+    study_seed = json.loads((folder / "study.json").read_text())["seed"]
+    assert (confirm["seed"] == study_seed + confirm["fold"]).all()
     for number in expected:  # every fold is a fresh run of cross-validation, none the study's own trial
         trial = trials[trials["optuna_trial"] == number].iloc[0]
         mine = confirm[confirm["optuna_trial"] == number]
@@ -58,7 +61,7 @@ def test_a_study_confirms_its_top_trials_and_the_baseline(images, tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     folder = results / "c"
     check_confirmation(folder, top=2, folds=3)
-    for start in ("winner: trial ", "vs the book's recipe", "one-SE pick: "):
+    for start in ("answer: winner: trial ", "vs the book's recipe", "one-SE pick: "):
         assert sum(line.startswith(start) for line in out.stdout.splitlines()) == 1, out.stdout
     settings = json.loads((folder / "study.json").read_text())
     assert settings["confirm"]["top"] == 2 and settings["summary"]["confirmation"]["folds"] == 3
@@ -113,7 +116,7 @@ def test_runs_on_other_folds_are_set_aside_not_mixed(tmp_path):
 
     folder = StudyFolder(tmp_path / "s")
     folder.path.mkdir()
-    row = {"optuna_trial": 0, "baseline": True, "fold": 1, "cv_folds": 3, "status": "completed", "val_acc": 0.6, "val_loss": 0.7,
+    row = {"optuna_trial": 0, "baseline": True, "fold": 1, "cv_folds": 3, "seed": 1, "status": "completed", "val_acc": 0.6, "val_loss": 0.7,
            "epochs": 2, "seconds": 1.0, "images_per_s": 9.0, "trial_id": "a", "trial_dir": None, "error": None}
     pd.DataFrame([row]).to_parquet(folder.confirm)
     assert set(ConfirmTable(folder, 3).rows) == {(0, 1)}  # the same folds: kept
@@ -122,15 +125,20 @@ def test_runs_on_other_folds_are_set_aside_not_mixed(tmp_path):
     assert len(list(folder.path.glob("confirm.parquet.*"))) == 1
     pd.DataFrame([{k: v for k, v in row.items() if k != "cv_folds"}]).to_parquet(folder.confirm)  # an older version's held-out folds
     assert ConfirmTable(folder, 3).rows == {} and len(list(folder.path.glob("confirm.parquet.*"))) == 2
+    # an older version's runs, every fold with the study's seed: their spread leaves out the seed noise
+    pd.DataFrame([{k: v for k, v in row.items() if k != "seed"}]).to_parquet(folder.confirm)
+    table = ConfirmTable(folder, 3)
+    assert table.rows == {} and "one seed" in table.note and len(list(folder.path.glob("confirm.parquet.one-seed-*"))) == 1
 
 
 def test_a_confirmation_run_validates_after_its_last_epoch_only():
     from study.adapter import trial_config
     from study.confirm import Job
 
-    config = Job(3, 1, {"lr": 0.01, "freeze_depth": 2}, baseline=False).tune_config(folds=2)
-    cfg = trial_config({"epochs": 4, "weights": "none"}, config, threads=1, gpus=[])
+    config = Job(3, 1, {"lr": 0.01, "freeze_depth": 2}, baseline=False, seed=8).tune_config(folds=2)
+    cfg = trial_config({"epochs": 4, "weights": "none", "seed": 7}, config, threads=1, gpus=[])
     assert (cfg.val_fold, cfg.cv_folds, cfg.val_last_only, cfg.lr, cfg.freeze_depth) == (1, 2, True, 0.01, 2)
+    assert cfg.seed == 8  # the fold's seed, not the study's
 
 
 def test_drop_checkpoints_empties_a_local_trial_folder_only(tmp_path):

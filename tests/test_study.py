@@ -324,3 +324,27 @@ def _wait_for(predicate, timeout: float, proc: subprocess.Popen) -> bool:
             pass  # a table being replaced right now
         time.sleep(0.5)
     return False
+
+
+@pytest.mark.slow
+def test_the_summary_warns_when_the_best_trials_crowd_a_searched_bound(tmp_path):
+    data = make_images(tmp_path / "data", per_class=8)
+    # freeze depth 2-3: every top trial sits at one of its two bounds, and neither ends the domain (0-5)
+    narrow = tmp_path / "narrow.json"
+    narrow.write_text(json.dumps({"freeze_depth": {"type": "int", "low": 2, "high": 3},
+                                  "augment": {"type": "categorical", "choices": ["none", "flip"]}}))
+    out = run_study(study_args(data, tmp_path / "r", "narrow", 4, 1, "--space", str(narrow)))
+    assert out.returncode == 0, out.stdout + out.stderr
+    (line,) = [line for line in out.stdout.splitlines() if line.startswith("warning: freeze_depth: ")]
+    assert "of the top 3 trials lie at the" in line and "widen it with --space" in line, line
+    widened = json.loads(line.split("e.g. ")[1].split(" (python")[0])["freeze_depth"]
+    assert widened in ({"type": "int", "low": 1, "high": 3}, {"type": "int", "low": 2, "high": 4})
+    summary = json.loads((tmp_path / "r" / "narrow" / "study.json").read_text())["summary"]
+    assert summary["range_warnings"] == [line.removeprefix("warning: ")]
+    # the whole domain of freeze depth: its ends cannot be widened, so nothing is said
+    full = tmp_path / "full.json"
+    full.write_text(json.dumps({"freeze_depth": {"type": "int", "low": 0, "high": 5},
+                                "augment": {"type": "categorical", "choices": ["none", "flip"]}}))
+    out = run_study(study_args(data, tmp_path / "r", "full", 4, 1, "--space", str(full)))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "warning:" not in out.stdout and "crowd" not in out.stdout
