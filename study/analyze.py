@@ -18,6 +18,7 @@ from trainable.cli import run_main
 
 from .analysis import (CONFIRM_COLUMNS, Analysis, analyze, answer_lines, baseline_acc, baseline_number, confirmation_rows,
                        describe_check, describe_range, describe_space, top_table_rows)
+from .datacheck import describe_accepted
 from .layout import find_study
 from .summary import noise_note
 
@@ -37,6 +38,8 @@ def print_analysis(analysis: Analysis, top: int) -> None:
 
     for line in answer_lines(analysis):  # the answer first: the confirmed winner, its gain, its test result
         console.print(line, markup=False)
+    for line in describe_accepted(s):
+        console.print(f"warning: {line}", markup=False)
     for line in analysis.range_warnings:
         console.print(f"warning: {line}", markup=False)
 

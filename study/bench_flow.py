@@ -1,8 +1,8 @@
 """``study.bench --flow``: the whole used-by flow, timed, and whether the study's stated certainty held.
 
 As a user runs it, each step the real command line: ``python -m study.run`` (the study and its confirmation
-stage), ``python -m study.rerun --seeds N`` (the confirmed winner and the book's recipe, on the same seeds,
-tested once each on the test split) and ``python -m study.analyze`` (the report). Writes one JSON: the wall
+stage), ``python -m study.rerun --seeds N --parallel`` (the confirmed winner and the book's recipe, on the same
+seeds, tested once each on the test split; as Ray tasks, as many at once as the CPUs allow) and ``python -m study.analyze`` (the report). Writes one JSON: the wall
 time of each phase (the study's own phases from its ``study.json``), the confirmation's gain over the book's
 recipe with its 95% interval, the rerun's paired gain on the test split with its interval, and whether the
 confirmation's interval held the rerun's gain.
@@ -96,7 +96,7 @@ def run_flow(data_dir: str, weights: str, results: Path, seed: int, samples: int
         "--samples", str(samples), "--data-dir", data_dir, "--weights", weights, "--epochs", str(epochs),
         "--image-size", str(image_size), "--batch-size", str(batch_size), "--seed", str(seed),
         "--results-dir", str(results), "--name", name], log)
-    walls["rerun"] = run_command("study.rerun", [str(folder), "--seeds", str(seeds)], log)
+    walls["rerun"] = run_command("study.rerun", [str(folder), "--seeds", str(seeds), "--parallel"], log)
     walls["analyze"] = run_command("study.analyze", [str(folder)], log)
     return flow_result(folder, walls)
 

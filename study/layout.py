@@ -128,6 +128,10 @@ class StudySettings:
     confirm: dict = field(default_factory=dict)  # {"top": K, "folds": F} or {} when off
     baseline: dict | None = None  # the book's recipe as searched (None: it lies outside the space)
     baseline_note: str = ""  # why there is no baseline
+    test_split: bool = True  # False: started with --no-test-split (study.rerun cannot measure test accuracy)
+    data_fingerprint: dict = field(default_factory=dict)  # trainable.fingerprint of the data as the study started (or last accepted)
+    weights_fingerprint: dict | None = None  # of a weights file given by path
+    data_changes: list = field(default_factory=list)  # changes gone on with (--accept-data-change): when, by whom, what
     runs: list = field(default_factory=list)  # one entry per driver run: its timings and outcome
     summary: dict = field(default_factory=dict)  # filled in when the study ends
 

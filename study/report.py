@@ -439,7 +439,9 @@ def build_html(analysis: Analysis, figures: dict, top: int = 10) -> str:
         if note := noise_note(float(b["best_val_acc"]), baseline, s.val_images, analysis.confirmation is not None):
             best_text += f". Note: {html.escape(note)}"
     answer = "".join(f"<li>{html.escape(line)}</li>" for line in answer_lines(analysis))
-    warnings = "".join(f'<p class="note">{html.escape(line)}</p>' for line in analysis.range_warnings)
+    from .datacheck import describe_accepted
+
+    warnings = "".join(f'<p class="note">{html.escape(line)}</p>' for line in [*describe_accepted(s), *analysis.range_warnings])
     disagreements = "".join(f'<p class="note">{html.escape(line)}</p>' for line in analysis.disagreements)
     columns, rows = top_table_rows(data, top)
     first_range = next(iter(analysis.ranges.values()), None)

@@ -373,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="retrain only the trial picked; by default the book's recipe runs beside it on the same seeds and the "
                              "paired difference on the test split is printed")
     parser.add_argument("--parallel", action="store_true", help="run the seeds at once as Ray tasks, each with the trial's threads as CPUs (and the study's GPU share)")
+    parser.add_argument("--accept-data-change", action="store_true",
+                        help="retrain although the data or the weights file changed since the study ran (refused otherwise; "
+                             "the change is recorded in study.json)")
     parser.add_argument("--export", metavar="FILE",
                         help="write the trial's configuration as it ran in the study (JSON for python -m trainable --config; - for stdout) and exit")
     parser.add_argument("--print-command", action="store_true", help="print the python -m trainable command that reproduces the trial and exit")
@@ -404,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_command:
         print(command_line(chosen.trial))
         return 0
+    check_data(folder, chosen.settings, args.accept_data_change)
     cfg = chosen.config
     print(f"study {chosen.settings.name}, {chosen.describe()}")
     print(f"picked: {chosen.why}")
@@ -421,6 +425,31 @@ def main(argv: list[str] | None = None) -> int:
     rows = retrain(folder, chosen, args.seeds, args.parallel, baseline)
     refresh_report(folder)
     return 0 if any(not isnan(r["test_acc"]) for r in rows if r["optuna_trial"] == chosen.row.get("optuna_trial")) else 1
+
+
+def check_data(folder: StudyFolder, settings: StudySettings, accept: bool) -> None:
+    """Before retraining: a test split to measure on, and the data and weights the study ran on (or the change
+    accepted with --accept-data-change, recorded in study.json)."""
+    from . import datacheck
+
+    root = datacheck.data_root(settings.base)
+    if not (root / "test").is_dir():
+        started = " (it was started with --no-test-split)" if not settings.test_split else ""
+        raise UserError(f"study {settings.name!r} has no test split to measure test accuracy on: {root} has no test/ folder{started}; "
+                        f"add {root / 'test'}/<class>/ folders with the classes of train/ and pass {datacheck.ACCEPT_FLAG}, or export "
+                        "the configuration (--export FILE) and train it on another folder with python -m trainable --config FILE "
+                        "--data-dir OTHER --val-fraction 0 --test")
+    found = datacheck.changes(settings)
+    if not found:
+        return
+    lock = folder.lock()  # study.json is the driver's: none may be running while a rerun records a change in it
+    try:
+        settings = folder.read_settings()
+        for change in datacheck.check(settings, accept, "python -m study.rerun", "start a new study on the data as it is now"):
+            print(f"going on with changed data ({datacheck.ACCEPT_FLAG}): {change}")
+        folder.write_settings(settings)
+    finally:
+        lock.release()
 
 
 def refresh_report(folder: StudyFolder) -> None:

@@ -44,7 +44,7 @@ os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 EXIT_OK, EXIT_STOPPED, EXIT_BAD_INPUT, EXIT_NO_RESULT = 0, 1, 2, 3
 # Options that decide what a trial computes: fixed for the life of a study (--resume refuses a change).
 FIXED_ON_RESUME = ("data_dir", "weights", "epochs", "image_size", "batch_size", "val_fraction", "split_seed", "precision",
-                   "device", "augment_path", "momentum", "seed", "space", "grace_epochs", "reduction_factor", "storage")
+                   "device", "augment_path", "momentum", "seed", "space", "grace_epochs", "reduction_factor", "storage", "no_test_split")
 # Options that decide only where and how many trials run: kept from study.json unless given again.
 RUN_OPTIONS = {"gpus_per_trial": "gpus_requested", "cpus_per_trial": "cpus_requested", "max_concurrent": "max_concurrent",
                "fresh_actors": "fresh_actors", "address": "address"}
@@ -80,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help='TensorBoard event files per trial (metrics per epoch, hyperparameters) under <study>/ray; needs pip install -e ".[tensorboard]"')
     parser.add_argument("--mlflow", metavar="URI",
                         help='log every trial to MLflow at this tracking URI (e.g. sqlite:///results/mlflow.db); needs pip install -e ".[mlflow]"')
+    parser.add_argument("--no-test-split", action="store_true",
+                        help="the data folder has no test/ split: the study runs without one, and study.rerun cannot measure test accuracy")
+    parser.add_argument("--accept-data-change", action="store_true",
+                        help="--resume: go on although the data or the weights file changed since the study started "
+                             "(refused otherwise; the change is recorded in study.json)")
     parser.add_argument("--address", help="an existing Ray cluster (e.g. auto or HOST:6379); default: start Ray on this machine")
     parser.add_argument("--storage", help="where Ray keeps the trials' checkpoints (a folder every node sees, or s3://...); default: <study>/ray")
     return parser
@@ -295,8 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     ).validate()
     if base.val_fraction <= 0:
         raise UserError("--val-fraction must be above 0 for a study: trials are compared on the validation split")
-    if base.data_dir is not None:
-        check_layout(base.data_dir)  # a wrong --data-dir fails now, before a study folder is created
+    if base.data_dir is not None:  # a wrong --data-dir, test/ included, fails now, before a study folder is created
+        check_layout(base.data_dir, need_test=not args.no_test_split, no_test="pass --no-test-split")
     if base.weights not in ("imagenet", "none"):
         from trainable.model import build_model
         build_model(base.weights, 2)  # a bad weights file fails now, not in every trial
@@ -321,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
             max_concurrent=args.max_concurrent, grace_epochs=args.grace_epochs, reduction_factor=float(args.reduction_factor),
             fresh_actors=args.fresh_actors, address=args.address, storage=storage, baseline=baseline, baseline_note=baseline_note,
             confirm={} if args.no_confirm else {"top": args.confirm_top, "folds": args.confirm_folds},
-            trackers={"tensorboard": args.tensorboard, "mlflow": args.mlflow})
+            trackers={"tensorboard": args.tensorboard, "mlflow": args.mlflow}, test_split=not args.no_test_split)
         try:
             return run_study(args, folder, settings, resumed=False)
         except KeyboardInterrupt:
@@ -341,7 +346,7 @@ def apply_resume_options(args: argparse.Namespace, given: set[str], settings: St
     change (said in one line), and --samples may grow. Anything else given again is refused."""
     base = settings.base
     stored = {**base, "space": settings.space, "grace_epochs": settings.grace_epochs, "reduction_factor": settings.reduction_factor,
-              "storage": settings.storage, "seed": settings.seed}
+              "storage": settings.storage, "seed": settings.seed, "no_test_split": not settings.test_split}
     for dest in FIXED_ON_RESUME:
         if dest in given and getattr(args, dest) != stored.get(dest) and not _same_path(getattr(args, dest), stored.get(dest)):
             flag = "--" + dest.replace("_", "-")
@@ -385,6 +390,14 @@ def run_study(args: argparse.Namespace, folder: StudyFolder, settings: StudySett
     print(f"study {settings.name}: {settings.samples} trials, {base.epochs} epoch(s) at {base.image_size}px, weights {base.weights}")
     if settings.baseline_note and not resumed:
         print(settings.baseline_note)
+    from . import datacheck
+
+    if resumed:  # the data and weights the study started with, or one line that says what changed
+        for change in datacheck.check(settings, args.accept_data_change, "python -m study.run --resume",
+                                      "start a new study under another --name"):
+            print(f"going on with changed data ({datacheck.ACCEPT_FLAG}): {change}")
+    else:
+        datacheck.record(settings)
     # decoded once: every training image (the confirmation stage cross-validates on them), and the study's split of them
     all_data = prepare_data(base.data_dir, base.image_size, 0.0, base.split_seed, log=print, min_per_class=2)
     data = split_fold(all_data, base.val_fraction, base.split_seed, 0)

@@ -684,6 +684,10 @@ def print_selection(result: dict, console) -> None:
                   f"{result['study_epochs']:.1f} ({result['full_study_epochs']}) / {result['confirm_epochs']:.1f}", "", "")
     table.add_row("true best among the confirmation's candidates", "", "", f"{result['p_best_in_candidates']:.2f}")
     table.add_row("regret, a perfect judge of the same candidates (the floor)", f"{result['regret_candidates_floor']:.4f}", "", "")
+    table.add_row("95% interval of the gain over the book's recipe: holds the true gain",
+                  _fmt(result["gain_coverage"], 3), "", "")
+    table.add_row("  its mean width / share that excludes 0 / share of studies with one",
+                  f"{_fmt(result['gain_ci_width'], 3)} / {_fmt(result['gain_beyond_noise'], 2)} / {_fmt(result['gain_studies'], 2)}", "", "")
     table.add_row("study's best validation / its true accuracy / true best",
                   f"{result['single_val']:.3f} / {result['single_true']:.3f} / {result['best_true']:.3f}", "", "")
     console.print(table)

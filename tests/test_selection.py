@@ -251,6 +251,38 @@ def test_confirm_seed_sd_is_the_confirmation_runs_own_noise():
     assert simulate(repeats=300, seed=1, confirm_seed_sd=0.0, **EXACT)["regret_confirmed"] == 0
 
 
+def test_the_gain_interval_holds_with_a_seed_per_fold_and_not_with_one_seed():
+    # the confirmation's 95% interval for the winner's gain over the book's recipe, against the true gain: with each
+    # fold its own seed the spread between folds holds the seed noise; with one seed for every fold it does not
+    per_fold = simulate(repeats=3000, seed=3, confirm_seed_sd=0.036)
+    one_seed = simulate(repeats=3000, seed=3, confirm_seed_sd=0.036, fold_seeds=False)
+    assert per_fold["gain_coverage"] >= 0.90 and 0.8 < per_fold["gain_studies"] <= 1
+    assert one_seed["gain_coverage"] < 0.6 and one_seed["gain_ci_width"] < per_fold["gain_ci_width"] / 2
+    assert one_seed["gain_beyond_noise"] > per_fold["gain_beyond_noise"]  # the narrow interval claims certainty it lacks
+    assert per_fold["gain_estimate"] > per_fold["gain_true"]  # the winner's curse: the chosen one's lead is biased up
+
+
+def test_the_gain_interval_is_what_decide_prints():
+    # one simulated study's interval, recomputed with decide on its own table: the same numbers
+    rng = np.random.default_rng(0)
+    scores = rng.normal(0.6, 0.02, (1, 4, 2))
+    c = np.array([[3, 1, 2, 0]])  # the book's recipe (configuration 0) is the fourth candidate
+    final = np.ones((1, 4), dtype=bool)
+    win = int(np.argmax(scores.mean(axis=2)[0]))
+    if c[0, win] == 0:
+        scores[0, 0] += 0.1
+        win = 0
+    true = np.array([[0.6, 0.61, 0.62, 0.63]])
+    got = sel.gain_intervals(scores, final, c, np.array([win]), true)
+    rows = pd.DataFrame([{"config": int(c[0, j]), "fold": f, "val_acc": scores[0, j, f], "seconds_per_epoch": 1.0}
+                         for j in range(4) for f in range(2)])
+    decision = sel.decide(rows, baseline=0)
+    assert decision.winner == c[0, win]
+    p = decision.versus_baseline
+    assert got["gain_estimate"] == pytest.approx(p.mean) and got["gain_ci_width"] == pytest.approx(p.ci_high - p.ci_low)
+    assert got["gain_true"] == pytest.approx(true[0, c[0, win]] - true[0, 0])
+
+
 def test_big_noise_gives_single_validation_regret():
     r = simulate(repeats=400, seed=1, val_images=20, seed_sd=0.05)
     assert r["regret_single"] > 3 * r["regret_single_se"] > 0

@@ -145,8 +145,9 @@ def _class_folders(split_dir: Path) -> dict[str, list[Path]]:
     return classes
 
 
-def check_layout(root: str | Path, need_test: bool = False) -> tuple[Path, list[str]]:
-    """Validate the folder layout before anything is decoded; return the root and the class names."""
+def check_layout(root: str | Path, need_test: bool = False, no_test: str = "") -> tuple[Path, list[str]]:
+    """Validate the folder layout before anything is decoded (with ``need_test``, test/ too: the classes of train/,
+    an image of each); return the root and the class names. ``no_test``: the flag that says there is no test split."""
     root = Path(root).expanduser()
     fix = "pass --data-dir a folder holding train/<class>/ and test/<class>/ image folders"
     if not root.exists():
@@ -163,10 +164,15 @@ def check_layout(root: str | Path, need_test: bool = False) -> tuple[Path, list[
             raise UserError(f"class folder {root / 'train' / name} holds no image files: add images or remove the folder")
     if need_test:
         if not (root / "test").is_dir():
-            raise UserError(f"data folder {root} has no test/ folder, which the final evaluation needs: {fix}")
-        test_classes = list(_class_folders(root / "test"))
-        if test_classes != list(classes):
-            raise UserError(f"{root / 'test'} has classes {test_classes} but train has {list(classes)}: use the same class folders")
+            raise UserError(f"data folder {root} has no test/ folder, which the final evaluation needs: {fix}"
+                            + (f" (or {no_test} where there is none)" if no_test else ""))
+        test_folders = _class_folders(root / "test")
+        if list(test_folders) != list(classes):
+            raise UserError(f"{root / 'test'} has classes {list(test_folders)} but train has {list(classes)}: use the same class folders")
+        for name, files in test_folders.items():
+            if not files:
+                raise UserError(f"class folder {root / 'test' / name} holds no image files: the test split needs at least one image "
+                                "of each class; add images")
     return root, list(classes)
 
 
