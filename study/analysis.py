@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import warnings
 from dataclasses import dataclass, field
 
@@ -182,8 +183,8 @@ def answer_lines(analysis: "Analysis") -> list[str]:
                 text += f"; difference {versus.describe('seed')}"
         lines.append(text)
     else:
-        lines.append(f"test split: not measured yet (python -m study.rerun {data.folder.path} retrains trial {number} and the "
-                     "book's recipe on the same seeds)")
+        lines.append(f"test split: not measured yet (python -m study.rerun {shlex.quote(str(data.folder.path))} retrains trial "
+                     f"{number} and the book's recipe on the same seeds)")
     best = data.scored.head(1)
     if len(best) and what == "confirmed winner":
         b = best.iloc[0]

@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the whole used-by flow as a user runs it (study.run, study.rerun of the winner and the book's recipe, "
                            "study.analyze) per --flow-seeds: wall time per phase, the confirmation's gain over the book's recipe "
                            "with its interval, the rerun's paired gain on the test split, and whether the interval held it")
+    mode.add_argument("--fingerprint", action="store_true",
+                      help="what checking a study's data and weights costs on every resume and rerun (--fingerprint-images files)")
+    p.add_argument("--fingerprint-images", type=int, default=100_000, help="--fingerprint: images (default: %(default)s)")
     p.add_argument("--flow-seeds", type=int, nargs="+", default=[0], help="--flow: study seeds, one whole flow each (default: 0)")
     p.add_argument("--flow-samples", type=int, default=32, help="--flow: trials per study (default: %(default)s)")
     p.add_argument("--flow-epochs", type=int, default=3, help="--flow: epochs per trial (default: %(default)s)")
@@ -206,6 +209,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.flow:
         return flow(args, log)
+    if args.fingerprint:
+        from .bench_fingerprint import run_fingerprint
+
+        result = run_fingerprint(args.fingerprint_images, log)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"machine": machine(), "fingerprint": result}, indent=2))
+        return 0
     if args.trials_per_gpu:
         from .bench_share import check_share_device
 

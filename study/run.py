@@ -194,6 +194,22 @@ def start_ray(address: str | None, log_to_driver: bool = False) -> None:
         raise UserError(f"cannot start or reach {where} ({str(exc).splitlines()[0]}): check --address, or leave it out{auth}") from None
 
 
+# Ray loggers whose errors are about Ray's own experiment snapshot (a sync of driver_artifacts that raced with the
+# next stage's start), which the study does not need to resume: a traceback of them on the console says something
+# broke when nothing did. Their records go to the study's logs/ray.log instead.
+RAY_SNAPSHOT_LOGGERS = ("ray.tune.execution.experiment_state",)
+
+
+def keep_ray_snapshot_errors_in(log_file: Path) -> None:
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(log_file, delay=True)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in RAY_SNAPSHOT_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.propagate = False
+        logger.handlers = [handler]
+
+
 def check_cluster_gpus(resources: dict, local: bool) -> None:
     """Trials given a GPU must be able to use it: check once, before the first trial, not 100x slower later.
 
@@ -428,6 +444,7 @@ def run_study(args: argparse.Namespace, folder: StudyFolder, settings: StudySett
     import ray
 
     start_ray(settings.address)
+    keep_ray_snapshot_errors_in(folder.logs / "ray.log")
     try:
         timings["ray_start_s"] = round(time.perf_counter() - t0 - timings["decode_s"], 2)
         resources, slots, message = plan_resources(settings.gpus_requested, settings.cpus_requested, ray.cluster_resources())

@@ -190,3 +190,30 @@ def test_a_study_without_a_test_split_runs_and_its_rerun_says_what_to_pass(tmp_p
     line = error_line(rerun)
     assert "has no test split to measure test accuracy on" in line and "started with --no-test-split" in line
     assert "--accept-data-change" in line and "python -m trainable --config FILE" in line
+
+
+def test_rays_snapshot_errors_go_to_the_study_log_not_the_console(tmp_path, capfd):
+    import logging
+
+    from study.run import RAY_SNAPSHOT_LOGGERS, keep_ray_snapshot_errors_in
+
+    log = tmp_path / "logs" / "ray.log"
+    keep_ray_snapshot_errors_in(log)
+    try:
+        raise FileNotFoundError("driver_artifacts/.x-tmp-search_gen_state.json")
+    except FileNotFoundError:
+        logging.getLogger(RAY_SNAPSHOT_LOGGERS[0]).error("Saving experiment state failed with exception: ", exc_info=True)
+    out, err = capfd.readouterr()
+    assert "FileNotFoundError" not in out + err
+    assert "FileNotFoundError: driver_artifacts/.x-tmp-search_gen_state.json" in log.read_text()
+
+
+def test_the_printed_next_commands_paste_back_whatever_the_path(tmp_path):
+    import shlex
+
+    from study.layout import StudyFolder
+    from study.run import resume_command
+
+    folder = StudyFolder(tmp_path / "my results" / "it's a study")
+    argv = shlex.split(resume_command(folder))
+    assert argv[-4:] == ["--name", "it's a study", "--results-dir", str(tmp_path / "my results")]

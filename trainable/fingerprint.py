@@ -15,6 +15,7 @@ must not pass.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 from .data import IMAGE_SUFFIXES
@@ -22,8 +23,20 @@ from .data import IMAGE_SUFFIXES
 SPLITS = ("train", "test")
 
 
-def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+def _images(folder: Path, root: Path) -> list[tuple[str, int, int]]:
+    """(path relative to root, size, mtime_ns) of every image under ``folder``, sorted: one scandir stat per file."""
+    found, stack = [], [folder]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir():
+                    stack.append(Path(entry.path))
+                elif entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
+                    info = entry.stat()
+                    found.append((Path(entry.path).relative_to(root).as_posix(), info.st_size, info.st_mtime_ns))
+    return sorted(found)
 
 
 def data_fingerprint(root: str | Path) -> dict:
@@ -38,11 +51,8 @@ def data_fingerprint(root: str | Path) -> dict:
         for entry in sorted(folder.iterdir()):
             if not entry.is_dir() or entry.name.startswith("."):
                 continue
-            digest = hashlib.sha256()
-            files = _images(entry)
-            for path in files:
-                info = path.stat()
-                digest.update(f"{path.relative_to(root).as_posix()}\t{info.st_size}\t{info.st_mtime_ns}\n".encode())
+            files = _images(entry, root)
+            digest = hashlib.sha256("".join(f"{path}\t{size}\t{mtime}\n" for path, size, mtime in files).encode())
             classes[entry.name] = {"files": len(files), "digest": digest.hexdigest()}
         out[split] = classes
     return out
