@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import math
+import os
 import socket
 import tempfile
 import traceback
@@ -127,13 +128,44 @@ def failure_message(exc: BaseException, cfg: TrainConfig | None) -> str:
     return (text[-1] if text else type(exc).__name__)[:500]
 
 
-def run_trial(config: dict, data: PreparedData, base: dict) -> None:
-    """A Ray Tune function trainable."""
+def run_key(config: dict) -> str:
+    """A run's name on the study's Clock: a trial, or a confirmation run (a configuration on a fold)."""
+    if config.get("cv_folds"):
+        return f"confirm {config['optuna_trial']} fold {config['val_fold']}"
+    return f"trial {config['optuna_trial']}"
+
+
+def hang_for_tests(key: str, epoch: int) -> None:
+    """``HOTDOG_TUNE_HANG=<key>:<epoch>:<fifo>``: this run blocks for good after that epoch, reading a FIFO nobody
+    writes (as a read from a dead network file system would), its pid written beside the FIFO. Tests only."""
+    spec = os.environ.get("HOTDOG_TUNE_HANG", "")
+    name, _, rest = spec.partition(":")
+    at, _, fifo = rest.partition(":")
+    if spec and name == key and at == str(epoch):
+        Path(f"{fifo}.pid").write_text(str(os.getpid()))
+        with open(fifo) as blocked:  # opening a FIFO for reading blocks until a writer comes: none does
+            blocked.read()
+
+
+def run_trial(config: dict, data: PreparedData, base: dict, clock: str | None = None) -> None:
+    """A Ray Tune function trainable. ``clock``: the name of the study's Clock actor (study.clock), whose limits a
+    watchdog thread enforces on this run's process."""
     context = ray.get_runtime_context()
     resources = context.get_assigned_resources()
     threads = max(1, int(resources.get("CPU", 1)))
     gpus = ray.get_gpu_ids()
     node = {"node_id": context.get_node_id(), "node_ip": ray.util.get_node_ip_address(), "hostname": socket.gethostname()}
+    key = run_key(config)
+    watchdog = None
+    if clock is not None:
+        from .clock import Watchdog
+
+        handle = ray.get_actor(clock)
+        why = ray.get(handle.timed_out.remote(key))
+        if why:  # its watchdog ended the last attempt: it ends here, recorded as timed out, never run again
+            tune.report({"val_acc": math.nan, "trial_error": why, "timed_out": True, **node})
+            return
+        watchdog = Watchdog(handle, key).start()
     cfg = None
     try:
         check_gpu(gpus)
@@ -156,11 +188,17 @@ def run_trial(config: dict, data: PreparedData, base: dict) -> None:
                     tune.report({**metrics.as_dict(), **node, **first, "resumed_from_epoch": resumed, "threads": threads},
                                 checkpoint=tune.Checkpoint.from_directory(directory))
                 first.clear()
+                if watchdog is not None:
+                    watchdog.progress()
+                hang_for_tests(key, metrics.epoch)
 
             train(cfg, data, on_epoch=on_epoch, resume_from=state)
     except Exception as exc:  # reported once, not retried: rerunning the same configuration would fail the same way
         tune.report({"val_acc": math.nan, "trial_error": failure_message(exc, cfg), "trial_traceback": traceback.format_exc(),
                      "disk_full": disk_full(exc), **node})
+    finally:
+        if watchdog is not None:
+            watchdog.stop()
 
 
 def disk_full(exc: BaseException) -> bool:

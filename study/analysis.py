@@ -17,7 +17,7 @@ import pandas as pd
 
 from trainable import UserError
 
-from .layout import RERUN_FILE, StudyFolder, StudySettings, fmt, fmt_acc, plain, storage_url
+from .layout import FAILED, RERUN_FILE, StudyFolder, StudySettings, fmt, fmt_acc, plain, storage_url
 
 MIN_COMPLETE = 5  # fewer COMPLETE trials than this: importances from all trials (pruned ones by their last value)
 MIN_TRIALS = 3  # fewer usable trials than this: no importances at all
@@ -78,7 +78,7 @@ def confirmation(data: StudyData) -> Confirmation | None:
     settings = data.settings.confirm or {}
     if runs is None or runs.empty:
         return None
-    done = runs[runs["status"].isin(["completed", "diverged", "errored"])]
+    done = runs[runs["status"].isin(["completed", *FAILED])]
     if done.empty:
         return None
     frame = pd.DataFrame({"config": done["optuna_trial"].astype(int), "fold": done["fold"],
@@ -103,7 +103,7 @@ def winner_row(data: StudyData) -> tuple[pd.Series | None, str]:
         named = data.trials[data.trials["recommended"].fillna("").str.contains("winner")]
         if len(named):
             return named.iloc[0], "confirmed winner"
-    usable = data.scored[~data.scored["status"].isin(["diverged", "errored"])]
+    usable = data.scored[~data.scored["status"].isin(FAILED)]
     return (usable.iloc[0], "best (rank 1)") if len(usable) else (None, "")
 
 
@@ -369,7 +369,7 @@ def compute_importance(data: StudyData, method: str = "ped-anova") -> Importance
                 caveat = (f"only {len(complete)} trial(s) ran every epoch, so the {len(pruned)} stopped early count with their "
                           "last validation accuracy, as TPE sees them (rough: earlier epochs score lower)")
     if not points and stored is None:  # no usable storage: the table's best validation accuracies
-        for _, row in data.scored[~data.scored["status"].isin(["diverged", "errored"])].iterrows():
+        for _, row in data.scored[~data.scored["status"].isin(FAILED)].iterrows():
             values = {p: plain(row[p]) for p in params}
             if all(v is not None for v in values.values()):
                 points.append((values, float(row["best_val_acc"])))
@@ -469,7 +469,7 @@ def range_warnings(data: StudyData) -> list[str]:
     uniform draw puts a tenth there. A bound where the hyperparameter's own domain ends (freeze depth 0 or 5, momentum 0) cannot be
     widened and says nothing.
     """
-    usable = data.scored[~data.scored["status"].isin(["diverged", "errored"])]
+    usable = data.scored[~data.scored["status"].isin(FAILED)]
     top = usable.head(top_count(len(usable)))
     if len(top) < 3:
         return []
@@ -542,7 +542,7 @@ def top_vs_rest(data: StudyData, permutations: int = PERMUTATIONS, seed: int = 0
     and the others' (log values rank as the values do). The p-value is the share of random top sets of the
     same size that differ at least as much. Unlike PED-ANOVA (top against all trials, which TPE drew mostly
     near the best) it compares the top with the trials not among them."""
-    usable = data.scored[~data.scored["status"].isin(["diverged", "errored"])].reset_index(drop=True)
+    usable = data.scored[~data.scored["status"].isin(FAILED)].reset_index(drop=True)
     n, k = len(usable), top_count(len(usable))
     if n < 4 or k >= n:
         return {}

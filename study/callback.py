@@ -43,15 +43,16 @@ def trial_location(trial, storage: str | None) -> str | None:
 
 class StudyCallback(tune.Callback):
     def __init__(self, folder: Path, tables: StudyTables, samples: int, params: list[str], storage: str | None = None,
-                 progress: Progress | None = None):
+                 progress: Progress | None = None, clock=None):
         self.folder, self.tables, self.samples, self.params, self.storage = Path(folder), tables, samples, params, storage
+        self.clock = clock  # study.clock.DriverClock: the median epoch time goes to it, timed-out runs come from it
         self.progress = progress or Progress(samples)
         self.disk_full: str | None = None  # which disk filled up and what could not be written, once one has
         self._errors: dict[int, dict] = {}  # sample -> its trial_error result
         self._stopping = False
 
     def __getstate__(self):  # Ray pickles the run config: the live tables and console stay in this process
-        return {**self.__dict__, "tables": None, "progress": None}
+        return {**self.__dict__, "tables": None, "progress": None, "clock": None}
 
     # --- Tune's hooks ------------------------------------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -76,6 +77,8 @@ class StudyCallback(tune.Callback):
             self.progress.note(f"trial {number}: {result['resume_note']}")
         previous = self.tables.on_result(number, trial.trial_id, trial.config, {**result, "ended_at": time.time()},
                                          trial_dir=trial_location(trial, self.storage))
+        if self.clock is not None and not result.get("replayed") and result.get("seconds"):
+            self.clock.on_epoch(float(result["seconds"]))
         self._write()
         drop_checkpoints(previous)  # an earlier run's folder of this sample: its checkpoint is superseded
         self.progress.update(self.tables)
@@ -86,7 +89,10 @@ class StudyCallback(tune.Callback):
         failed = self._errors.pop(number, None)
         if failed is not None and failed.get("disk_full"):
             return  # not a finished trial: it resumes from its last checkpoint once space is freed
-        if failed is not None:
+        why = self.clock.timed_out(number) if self.clock is not None else None
+        if why:
+            self._end(trial, why, None, timed_out=True)
+        elif failed is not None:
             self._end(trial, failed["trial_error"], failed.get("trial_traceback") or failed["trial_error"])
         else:
             self._end(trial, None, None)
@@ -97,6 +103,10 @@ class StudyCallback(tune.Callback):
             text = Path(trial.error_file).read_text() if trial.error_file else ""
         except OSError:
             pass
+        why = self.clock.timed_out(trial.config["optuna_trial"]) if self.clock is not None else None
+        if why:
+            self._end(trial, why, None, timed_out=True)
+            return
         self._end(trial, error_message(trial), text or error_message(trial))
 
     def on_experiment_end(self, trials, **info):
@@ -104,7 +114,7 @@ class StudyCallback(tune.Callback):
         self.progress.stop()
 
     # --- helpers -----------------------------------------------------------------------------------------
-    def _end(self, trial, error: str | None, log_text: str | None) -> None:
+    def _end(self, trial, error: str | None, log_text: str | None, timed_out: bool = False) -> None:
         number = trial.config["optuna_trial"]
         log = None
         if log_text:
@@ -116,7 +126,7 @@ class StudyCallback(tune.Callback):
                 log = None
                 if disk_full(exc):
                     self._stop_for_disk(str(self.folder), "a log could not be written")
-        self.tables.on_end(number, trial.trial_id, trial.config, error)
+        self.tables.on_end(number, trial.trial_id, trial.config, error, timed_out=timed_out)
         self._write()
         self._drop_checkpoints(trial)
         self.progress.finished(self.tables, number, self.params, log)

@@ -31,7 +31,7 @@ from .results import StudyTables
 CONFIRM_TYPES = {"optuna_trial": "int64", "baseline": "bool", "fold": "int64", "cv_folds": "int64", "seed": "int64", "status": "str",
                  "val_acc": "float64", "val_loss": "float64", "epochs": "int64", "seconds": "float64", "images_per_s": "float64",
                  "trial_id": "str", "trial_dir": "str", "error": "str"}
-DONE = ("completed", "diverged", "errored")
+DONE = ("completed", "diverged", "errored", "timed_out")
 
 
 def fold_seed(study_seed: int, fold: int) -> int:
@@ -155,7 +155,7 @@ def confirm_dirname(trial) -> str:
     return f"confirm_{trial.trial_id}"
 
 
-def run_confirm(config: dict, data, base: dict) -> None:
+def run_confirm(config: dict, data, base: dict, clock: str | None = None) -> None:
     """A Ray Tune function trainable: one configuration on one fold (the study's trainable on that fold's split)."""
     from trainable.data import split_fold
 
@@ -163,14 +163,16 @@ def run_confirm(config: dict, data, base: dict) -> None:
 
     job = dict(config["job"])
     fold_data = split_fold(data, base["val_fraction"], base["split_seed"], job["val_fold"], job["cv_folds"])
-    run_trial(job, fold_data, base)
+    run_trial(job, fold_data, base, clock)
 
 
 class ConfirmCallback:
     """Keeps confirm.parquet (and the trials table's confirmation columns) in step with the runs."""
 
-    def __init__(self, folder: Path, tables: StudyTables, table: ConfirmTable, numbers: list[int], storage: str | None, progress):
+    def __init__(self, folder: Path, tables: StudyTables, table: ConfirmTable, numbers: list[int], storage: str | None, progress,
+                 clock=None):
         self.callback = _TuneHooks(self, storage)
+        self.clock = clock
         self.folder, self.tables, self.table, self.numbers, self.progress = Path(folder), tables, table, numbers, progress
         self.disk_full: str | None = None
         self._epochs: dict[tuple[int, int], dict[int, dict]] = {}  # each run's epoch results
@@ -218,17 +220,20 @@ class ConfirmCallback:
         failed = self._errors.pop(key, None)
         if error is None and failed is not None and failed.get("disk_full"):
             return  # interrupted by a full disk, not finished: it resumes once space is freed
-        error = error or (failed["trial_error"] if failed else None)
+        number, fold = key
+        why = self.clock.timed_out(f"confirm {number} fold {fold}") if self.clock is not None else None
+        error = why or error or (failed["trial_error"] if failed else None)
         row = self._row(trial)
         self._summarise(key)
-        if error is not None:
+        if why:
+            row.update(status="timed_out", error=why)
+        elif error is not None:
             row.update(status="errored", error=error)
         elif any(r.get("diverged") for r in self._epochs.get(key, {}).values()):
             row["status"] = "diverged"
         else:
             row["status"] = "completed"
         self._write()
-        number, fold = key
         self.progress.note(f"confirmation: trial {number} fold {fold}: {row['status']}"
                            + (f", val acc {row['val_acc']:.3f}" if row["status"] == "completed" else f" ({error})" if error else ""))
         drop_checkpoints(row.get("trial_dir"))  # a finished run never resumes
@@ -300,7 +305,7 @@ class _TuneHooks(_tune_callback_base()):
 
 
 def run_stage(folder: StudyFolder, settings: StudySettings, tables: StudyTables, all_data, resources: dict, slots: int,
-              run_index: int, progress) -> tuple[str | None, list[str], bool]:
+              run_index: int, progress, clock=None) -> tuple[str | None, list[str], bool]:
     """Run what is left of the confirmation stage; returns (why it stopped early or None, the lines to print,
     whether every run is in)."""
     from ray import tune
@@ -326,9 +331,10 @@ def run_stage(folder: StudyFolder, settings: StudySettings, tables: StudyTables,
         concurrent = max(1, min(settings.max_concurrent or slots, slots, len(jobs)))
         progress.note(f"confirmation: {len(numbers)} configuration(s) (trials {', '.join(map(str, numbers))}) on {folds} fold(s): "
                       f"{len(jobs)} run(s) to go, {concurrent} at a time")
-        callback = ConfirmCallback(folder.path, tables, table, numbers, settings.storage, progress)
+        callback = ConfirmCallback(folder.path, tables, table, numbers, settings.storage, progress, clock)
         job_configs = [job.tune_config(folds) for job in jobs]
-        trainable = tune.with_resources(tune.with_parameters(run_confirm, data=all_data, base=settings.base), resources)
+        trainable = tune.with_resources(tune.with_parameters(run_confirm, data=all_data, base=settings.base,
+                                                             clock=clock.name if clock else None), resources)
         tuner = tune.Tuner(
             trainable, param_space={"job": tune.grid_search(job_configs)},
             tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, reuse_actors=not settings.fresh_actors,

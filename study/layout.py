@@ -38,7 +38,8 @@ DRIVER_WRITES = (STUDY_FILE, TRIALS_FILE, EPOCHS_FILE, CONFIRM_FILE, DRIVER_FILE
 HYPERPARAMETERS = ("lr", "head_lr_mult", "weight_decay", "momentum", "freeze_depth", "augment", "batch_size")
 INT_HYPERPARAMETERS = ("freeze_depth", "batch_size")
 METRIC, MODE = "val_acc", "max"
-FINISHED = ("completed", "stopped early", "diverged", "errored")
+FINISHED = ("completed", "stopped early", "diverged", "errored", "timed_out")
+FAILED = ("diverged", "errored", "timed_out")  # no usable result: ranked last, never rerun by default
 # The book's fine-tuned ResNet18 on its hotdog.zip: 5 epochs, 224 px, ImageNet weights (d2l "Fine-Tuning").
 BOOK_FIGURE = "the book: 0.940 (0.933 +- 0.012 over its builds)"
 BOOK_CLASSES = ["hotdog", "not-hotdog"]
@@ -128,6 +129,8 @@ class StudySettings:
     confirm: dict = field(default_factory=dict)  # {"top": K, "folds": F} or {} when off
     baseline: dict | None = None  # the book's recipe as searched (None: it lies outside the space)
     baseline_note: str = ""  # why there is no baseline
+    trial_timeout: float | None = None  # --trial-timeout: seconds per trial; None: the automatic stall limit; 0: none
+    time_budget: float | None = None  # --time-budget: seconds of the study's wall time, all driver runs together
     test_split: bool = True  # False: started with --no-test-split (study.rerun cannot measure test accuracy)
     data_fingerprint: dict = field(default_factory=dict)  # trainable.fingerprint of the data as the study started (or last accepted)
     weights_fingerprint: dict | None = None  # of a weights file given by path

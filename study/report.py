@@ -23,7 +23,7 @@ from .layout import BOOK_FIGURE, FIGURES_DIR, REPORT_FILE, fmt, fmt_acc, write_a
 from .summary import noise_note
 
 PNG_NAMES = ("parallel.png", "importance.png", "params.png", "curves.png")
-STATUS_COLORS = {"completed": "#1f77b4", "stopped early": "#ff7f0e", "diverged": "#d62728", "errored": "#7f7f7f", "running": "#9467bd"}
+STATUS_COLORS = {"completed": "#1f77b4", "stopped early": "#ff7f0e", "diverged": "#d62728", "errored": "#7f7f7f", "timed_out": "#8c564b", "running": "#9467bd"}
 CURVE_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
 
 

@@ -31,7 +31,7 @@ import pandas as pd
 from trainable import TrainConfig, UserError
 from trainable.cli import run_main
 
-from .layout import (BOOK_CLASSES, BOOK_FIGURE, BOOK_TEST_IMAGES, BOOK_TRAIN_IMAGES, HYPERPARAMETERS, RERUN_DIR,
+from .layout import (FAILED, BOOK_CLASSES, BOOK_FIGURE, BOOK_TEST_IMAGES, BOOK_TRAIN_IMAGES, HYPERPARAMETERS, RERUN_DIR,
                      RERUN_FILE, RERUN_LOCK_FILE, StudyFolder, StudySettings, find_study, fmt, isnan, plain, typed, write_atomic,
                      write_parquet_atomic, write_text_atomic)
 
@@ -411,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = chosen.config
     print(f"study {chosen.settings.name}, {chosen.describe()}")
     print(f"picked: {chosen.why}")
-    if chosen.row.get("status") in ("errored", "diverged"):
+    if chosen.row.get("status") in FAILED:
         print(f"note: this trial {chosen.row.get('status')} in the study; retraining it anyway")
     params = "  ".join(f"{p}={fmt(getattr(cfg, p))}" for p in chosen.settings.space)
     print(f"retraining {params}: {cfg.epochs} epoch(s) at {cfg.image_size}px, weights {cfg.weights}, on train + validation, "

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .layout import EPOCHS_FILE, TRIALS_FILE, isnan, write_parquet_atomic
+from .layout import EPOCHS_FILE, FAILED, TRIALS_FILE, isnan, write_parquet_atomic
 
 EPOCH_COLUMNS = [
     "trial_id", "optuna_trial", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds",
@@ -129,13 +129,13 @@ class StudyTables:
         self._summarise(number)
         return previous
 
-    def on_end(self, number: int, trial_id: str, config: dict, error: str | None = None) -> str:
+    def on_end(self, number: int, trial_id: str, config: dict, error: str | None = None, timed_out: bool = False) -> str:
         if number not in self.trials:
             self.on_start(number, trial_id, config)
         trial = self.trials[number]
         self._summarise(number)
         if error is not None:
-            trial["status"], trial["error"] = "errored", error
+            trial["status"], trial["error"] = "timed_out" if timed_out else "errored", error
         elif any(r.get("diverged") for r in self.rows_of(number)):
             trial["status"] = "diverged"
         else:
@@ -173,7 +173,7 @@ class StudyTables:
         columns = [*TRIAL_HEAD, *self.params, *TRIAL_TAIL]
         trials = pd.DataFrame(list(self.trials.values()), columns=[c for c in columns if c != "rank"]).reindex(columns=columns)
         # Diverged and errored trials rank last whatever they reached before: their recipe is not one to rerun.
-        failed = trials["status"].isin(["diverged", "errored"])
+        failed = trials["status"].isin(FAILED)
         trials = trials.assign(_failed=failed).sort_values(
             ["_failed", "best_val_acc", "epochs_run", "optuna_trial"], ascending=[True, False, False, True], na_position="last"
         ).drop(columns="_failed")

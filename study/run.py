@@ -30,7 +30,7 @@ from trainable import TrainConfig, UserError, prepare_data
 from trainable.cli import add_data_options, check_output_folder, run_main
 from trainable.data import check_layout, max_cv_folds, split_fold
 
-from .layout import StudyFolder, StudySettings, isnan, write_text_atomic
+from .layout import StudyFolder, StudySettings, isnan, typed, write_text_atomic
 from .selection import CONFIRM_FOLDS, CONFIRM_TOP
 from .space import baseline_params, load_space, show_space
 from .trackers import check_trackers, tracker_callbacks
@@ -47,7 +47,7 @@ FIXED_ON_RESUME = ("data_dir", "weights", "epochs", "image_size", "batch_size", 
                    "device", "augment_path", "momentum", "seed", "space", "grace_epochs", "reduction_factor", "storage", "no_test_split")
 # Options that decide only where and how many trials run: kept from study.json unless given again.
 RUN_OPTIONS = {"gpus_per_trial": "gpus_requested", "cpus_per_trial": "cpus_requested", "max_concurrent": "max_concurrent",
-               "fresh_actors": "fresh_actors", "address": "address"}
+               "fresh_actors": "fresh_actors", "address": "address", "trial_timeout": "trial_timeout", "time_budget": "time_budget"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,6 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help='TensorBoard event files per trial (metrics per epoch, hyperparameters) under <study>/ray; needs pip install -e ".[tensorboard]"')
     parser.add_argument("--mlflow", metavar="URI",
                         help='log every trial to MLflow at this tracking URI (e.g. sqlite:///results/mlflow.db); needs pip install -e ".[mlflow]"')
+    parser.add_argument("--trial-timeout", type=float, default=None, metavar="SECONDS",
+                        help="stop a trial that runs longer than this (wall time; its process ends, recorded as timed_out, the study "
+                             "goes on); default: stop one that goes 10x the study's median epoch time + 60 s without finishing an "
+                             "epoch, once 3 epochs are known; 0: no limit")
+    parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                        help="the study's wall time: no trial is started that would end past it (the confirmation stage's time kept "
+                             "in reserve), trials still running then are stopped (timed_out), and the confirmation stage runs on "
+                             "what finished")
+    parser.add_argument("--retry-timed-out", action="store_true",
+                        help="--resume: run each configuration that timed out again, as a new trial (by default a timed-out trial "
+                             "stays as it ended)")
     parser.add_argument("--no-test-split", action="store_true",
                         help="the data folder has no test/ split: the study runs without one, and study.rerun cannot measure test accuracy")
     parser.add_argument("--accept-data-change", action="store_true",
@@ -108,6 +119,10 @@ def check_args(args: argparse.Namespace) -> None:
         (args.confirm_top >= 1, f"--confirm-top {args.confirm_top} must be 1 or more (--no-confirm skips the confirmation stage)"),
         (args.confirm_folds >= 2, f"--confirm-folds {args.confirm_folds} must be 2 or more: cross-validation needs a part to train "
                                   "on and a part to judge (--no-confirm skips the confirmation stage)"),
+        (args.trial_timeout is None or args.trial_timeout >= 0, f"--trial-timeout {args.trial_timeout:g} must be 0 (no limit) or more"
+         if args.trial_timeout is not None else ""),
+        (args.time_budget is None or args.time_budget > 0, f"--time-budget {args.time_budget:g} must be above 0"
+         if args.time_budget is not None else ""),
         (args.name is None or (args.name.strip() and "/" not in args.name and args.name not in (".", "..")), f"--name {args.name!r} must be a plain folder name"),
     ]
     for ok, message in checks:
@@ -194,17 +209,18 @@ def start_ray(address: str | None, log_to_driver: bool = False) -> None:
         raise UserError(f"cannot start or reach {where} ({str(exc).splitlines()[0]}): check --address, or leave it out{auth}") from None
 
 
-# Ray loggers whose errors are about Ray's own experiment snapshot (a sync of driver_artifacts that raced with the
-# next stage's start), which the study does not need to resume: a traceback of them on the console says something
-# broke when nothing did. Their records go to the study's logs/ray.log instead.
-RAY_SNAPSHOT_LOGGERS = ("ray.tune.execution.experiment_state",)
+# Ray loggers whose tracebacks the console need not show: Ray's experiment snapshot (a sync of driver_artifacts that
+# races with the next stage's start; the study does not need it to resume) and the controller's traceback of a trial
+# whose process died (the study prints its own line for it, and keeps the text in logs/trial-<n>.log). A traceback on
+# the console says something broke when nothing did. Their records go to the study's logs/ray.log instead.
+RAY_QUIET_LOGGERS = ("ray.tune.execution.experiment_state", "ray.tune.execution.tune_controller")
 
 
-def keep_ray_snapshot_errors_in(log_file: Path) -> None:
+def keep_ray_tracebacks_in(log_file: Path) -> None:
     log_file.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(log_file, delay=True)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for name in RAY_SNAPSHOT_LOGGERS:
+    for name in RAY_QUIET_LOGGERS:
         logger = logging.getLogger(name)
         logger.propagate = False
         logger.handlers = [handler]
@@ -342,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
             max_concurrent=args.max_concurrent, grace_epochs=args.grace_epochs, reduction_factor=float(args.reduction_factor),
             fresh_actors=args.fresh_actors, address=args.address, storage=storage, baseline=baseline, baseline_note=baseline_note,
             confirm={} if args.no_confirm else {"top": args.confirm_top, "folds": args.confirm_folds},
-            trackers={"tensorboard": args.tensorboard, "mlflow": args.mlflow}, test_split=not args.no_test_split)
+            trackers={"tensorboard": args.tensorboard, "mlflow": args.mlflow}, test_split=not args.no_test_split,
+            trial_timeout=args.trial_timeout, time_budget=args.time_budget)
         try:
             return run_study(args, folder, settings, resumed=False)
         except KeyboardInterrupt:
@@ -436,6 +453,8 @@ def run_study(args: argparse.Namespace, folder: StudyFolder, settings: StudySett
     if settings.samples < plan.finished + len(plan.unfinished):
         raise UserError(f"--samples {settings.samples} is fewer than the {plan.finished + len(plan.unfinished)} trial(s) study "
                         f"{settings.name!r} already has: ask for at least that many")
+    if resumed and args.retry_timed_out:
+        retry_timed_out(folder, settings, plan)
     remaining = settings.samples - plan.finished
     if resumed:
         print(f"resuming: {plan.finished} trial(s) finished, {len(plan.unfinished)} to continue, "
@@ -444,7 +463,7 @@ def run_study(args: argparse.Namespace, folder: StudyFolder, settings: StudySett
     import ray
 
     start_ray(settings.address)
-    keep_ray_snapshot_errors_in(folder.logs / "ray.log")
+    keep_ray_tracebacks_in(folder.logs / "ray.log")
     try:
         timings["ray_start_s"] = round(time.perf_counter() - t0 - timings["decode_s"], 2)
         resources, slots, message = plan_resources(settings.gpus_requested, settings.cpus_requested, ray.cluster_resources())
@@ -459,13 +478,15 @@ def run_study(args: argparse.Namespace, folder: StudyFolder, settings: StudySett
         folder.write_settings(settings)
         plan.tables.write()  # repairs and decisions made above, on disk before any trial runs
         timings["setup_s"] = round(time.perf_counter() - t0, 2)
+        clock = start_clock(settings, run, concurrent, time.time() - (time.perf_counter() - t0))
         fit_s, stopped = 0.0, None
         if remaining <= 0:
             print("every trial of the study has finished")
         else:
             print(f"{concurrent} trial(s) at a time, each with {resources['cpu']:g} CPU(s)"
                   + (f" and {resources['gpu']:g} GPU" if resources["gpu"] else ""))
-            fit_s, stopped = fit(args, folder, settings, data, plan, scheduler, resources, concurrent, remaining, len(settings.runs))
+            fit_s, stopped = fit(args, folder, settings, data, plan, scheduler, resources, concurrent, remaining, len(settings.runs),
+                                 clock)
             timings["fit_s"] = round(fit_s, 2)
             if not stopped:  # the confirmation stage follows: a kill there must not lose the trials' training time
                 try:
@@ -474,17 +495,42 @@ def run_study(args: argparse.Namespace, folder: StudyFolder, settings: StudySett
                     pass  # finish() writes it again and says so if it still cannot
         lines: list[str] = []
         confirmed = True
-        if settings.confirm and not stopped and not plan.tables.counts().get("running") and len(plan.tables.trials) >= settings.samples:
+        budget_reached = bool(clock and clock.budget_reached)
+        if budget_reached:
+            print(f"the time budget (--time-budget {settings.time_budget:g} s) ended the search after {len(plan.tables.trials)} of "
+                  f"{settings.samples} trial(s)" + ("; the confirmation stage runs on those that finished" if settings.confirm else ""))
+        if (settings.confirm and not stopped and not plan.tables.counts().get("running")
+                and (len(plan.tables.trials) >= settings.samples or budget_reached)):
             from .confirm import run_stage
             from .progress import Progress
 
+            if clock is not None:
+                clock.for_confirmation()
             start = time.perf_counter()
             stopped, lines, confirmed = run_stage(folder, settings, plan.tables, all_data, resources, slots, len(settings.runs),
-                                                  Progress(settings.samples))
+                                                  Progress(settings.samples), clock)
             timings["confirm_s"] = round(time.perf_counter() - start, 2)
-        return finish(folder, settings, plan.tables, run, t0, fit_s, stopped, lines, confirmed)
+        return finish(folder, settings, plan.tables, run, t0, fit_s, stopped, lines, confirmed, budget_reached)
     finally:
         ray.shutdown()
+
+
+def retry_timed_out(folder: StudyFolder, settings: StudySettings, plan) -> None:
+    """--retry-timed-out: each timed-out configuration runs again as a new trial (Optuna cannot reopen a failed one)."""
+    import optuna
+
+    from .layout import storage_url
+
+    again = [row for row in plan.tables.trials.values() if row.get("status") == "timed_out"]
+    if not again:
+        print("--retry-timed-out: no trial timed out")
+        return
+    study = optuna.load_study(study_name=settings.name, storage=storage_url(folder.optuna_db))
+    for row in again:
+        study.enqueue_trial({p: typed(p, row[p]) for p in settings.space}, user_attrs={"retry_of": int(row["optuna_trial"])})
+    settings.samples += len(again)
+    print(f"--retry-timed-out: trial(s) {', '.join(str(r['optuna_trial']) for r in again)} run again as new trial(s); "
+          f"the study grows to {settings.samples}")
 
 
 def _process_start() -> float:
@@ -493,8 +539,29 @@ def _process_start() -> float:
     return psutil.Process().create_time()
 
 
+def confirm_study_epochs(settings: StudySettings) -> float:
+    """The confirmation stage's work in study epochs: a cross-validation run trains on (F-1)/F of the images, a trial
+    on 1 - val_fraction of them."""
+    if not settings.confirm:
+        return 0.0
+    base, folds = settings.base, settings.confirm["folds"]
+    return (settings.confirm["top"] + 1) * folds * base["epochs"] * (folds - 1) / folds / (1 - base["val_fraction"])
+
+
+def start_clock(settings: StudySettings, run: dict, concurrent: int, run_started: float):
+    """The study's DriverClock (study.clock) for this driver run, or None where no limit applies (--trial-timeout 0
+    and no --time-budget)."""
+    if settings.trial_timeout == 0 and not settings.time_budget:
+        return None
+    from .clock import DriverClock
+
+    spent = sum(r.get("timings", {}).get("wall_s", 0.0) for r in settings.runs if r is not run)
+    return DriverClock(f"hotdog-tune-clock-{os.getpid()}-{len(settings.runs)}", settings.trial_timeout, settings.time_budget,
+                       spent, int(settings.base["epochs"]), confirm_study_epochs(settings), concurrent, run_started)
+
+
 def fit(args, folder: StudyFolder, settings: StudySettings, data, plan, scheduler, resources: dict, concurrent: int,
-        remaining: int, run_index: int) -> tuple[float, str | None]:
+        remaining: int, run_index: int, clock=None) -> tuple[float, str | None]:
     """Run the trials still to run; returns (seconds, why the study stopped early or None)."""
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
@@ -508,15 +575,13 @@ def fit(args, folder: StudyFolder, settings: StudySettings, data, plan, schedule
     params = list(settings.space)
     base = TrainConfig.from_dict(settings.base)
     searcher = AskTellOptunaSearch(settings.space, storage_url(folder.optuna_db), settings.name, max_epochs=base.epochs,
-                                   seed=settings.seed, baseline=settings.baseline, unfinished=plan.unfinished)
-    confirm_epochs = 0.0
-    if settings.confirm:  # in study epochs: a cross-validation run trains on (F-1)/F of the images, a trial on 1 - val_fraction
-        folds = settings.confirm["folds"]
-        confirm_epochs = (settings.confirm["top"] + 1) * folds * base.epochs * (folds - 1) / folds / (1 - base.val_fraction)
-    progress = Progress(settings.samples, base.epochs, concurrent, settings.grace_epochs, settings.reduction_factor, confirm_epochs)
-    callback = StudyCallback(folder.path, plan.tables, settings.samples, params, storage=settings.storage, progress=progress)
+                                   seed=settings.seed, baseline=settings.baseline, unfinished=plan.unfinished, clock=clock)
+    progress = Progress(settings.samples, base.epochs, concurrent, settings.grace_epochs, settings.reduction_factor,
+                        confirm_study_epochs(settings))
+    callback = StudyCallback(folder.path, plan.tables, settings.samples, params, storage=settings.storage, progress=progress, clock=clock)
     check_trackers(bool(settings.trackers.get("tensorboard")), settings.trackers.get("mlflow"))
-    trainable = tune.with_resources(tune.with_parameters(run_trial, data=data, base=settings.base), resources)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, data=data, base=settings.base, clock=clock.name if clock else None),
+                                    resources)
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(num_samples=remaining, search_alg=ConcurrencyLimiter(searcher, concurrent), scheduler=scheduler,
@@ -558,17 +623,19 @@ def fit(args, folder: StudyFolder, settings: StudySettings, data, plan, schedule
 
 
 def finish(folder: StudyFolder, settings: StudySettings, tables, run: dict, t0: float, fit_s: float, stopped: str | None,
-           confirmation: list[str] | None = None, confirmed: bool = True) -> int:
+           confirmation: list[str] | None = None, confirmed: bool = True, budget_reached: bool = False) -> int:
     """Summary, the run's record in study.json, and the exit code."""
     from .summary import print_summary
 
     run["timings"]["fit_s"] = round(fit_s, 2)
     run["timings"]["wall_s"] = round(time.perf_counter() - t0, 2)
     counts = tables.counts()
-    unfinished = counts.get("running", 0) + max(0, settings.samples - len(tables.trials))
+    # samples the time budget left unstarted are not unfinished: the study ended as asked
+    unfinished = counts.get("running", 0) + (0 if budget_reached else max(0, settings.samples - len(tables.trials)))
     total_fit = sum(r.get("timings", {}).get("fit_s", 0.0) for r in settings.runs if r is not run) + fit_s
     settings.summary = {**print_summary(folder, settings, tables, total_fit, confirmation),
-                        **({"confirmation": settings.summary["confirmation"]} if "confirmation" in settings.summary else {})}
+                        **({"confirmation": settings.summary["confirmation"]} if "confirmation" in settings.summary else {}),
+                        **({"time_budget_reached": True} if budget_reached else {})}
     unfinished_confirmation = not unfinished and not confirmed
     run["outcome"] = "finished" if not unfinished and not unfinished_confirmation else "stopped"
     try:

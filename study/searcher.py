@@ -96,7 +96,8 @@ def handle(study: optuna.Study, number: int) -> optuna.Trial:
 
 class AskTellOptunaSearch(Searcher):
     def __init__(self, space: dict, storage: str, study_name: str, max_epochs: int, seed: int = 0,
-                 baseline: dict | None = None, fixed: dict | None = None, unfinished: list[Unfinished] | None = None):
+                 baseline: dict | None = None, fixed: dict | None = None, unfinished: list[Unfinished] | None = None,
+                 clock=None):
         super().__init__(metric=METRIC, mode=MODE)
         self._space = space
         self._storage = storage
@@ -111,6 +112,7 @@ class AskTellOptunaSearch(Searcher):
         self._reported: dict[int, set[int]] = {}  # Optuna number -> steps with an intermediate value
         self._diverged: set[int] = set()
         self._study: optuna.Study | None = None
+        self._clock = clock  # study.run's DriverClock: says when the time budget leaves no room for another trial
 
     # --- the Optuna study, opened lazily (it holds a DB connection and is not pickled) ------------------
     @property
@@ -123,6 +125,7 @@ class AskTellOptunaSearch(Searcher):
         state = self.__dict__.copy()
         state["_study"] = None
         state["_trials"] = {}
+        state["_clock"] = None  # an actor handle and the driver's timers: this process's only
         return state
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
@@ -136,6 +139,8 @@ class AskTellOptunaSearch(Searcher):
         pass
 
     def suggest(self, trial_id: str) -> dict | None:
+        if self._clock is not None and self._clock.budget_spent():
+            return Searcher.FINISHED  # a new trial would run past the study's --time-budget
         extra = {}
         if self._unfinished:
             item = self._unfinished.pop(0)
@@ -180,7 +185,9 @@ class AskTellOptunaSearch(Searcher):
             self.on_trial_result(trial_id, result)  # Ray passes a trial's final result here only
         values = self._frozen(number).intermediate_values
         epochs_run = max(values, default=0)
-        if error or result.get("trial_error") is not None:
+        if self._clock is not None and self._clock.timed_out(number):
+            status = "timed_out"
+        elif error or result.get("trial_error") is not None:
             status = "errored"
         elif number in self._diverged or result.get("diverged"):
             status = "diverged"
@@ -188,7 +195,7 @@ class AskTellOptunaSearch(Searcher):
             epochs_run = max(epochs_run, int(result.get("epoch") or 0))
             status = "completed" if epochs_run >= self._max_epochs else "stopped early"
         best = max(values.values(), default=None)
-        tell_finished(self.study, trial, status, best, error=result.get("trial_error"))
+        tell_finished(self.study, trial, status, best, error=result.get("trial_error") or (self._clock.timed_out(number) if self._clock else None))
 
     def _frozen(self, number: int) -> optuna.trial.FrozenTrial:
         return self.study.get_trials(deepcopy=False)[number]

@@ -80,7 +80,7 @@ def rebuild_optuna(folder: StudyFolder, settings: StudySettings, tables: StudyTa
                   if n == old and not r.get("diverged") and not isnan(r.get("val_acc"))}
         status = row.get("status", "running")
         state = {"completed": TrialState.COMPLETE, "stopped early": TrialState.PRUNED, "diverged": TrialState.PRUNED,
-                 "errored": TrialState.FAIL}.get(status, TrialState.RUNNING)
+                 "errored": TrialState.FAIL, "timed_out": TrialState.FAIL}.get(status, TrialState.RUNNING)
         attrs = {"status": status, "ray_trial_id": str(row.get("trial_id") or ""), "baseline": bool(row.get("baseline"))}
         if row.get("error") and not isnan(row.get("error")):
             attrs["error"] = str(row["error"])
@@ -122,9 +122,9 @@ def _end_from_optuna(tables: StudyTables, ft: optuna.trial.FrozenTrial) -> None:
         return
     row = tables.trials[ft.number]
     tables._summarise(ft.number)
-    status = {TrialState.COMPLETE: "completed", TrialState.FAIL: "errored"}.get(ft.state) or ft.user_attrs.get("status", "stopped early")
+    status = {TrialState.COMPLETE: "completed"}.get(ft.state) or ft.user_attrs.get("status", "errored" if ft.state == TrialState.FAIL else "stopped early")
     row["status"] = status
-    if status == "errored":
+    if status in ("errored", "timed_out"):
         row["error"] = ft.user_attrs.get("error", "the trial failed")
 
 

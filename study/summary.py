@@ -10,7 +10,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from .layout import HYPERPARAMETERS, StudyFolder, StudySettings, fmt, isnan, plain
+from .layout import FAILED, HYPERPARAMETERS, StudyFolder, StudySettings, fmt, isnan, plain
 
 
 def noise_note(best_acc: float | None, baseline_acc: float | None, val_images: int | None, confirmed: bool = False) -> str:
@@ -32,7 +32,7 @@ def noise_note(best_acc: float | None, baseline_acc: float | None, val_images: i
 
 def summarize(trials: pd.DataFrame, epochs: pd.DataFrame, wall_s: float, train_images: int | None) -> dict:
     params = [c for c in trials.columns if c in HYPERPARAMETERS]
-    usable = trials[trials["best_val_acc"].notna() & ~trials["status"].isin(["diverged", "errored"])]
+    usable = trials[trials["best_val_acc"].notna() & ~trials["status"].isin(FAILED)]
     best = usable.iloc[0] if len(usable) else None
     baseline = trials[trials["baseline"].fillna(False).astype(bool)]
     counts = trials["status"].value_counts().to_dict()

@@ -195,14 +195,14 @@ def test_a_study_without_a_test_split_runs_and_its_rerun_says_what_to_pass(tmp_p
 def test_rays_snapshot_errors_go_to_the_study_log_not_the_console(tmp_path, capfd):
     import logging
 
-    from study.run import RAY_SNAPSHOT_LOGGERS, keep_ray_snapshot_errors_in
+    from study.run import RAY_QUIET_LOGGERS, keep_ray_tracebacks_in
 
     log = tmp_path / "logs" / "ray.log"
-    keep_ray_snapshot_errors_in(log)
+    keep_ray_tracebacks_in(log)
     try:
         raise FileNotFoundError("driver_artifacts/.x-tmp-search_gen_state.json")
     except FileNotFoundError:
-        logging.getLogger(RAY_SNAPSHOT_LOGGERS[0]).error("Saving experiment state failed with exception: ", exc_info=True)
+        logging.getLogger(RAY_QUIET_LOGGERS[0]).error("Saving experiment state failed with exception: ", exc_info=True)
     out, err = capfd.readouterr()
     assert "FileNotFoundError" not in out + err
     assert "FileNotFoundError: driver_artifacts/.x-tmp-search_gen_state.json" in log.read_text()
