@@ -510,13 +510,17 @@ def test_real_study_analyze_rerun_export(real_study, tmp_path, capsys):
     # the same seeds as Ray tasks side by side: the same numbers (same threads), in seed order, each seed's epochs shown
     assert rerun_mod.main([str(real_study.path), "--seeds", "2", "--epochs", "1", "--parallel"]) == 0
     out = capsys.readouterr().out
-    assert "2 seed(s) as Ray tasks" in out and "\x1b[" not in out  # uncoloured where stdout is no terminal
+    runs = pd.read_parquet(real_study.path / "rerun.parquet")["optuna_trial"].nunique()  # the winner, and the book's recipe beside it
+    assert f"{2 * runs} run(s) as Ray tasks" in out and "\x1b[" not in out  # uncoloured where stdout is no terminal
     lines = out.splitlines()
-    for seed in (0, 1):
-        # each epoch line printed by the driver (no Ray pid prefix; never dropped at shutdown), before the seed's result
-        epoch = [i for i, line in enumerate(lines) if line.startswith(f"  seed {seed} epoch 1/1: train loss")]
-        result = [i for i, line in enumerate(lines) if line.startswith(f"seed {seed}: test acc")]
-        assert len(epoch) == 1 and len(result) == 1 and epoch[0] < result[0], out
+    names = {f"trial {n}" + (" (the book's recipe)" if b else "")
+             for n, b in pd.read_parquet(real_study.path / "rerun.parquet")[["optuna_trial", "baseline"]].drop_duplicates().to_numpy()}
+    for name in names:
+        for seed in (0, 1):
+            # each epoch line printed by the driver (no Ray pid prefix; never dropped at shutdown), before the run's result
+            epoch = [i for i, line in enumerate(lines) if line.startswith(f"  {name} seed {seed} epoch 1/1: train loss")]
+            result = [i for i, line in enumerate(lines) if line.startswith(f"{name} seed {seed}: test acc")]
+            assert len(epoch) == 1 and len(result) == 1 and epoch[0] < result[0], out
     parallel = check_rerun(real_study, seeds=2, epochs=1)
     assert list(parallel["train_loss"]) == list(sequential["train_loss"]) and list(parallel["test_acc"]) == list(sequential["test_acc"])
 

@@ -73,6 +73,8 @@ def test_a_trial_that_blocks_is_stopped_recorded_as_timed_out_and_the_study_goes
     frozen = optuna.load_study(study_name="hang", storage=storage_url(tmp_path / "r" / "hang" / "optuna.db")).trials[1]
     assert frozen.state == optuna.trial.TrialState.FAIL and frozen.user_attrs["status"] == "timed_out"  # never a result
     assert "trial 1: timed_out after 1 epoch(s)" in out and "1 timed_out" in out, out
+    assert "Traceback" not in out + err  # Ray's traceback of the process the study ended is in logs/ray.log
+    assert "ActorDiedError" in (tmp_path / "r" / "hang" / "logs" / "ray.log").read_text()
     settings = json.loads((tmp_path / "r" / "hang" / "study.json").read_text())
     assert settings["trial_timeout"] == limit and settings["summary"]["status_counts"]["timed_out"] == 1
 
