@@ -138,4 +138,5 @@ def test_the_readmes_notebook_session_runs_as_written(tracked, tmp_path):
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     rerun = pd.read_parquet(folder / "rerun.parquet")
-    assert len(rerun) == 1 and rerun["test_acc"].between(0, 1).all()
+    assert len(rerun) == 2 and rerun["test_acc"].between(0, 1).all()  # the winner and the book's recipe, one seed each
+    assert rerun["baseline"].sum() == 1 and rerun["seed"].nunique() == 1
