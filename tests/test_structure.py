@@ -31,7 +31,8 @@ def imports_of(module: str) -> set[str]:
 
 def test_the_study_modules_import_one_way():
     graph = {m: imports_of(m) for m in MODULES}
-    assert not graph["report"] & {"analyze", "rerun"} and not graph["rerun"] & {"analyze", "report"}
+    # no entry point imports another's CLI (rerun rewrites the report through report, not through analyze)
+    assert not graph["report"] & {"analyze", "rerun"} and not graph["rerun"] & {"analyze"}
     assert not graph["analysis"] & {"analyze", "report", "rerun"}
     assert not graph["layout"], "layout is the bottom: it imports no other study module"
     # no circle anywhere: a depth-first walk never meets a module it is inside of
