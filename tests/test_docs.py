@@ -56,15 +56,23 @@ SELECTION_ROWS = {
 }
 
 
+def readme_table(header: str, labels: dict) -> list[tuple[str, list[str], dict]]:
+    """The rows of the README table that starts with ``header``: (label, cells, the simulate arguments its label names)."""
+    table = README.read_text().split(header, 1)[1].split("\n\n", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("|---")]
+    assert len(rows) == len(labels)
+    out = []
+    for line in rows:
+        label, *cells = [cell.strip() for cell in line.strip("|").split("|")]
+        (changes,) = [kw for start, kw in labels.items() if label.startswith(start)]
+        out.append((label, cells, changes))
+    return out
+
+
 def test_the_readme_selection_table_is_what_the_simulation_gives():
     from study.selection import simulate
 
-    table = README.read_text().split("| simulated study, 10,000 repeats each |", 1)[1].split("\n\n", 1)[0]
-    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("|---")]
-    assert len(rows) == len(SELECTION_ROWS)
-    for line in rows:
-        label, *cells = [cell.strip() for cell in line.strip("|").split("|")]
-        (changes,) = [kw for start, kw in SELECTION_ROWS.items() if label.startswith(start)]
+    for label, cells, changes in readme_table("| simulated study, 10,000 repeats each |", SELECTION_ROWS):
         r = simulate(**changes)  # 10,000 repeats, seed 0, as the bench
         expected = [f"{r['regret_single']:.4f}", f"{r['regret_confirmed']:.4f}", f"{r['regret_ratio']:.2f}",
                     f"{r['extra_compute_fraction']:.2f}", f"{r['study_epochs']:.0f} + {r['confirm_epochs']:.0f}",
@@ -81,12 +89,7 @@ GAIN_ROWS = {"from scratch, the model above": {}, "from scratch, the noise measu
 def test_the_readme_gain_interval_table_is_what_the_simulation_gives():
     from study.selection import simulate
 
-    table = README.read_text().split("| regime | holds the true gain, a seed per fold |", 1)[1].split("\n\n", 1)[0]
-    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("|---")]
-    assert len(rows) == len(GAIN_ROWS)
-    for line in rows:
-        label, *cells = [cell.strip() for cell in line.strip("|").split("|")]
-        (changes,) = [kw for start, kw in GAIN_ROWS.items() if label.startswith(start)]
+    for label, cells, changes in readme_table("| regime | holds the true gain, a seed per fold |", GAIN_ROWS):
         a, b = simulate(**changes), simulate(fold_seeds=False, **changes)
         expected = [f"{a['gain_coverage']:.3f}", f"{a['gain_ci_width']:.3f}", f"{a['gain_beyond_noise']:.2f}",
                     f"{b['gain_coverage']:.3f}", f"{b['gain_ci_width']:.3f}", f"{b['gain_beyond_noise']:.2f}",
