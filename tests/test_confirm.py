@@ -153,3 +153,31 @@ def test_drop_checkpoints_empties_a_local_trial_folder_only(tmp_path):
     assert sorted(p.name for p in trial.iterdir()) == ["params.json"]  # the trial's other files stay
     for nothing in (None, float("nan"), "", "s3://bucket/trial", str(tmp_path / "gone")):
         drop_checkpoints(nothing)  # no folder, or a remote one: nothing to do, no error
+
+
+def test_on_real_photos_the_seeds_the_rerun_beside_the_book_and_its_paired_line(asset, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.test_study import ROOT
+
+    photos = asset("hotdog_mini")  # 32 + 32 real photos to train on, 16 + 16 to test
+    results = tmp_path / "r"
+    argv = ["--samples", "3", "--data-dir", str(photos), "--weights", "none", "--epochs", "1", "--image-size", "32",
+            "--batch-size", "16", "--results-dir", str(results), "--name", "mini", "--confirm-top", "2", "--seed", "4"]
+    out = run_study(argv)
+    assert out.returncode == 0, out.stdout + out.stderr
+    confirm = pd.read_parquet(results / "mini" / "confirm.parquet")
+    assert (confirm["seed"] == 4 + confirm["fold"]).all() and confirm.groupby("fold")["seed"].nunique().eq(1).all()
+    done = subprocess.run([sys.executable, "-m", "study.rerun", str(results / "mini"), "--seeds", "2", "--epochs", "1"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rerun = pd.read_parquet(results / "mini" / "rerun.parquet")
+    trials = pd.read_parquet(results / "mini" / "trials.parquet")
+    winner = int(trials.loc[trials["recommended"].fillna("").str.contains("winner"), "optuna_trial"].iloc[0])
+    book = int(trials.loc[trials["baseline"], "optuna_trial"].iloc[0])
+    if winner == book:
+        assert set(rerun["optuna_trial"]) == {book} and "no baseline beside it" in done.stdout
+        return
+    assert sorted(rerun.loc[rerun["optuna_trial"] == winner, "seed"]) == sorted(rerun.loc[rerun["optuna_trial"] == book, "seed"]) == [4, 5]
+    assert f"trial {winner} vs the book's recipe on the test split: " in done.stdout and "over 2 paired seeds" in done.stdout
