@@ -128,13 +128,6 @@ def failure_message(exc: BaseException, cfg: TrainConfig | None) -> str:
     return (text[-1] if text else type(exc).__name__)[:500]
 
 
-def run_key(config: dict) -> str:
-    """A run's name on the study's Clock: a trial, or a confirmation run (a configuration on a fold)."""
-    if config.get("cv_folds"):
-        return f"confirm {config['optuna_trial']} fold {config['val_fold']}"
-    return f"trial {config['optuna_trial']}"
-
-
 def hang_for_tests(key: str, epoch: int) -> None:
     """``HOTDOG_TUNE_HANG=<key>:<epoch>:<fifo>``: this run blocks for good after that epoch, reading a FIFO nobody
     writes (as a read from a dead network file system would), its pid written beside the FIFO. Tests only."""
@@ -155,7 +148,9 @@ def run_trial(config: dict, data: PreparedData, base: dict, clock: str | None = 
     threads = max(1, int(resources.get("CPU", 1)))
     gpus = ray.get_gpu_ids()
     node = {"node_id": context.get_node_id(), "node_ip": ray.util.get_node_ip_address(), "hostname": socket.gethostname()}
-    key = run_key(config)
+    from .clock import run_key
+
+    key = run_key(config["optuna_trial"], config["val_fold"] if config.get("cv_folds") else None)
     watchdog = None
     if clock is not None:
         from .clock import Watchdog

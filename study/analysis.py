@@ -146,14 +146,13 @@ def reruns_on_test(data: StudyData) -> list[RerunResult]:
 
 def versus_book_on_test(runs: list[RerunResult], number: int):
     """``number`` minus the book's recipe on the test split, paired over the seeds both ran (a ``Paired``), or None."""
-    from .selection import paired
+    from .selection import paired_by_seed
 
     mine = next((r for r in runs if r.optuna_trial == number), None)
     book = next((r for r in runs if r.baseline), None)
     if mine is None or book is None or mine is book:
         return None
-    shared = sorted(set(mine.accs) & set(book.accs))
-    return paired([mine.accs[s] - book.accs[s] for s in shared], folds=shared) if shared else None
+    return paired_by_seed(mine.accs, book.accs)
 
 
 def answer_lines(analysis: "Analysis") -> list[str]:
@@ -559,33 +558,21 @@ def top_vs_rest(data: StudyData, permutations: int = PERMUTATIONS, seed: int = 0
             labels = column.astype(str).to_numpy()
             choices = sorted(set(labels))
             onehot = np.stack([labels == c for c in choices], axis=1).astype(float)  # (n, choices)
-
-            def excess(top: np.ndarray) -> np.ndarray:
-                top = np.atleast_2d(top).astype(float)
-                share_top = top @ onehot / k
-                share_rest = (1 - top) @ onehot / (n - k)
-                return share_top - share_rest  # (sets, choices)
-
-            observed = excess(real)[0]
+            # each value's share among a top set minus among the rest; (sets, choices)
+            null = (is_top @ onehot / k - ~is_top @ onehot / (n - k)).max(axis=1)
+            observed = real @ onehot / k - ~real @ onehot / (n - k)
             best = int(np.argmax(observed))
-            null = excess(is_top).max(axis=1)
-            count_top = int(onehot[real, best].sum())
-            count_rest = int(onehot[~real, best].sum())
-            text = f"{choices[best]}: {count_top} of the top {k}, {count_rest} of the other {n - k}"
+            statistic = observed[best]
+            text = (f"{choices[best]}: {int(onehot[real, best].sum())} of the top {k}, "
+                    f"{int(onehot[~real, best].sum())} of the other {n - k}")
         else:
             ranks = column.rank().to_numpy(dtype=float)
-
-            def distance(top: np.ndarray) -> np.ndarray:
-                top = np.atleast_2d(top)
-                return np.abs((top * ranks).sum(axis=1) / k - ((~top) * ranks).sum(axis=1) / (n - k))
-
-            observed_d = distance(real)[0]
-            null = distance(is_top)
-            observed = np.array([observed_d])
-            best = 0
-            top_values, rest_values = column[real], column[~real]
-            text = f"median {fmt(float(top_values.median()))} in the top {k}, {fmt(float(rest_values.median()))} in the other {n - k}"
-        p_value = float((np.sum(null >= observed[best] - 1e-12) + 1) / (permutations + 1))
+            # the distance between a top set's mean rank and the rest's
+            null = np.abs(is_top @ ranks / k - ~is_top @ ranks / (n - k))
+            statistic = abs(ranks[real].mean() - ranks[~real].mean())
+            text = (f"median {fmt(float(column[real].median()))} in the top {k}, "
+                    f"{fmt(float(column[~real].median()))} in the other {n - k}")
+        p_value = float((np.sum(null >= statistic - 1e-12) + 1) / (permutations + 1))
         out[p] = TopCheck(p, p_value, text)
     return out
 

@@ -17,8 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
-
 from trainable import UserError
 
 from .bench_cells import ROOT
@@ -40,19 +38,15 @@ def run_command(module: str, argv: list[str], log) -> float:
 
 def flow_result(folder: Path, walls: dict) -> dict:
     """The figures of one finished flow from its study folder: phases, the confirmation's gain, the test's gain."""
-    from .analysis import reruns_on_test, versus_book_on_test
+    from .analysis import read_study, reruns_on_test, versus_book_on_test
     from .layout import StudyFolder, plain
 
-    study = StudyFolder(folder)
-    settings = study.read_settings()
-    run = settings.runs[-1]
-    timings = run.get("timings", {})
+    data = read_study(StudyFolder(folder))
+    settings, trials = data.settings, data.trials
+    timings = settings.runs[-1].get("timings", {})
     confirmation = settings.summary.get("confirmation") or {}
     gain = confirmation.get("gain") or {}
-    trials = pd.read_parquet(study.trials)
-    from .analysis import read_study
-
-    runs = reruns_on_test(read_study(study))
+    runs = reruns_on_test(data)
     winner = confirmation.get("winner")
     versus = versus_book_on_test(runs, winner) if winner is not None else None
     book = next((r for r in runs if r.baseline), None)

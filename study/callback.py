@@ -89,8 +89,7 @@ class StudyCallback(tune.Callback):
         failed = self._errors.pop(number, None)
         if failed is not None and failed.get("disk_full"):
             return  # not a finished trial: it resumes from its last checkpoint once space is freed
-        why = self.clock.timed_out(number) if self.clock is not None else None
-        if why:
+        if why := self._timed_out(trial):
             self._end(trial, why, None, timed_out=True)
         elif failed is not None:
             self._end(trial, failed["trial_error"], failed.get("trial_traceback") or failed["trial_error"])
@@ -103,8 +102,7 @@ class StudyCallback(tune.Callback):
             text = Path(trial.error_file).read_text() if trial.error_file else ""
         except OSError:
             pass
-        why = self.clock.timed_out(trial.config["optuna_trial"]) if self.clock is not None else None
-        if why:
+        if why := self._timed_out(trial):
             self._end(trial, why, None, timed_out=True)
             return
         self._end(trial, error_message(trial), text or error_message(trial))
@@ -114,6 +112,10 @@ class StudyCallback(tune.Callback):
         self.progress.stop()
 
     # --- helpers -----------------------------------------------------------------------------------------
+    def _timed_out(self, trial) -> str | None:
+        """Why the trial's watchdog ended its process (its mark on the Clock), or None."""
+        return self.clock.timed_out(trial.config["optuna_trial"]) if self.clock is not None else None
+
     def _end(self, trial, error: str | None, log_text: str | None, timed_out: bool = False) -> None:
         number = trial.config["optuna_trial"]
         log = None

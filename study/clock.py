@@ -34,6 +34,11 @@ POLL_S = 2.0  # how often a trial's watchdog reads the limits
 TIMEOUT_EXIT = 75  # the exit status of a trial's process its watchdog ended
 
 
+def run_key(number: int, fold: int | None = None) -> str:
+    """A run's name on the Clock: a study trial, or a confirmation run (a configuration on a fold)."""
+    return f"trial {number}" if fold is None else f"confirm {number} fold {fold}"
+
+
 class ClockState:
     """The limits and the marks of timed-out runs (the body of the Ray actor ``Clock``; plain, for tests)."""
 
@@ -167,11 +172,11 @@ class DriverClock:
             self.budget_reached = True
         return self.budget_reached
 
-    def timed_out(self, key) -> str | None:
-        """Why the run ``key`` (a trial number, or a run key) was timed out by its watchdog, or None."""
+    def timed_out(self, number: int, fold: int | None = None) -> str | None:
+        """Why the run (a trial, or a confirmation run on ``fold``) was timed out by its watchdog, or None."""
         import ray
 
-        key = key if isinstance(key, str) else f"trial {key}"
+        key = run_key(number, fold)
         if key not in self._marks:
             why = ray.get(self.actor.timed_out.remote(key))
             if not why:

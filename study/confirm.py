@@ -221,7 +221,7 @@ class ConfirmCallback:
         if error is None and failed is not None and failed.get("disk_full"):
             return  # interrupted by a full disk, not finished: it resumes once space is freed
         number, fold = key
-        why = self.clock.timed_out(f"confirm {number} fold {fold}") if self.clock is not None else None
+        why = self.clock.timed_out(number, fold) if self.clock is not None else None
         error = why or error or (failed["trial_error"] if failed else None)
         row = self._row(trial)
         self._summarise(key)

@@ -56,11 +56,12 @@ def changes(settings: StudySettings) -> list[str]:
     return found
 
 
-def check(settings: StudySettings, accept: bool, by: str, how: str) -> list[str]:
+def check(settings: StudySettings, accept: bool, by: str, how: str, found: list[str] | None = None) -> list[str]:
     """Refuse (UserError) a study whose data or weights changed, unless ``accept``: then the change is recorded in
     ``settings.data_changes`` (``by``: the command that accepted it) and the fingerprints move on to what is there now.
-    ``how``: the way on besides the flag (a new study for a resume, ...). Returns the changes accepted."""
-    found = changes(settings)
+    ``how``: the way on besides the flag (a new study for a resume, ...); ``found``: ``changes(settings)`` where the
+    caller has it already (the fingerprint reads every file's metadata). Returns the changes accepted."""
+    found = changes(settings) if found is None else found
     if not found:
         return []
     what = "; ".join(found)

@@ -274,14 +274,12 @@ def summary_line(accs: list[float], not_the_book: str) -> str:
 
 def paired_line(name: str, rows: list[dict], baseline_rows: list[dict]) -> str:
     """``name`` minus the book's recipe on the test split, paired seed by seed, with its 95% t-interval."""
-    from .selection import paired
+    from .selection import paired_by_seed
 
-    mine = {r["seed"]: r["test_acc"] for r in rows if not isnan(r["test_acc"])}
-    theirs = {r["seed"]: r["test_acc"] for r in baseline_rows if not isnan(r["test_acc"])}
-    shared = sorted(set(mine) & set(theirs))
-    if not shared:
+    versus = paired_by_seed(*({r["seed"]: r["test_acc"] for r in side if not isnan(r["test_acc"])} for side in (rows, baseline_rows)))
+    if versus is None:
         return f"{name} vs the book's recipe: no seed where both have a test accuracy"
-    return f"{name} vs the book's recipe on the test split: " + paired([mine[s] - theirs[s] for s in shared]).describe("seed")
+    return f"{name} vs the book's recipe on the test split: " + versus.describe("seed")
 
 
 def retrain(folder: StudyFolder, chosen: Chosen, seeds: int, parallel: bool = False, baseline: Chosen | None = None) -> list[dict]:
@@ -298,12 +296,13 @@ def retrain(folder: StudyFolder, chosen: Chosen, seeds: int, parallel: bool = Fa
     runs = [chosen] + ([baseline] if baseline is not None else [])
     # seed by seed, the runs side by side: an interrupted rerun keeps pairs
     jobs = [(run, s, str(folder.path / RERUN_DIR / f"trial{run.row.get('optuna_trial')}-seed{s}.pt")) for s in seeds_list for run in runs]
-    rows: dict[int, list[dict]] = {id(run): [] for run in runs}
+    rows: dict[int, list[dict]] = {run.row["optuna_trial"]: [] for run in runs}
 
     def done(run: Chosen, result: dict) -> None:
-        rows[id(run)].append(_row(run, result, not not_the_book))
+        mine = rows[run.row["optuna_trial"]]
+        mine.append(_row(run, result, not not_the_book))
         _print_seed(label(run), result)
-        write_rerun(folder, run, rows[id(run)])  # after every seed: an interrupted rerun keeps what it finished
+        write_rerun(folder, run, mine)  # after every seed: an interrupted rerun keeps what it finished
 
     if parallel:
         _retrain_ray(chosen.settings, data, jobs, done)
@@ -311,14 +310,19 @@ def retrain(folder: StudyFolder, chosen: Chosen, seeds: int, parallel: bool = Fa
         for run, s, weights in jobs:
             done(run, run_seed(run.config.replace(seed=s), data, weights, report=lambda line: print(line, flush=True),
                                label=f"{label(run)} "))
-    for i, run in enumerate(runs):
-        accs = [r["test_acc"] for r in sorted(rows[id(run)], key=lambda r: r["seed"]) if not isnan(r["test_acc"])]
-        line = summary_line(accs, not_the_book)
-        print(f"{label(run)}: {line if i == len(runs) - 1 else line.split(chr(10))[0]}")  # why the book's figure is absent: once
+    for run in runs:
+        rows[run.row["optuna_trial"]].sort(key=lambda r: r["seed"])
+    note = ""
+    for run in runs:
+        line, _, note = summary_line([r["test_acc"] for r in rows[run.row["optuna_trial"]] if not isnan(r["test_acc"])],
+                                     not_the_book).partition("\n")
+        print(f"{label(run)}: {line}")
+    if note:  # why the book's figure is not beside them: once for all
+        print(note)
     if baseline is not None:
-        print(paired_line(label(chosen), rows[id(chosen)], rows[id(baseline)]))
+        print(paired_line(label(chosen), rows[chosen.row["optuna_trial"]], rows[baseline.row["optuna_trial"]]))
     print(f"results: {folder.path / RERUN_FILE}")
-    return [r for run in runs for r in sorted(rows[id(run)], key=lambda r: r["seed"])]
+    return [r for run in runs for r in rows[run.row["optuna_trial"]]]
 
 
 def _retrain_ray(settings: StudySettings, data, jobs: list[tuple[Chosen, int, str]], done) -> None:
@@ -445,7 +449,7 @@ def check_data(folder: StudyFolder, settings: StudySettings, accept: bool) -> No
     lock = folder.lock()  # study.json is the driver's: none may be running while a rerun records a change in it
     try:
         settings = folder.read_settings()
-        for change in datacheck.check(settings, accept, "python -m study.rerun", "start a new study on the data as it is now"):
+        for change in datacheck.check(settings, accept, "python -m study.rerun", "start a new study on the data as it is now", found):
             print(f"going on with changed data ({datacheck.ACCEPT_FLAG}): {change}")
         folder.write_settings(settings)
     finally:

@@ -30,7 +30,7 @@ from trainable import TrainConfig, UserError, prepare_data
 from trainable.cli import add_data_options, check_output_folder, run_main
 from trainable.data import check_layout, max_cv_folds, split_fold
 
-from .layout import StudyFolder, StudySettings, isnan, typed, write_text_atomic
+from .layout import StudyFolder, StudySettings, fmt, isnan, typed, write_text_atomic
 from .selection import CONFIRM_FOLDS, CONFIRM_TOP
 from .space import baseline_params, load_space, show_space
 from .trackers import check_trackers, tracker_callbacks
@@ -119,10 +119,8 @@ def check_args(args: argparse.Namespace) -> None:
         (args.confirm_top >= 1, f"--confirm-top {args.confirm_top} must be 1 or more (--no-confirm skips the confirmation stage)"),
         (args.confirm_folds >= 2, f"--confirm-folds {args.confirm_folds} must be 2 or more: cross-validation needs a part to train "
                                   "on and a part to judge (--no-confirm skips the confirmation stage)"),
-        (args.trial_timeout is None or args.trial_timeout >= 0, f"--trial-timeout {args.trial_timeout:g} must be 0 (no limit) or more"
-         if args.trial_timeout is not None else ""),
-        (args.time_budget is None or args.time_budget > 0, f"--time-budget {args.time_budget:g} must be above 0"
-         if args.time_budget is not None else ""),
+        (args.trial_timeout is None or args.trial_timeout >= 0, f"--trial-timeout {fmt(args.trial_timeout)} must be 0 (no limit) or more"),
+        (args.time_budget is None or args.time_budget > 0, f"--time-budget {fmt(args.time_budget)} must be above 0"),
         (args.name is None or (args.name.strip() and "/" not in args.name and args.name not in (".", "..")), f"--name {args.name!r} must be a plain folder name"),
     ]
     for ok, message in checks:
@@ -478,7 +476,7 @@ def run_study(args: argparse.Namespace, folder: StudyFolder, settings: StudySett
         folder.write_settings(settings)
         plan.tables.write()  # repairs and decisions made above, on disk before any trial runs
         timings["setup_s"] = round(time.perf_counter() - t0, 2)
-        clock = start_clock(settings, run, concurrent, time.time() - (time.perf_counter() - t0))
+        clock = study_clock(settings, run, concurrent, time.time() - (time.perf_counter() - t0))
         fit_s, stopped = 0.0, None
         if remaining <= 0:
             print("every trial of the study has finished")
@@ -548,7 +546,7 @@ def confirm_study_epochs(settings: StudySettings) -> float:
     return (settings.confirm["top"] + 1) * folds * base["epochs"] * (folds - 1) / folds / (1 - base["val_fraction"])
 
 
-def start_clock(settings: StudySettings, run: dict, concurrent: int, run_started: float):
+def study_clock(settings: StudySettings, run: dict, concurrent: int, run_started: float):
     """The study's DriverClock (study.clock) for this driver run, or None where no limit applies (--trial-timeout 0
     and no --time-budget)."""
     if settings.trial_timeout == 0 and not settings.time_budget:

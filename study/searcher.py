@@ -185,7 +185,8 @@ class AskTellOptunaSearch(Searcher):
             self.on_trial_result(trial_id, result)  # Ray passes a trial's final result here only
         values = self._frozen(number).intermediate_values
         epochs_run = max(values, default=0)
-        if self._clock is not None and self._clock.timed_out(number):
+        timed_out = self._clock.timed_out(number) if self._clock is not None else None
+        if timed_out:
             status = "timed_out"
         elif error or result.get("trial_error") is not None:
             status = "errored"
@@ -195,7 +196,7 @@ class AskTellOptunaSearch(Searcher):
             epochs_run = max(epochs_run, int(result.get("epoch") or 0))
             status = "completed" if epochs_run >= self._max_epochs else "stopped early"
         best = max(values.values(), default=None)
-        tell_finished(self.study, trial, status, best, error=result.get("trial_error") or (self._clock.timed_out(number) if self._clock else None))
+        tell_finished(self.study, trial, status, best, error=result.get("trial_error") or timed_out)
 
     def _frozen(self, number: int) -> optuna.trial.FrozenTrial:
         return self.study.get_trials(deepcopy=False)[number]

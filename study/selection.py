@@ -278,6 +278,13 @@ def paired(diffs: Sequence[float], folds: list | None = None, pooled: tuple[floa
                   df=df, pooled=bool(pooled), se=se)
 
 
+def paired_by_seed(mine: dict, theirs: dict) -> Paired | None:
+    """``mine`` minus ``theirs`` over the seeds both have (dicts seed -> accuracy), paired seed by seed; None when they
+    share no seed."""
+    shared = sorted(set(mine) & set(theirs))
+    return paired([mine[s] - theirs[s] for s in shared], folds=shared) if shared else None
+
+
 # --- the Monte Carlo ---------------------------------------------------------------------------------------
 def asha_rungs(grace: float, max_t: int, reduction_factor: float) -> list[float]:
     """Ray's ASHA milestones (one bracket), highest first, as ``_Bracket`` computes them."""
