@@ -1,10 +1,10 @@
-"""The hyperparameter study: ``python -m study.run``, ``study.analyze``, ``study.rerun``, ``study.bench``; and
+"""The hyperparameter study: ``python -m study.run``, ``study.analyze``, ``study.rerun``, ``python -m bench``; and
 ``from study import load_study`` for notebooks (``study.api``)."""
 
 
 def __getattr__(name: str):
     if name in ("load_study", "Study"):  # loaded on first use: the command lines do not need pandas for it
-        from . import api
+        from study import api
 
         return getattr(api, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

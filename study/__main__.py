@@ -1,5 +1,5 @@
 from trainable.cli import run_main
 
-from .run import main
+from study.run import main
 
 run_main(main)

@@ -17,7 +17,8 @@ import pandas as pd
 
 from trainable import UserError
 
-from .layout import FAILED, RERUN_FILE, StudyFolder, StudySettings, fmt, fmt_acc, plain, storage_url
+from study.values import FAILED, fmt, fmt_acc, plain
+from study.folder import RERUN_FILE, StudyFolder, StudySettings, storage_url
 
 MIN_COMPLETE = 5  # fewer COMPLETE trials than this: importances from all trials (pruned ones by their last value)
 MIN_TRIALS = 3  # fewer usable trials than this: no importances at all
@@ -71,8 +72,8 @@ class Confirmation:
 
 
 def confirmation(data: StudyData) -> Confirmation | None:
-    """The confirmation stage's runs summarised (``study.selection.decide`` on the finished ones)."""
-    from .selection import decide
+    """The confirmation stage's runs summarised (``study.decision.decide`` on the finished ones)."""
+    from study.decision import decide
 
     runs = data.confirm
     settings = data.settings.confirm or {}
@@ -146,7 +147,7 @@ def reruns_on_test(data: StudyData) -> list[RerunResult]:
 
 def versus_book_on_test(runs: list[RerunResult], number: int):
     """``number`` minus the book's recipe on the test split, paired over the seeds both ran (a ``Paired``), or None."""
-    from .selection import paired_by_seed
+    from study.decision import paired_by_seed
 
     mine = next((r for r in runs if r.optuna_trial == number), None)
     book = next((r for r in runs if r.baseline), None)
@@ -338,7 +339,7 @@ def compute_importance(data: StudyData, method: str = "ped-anova") -> Importance
     from optuna.distributions import CategoricalDistribution
     from optuna.trial import TrialState
 
-    from .space import to_distributions
+    from study.space import to_distributions
 
     params = data.params
     if not params:

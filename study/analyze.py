@@ -16,11 +16,11 @@ import sys
 from trainable import UserError
 from trainable.cli import run_main
 
-from .analysis import (CONFIRM_COLUMNS, Analysis, analyze, answer_lines, baseline_acc, baseline_number, confirmation_rows,
-                       describe_check, describe_range, describe_space, top_table_rows)
-from .datacheck import describe_accepted
-from .layout import find_study
-from .summary import noise_note
+from study.analysis import (CONFIRM_COLUMNS, Analysis, analyze, answer_lines, baseline_acc, baseline_number, confirmation_rows,
+                            describe_check, describe_range, describe_space, top_table_rows)
+from study.datacheck import describe_accepted
+from study.folder import find_study
+from study.summary import noise_note
 
 
 def print_analysis(analysis: Analysis, top: int) -> None:
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     analysis = analyze(folder, args.importance)
     print_analysis(analysis, args.top)
     if not args.no_report:
-        from .report import write_report
+        from study.report import write_report
 
         html, pngs = write_report(analysis, curves=args.curves, top=args.top)
         print(f"report: {html}")

@@ -15,7 +15,7 @@ from pathlib import Path
 from trainable import UserError
 from trainable.fingerprint import data_changes, data_fingerprint, weights_changes, weights_fingerprint
 
-from .layout import StudySettings
+from study.folder import StudySettings
 
 ACCEPT_FLAG = "--accept-data-change"
 

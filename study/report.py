@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .analysis import (CONFIRM_COLUMNS, Analysis, StudyData, answer_lines, baseline_acc, baseline_number, confirmation_rows,
-                       describe_check, describe_range, describe_space, reruns_on_test, top_table_rows, versus_book_on_test,
-                       winner_row)
-from .layout import BOOK_FIGURE, FIGURES_DIR, REPORT_FILE, fmt, fmt_acc, write_atomic, write_text_atomic
-from .summary import noise_note
+from study.analysis import (CONFIRM_COLUMNS, Analysis, StudyData, answer_lines, baseline_acc, baseline_number,
+                            confirmation_rows, describe_check, describe_range, describe_space, reruns_on_test, top_table_rows,
+                            versus_book_on_test, winner_row)
+from study.values import BOOK_FIGURE, fmt, fmt_acc
+from study.folder import FIGURES_DIR, REPORT_FILE, write_atomic, write_text_atomic
+from study.summary import noise_note
 
 PNG_NAMES = ("parallel.png", "importance.png", "params.png", "curves.png")
 STATUS_COLORS = {"completed": "#1f77b4", "stopped early": "#ff7f0e", "diverged": "#d62728", "errored": "#7f7f7f", "timed_out": "#8c564b", "running": "#9467bd"}
@@ -105,6 +106,21 @@ def curve_trials(data: StudyData, curves: int) -> pd.DataFrame:
     return top
 
 
+def learning_curves(data: StudyData, curves: int) -> tuple[list[pd.DataFrame], list[tuple[pd.Series, pd.DataFrame]]]:
+    """Each trial's epochs in order, for the learning-curve figure: the other trials' (drawn grey), then the top
+    ``curves`` trials' (``curve_trials``), each with its row of trials.parquet."""
+    epochs = data.epochs
+    top = curve_trials(data, curves)
+    top_ids = set(top["trial_id"])
+    others = [group.sort_values("epoch") for trial_id, group in epochs.groupby("trial_id", sort=False) if trial_id not in top_ids]
+    return others, [(row, epochs[epochs["trial_id"] == row["trial_id"]].sort_values("epoch")) for _, row in top.iterrows()]
+
+
+def last_epoch(data: StudyData) -> int:
+    """The epoch axis' end: the study's epochs (the most any trial ran, where study.json lacks them)."""
+    return int(data.settings.base.get("epochs") or (data.epochs["epoch"].max() if len(data.epochs) else 1))
+
+
 def _acc_range(values: pd.Series) -> tuple[float, float]:
     v = values.dropna()
     if not len(v):
@@ -184,24 +200,16 @@ def plotly_figures(analysis: Analysis, curves: int) -> dict:
 
     # learning curves
     fig = go.Figure()
-    epochs = data.epochs
-    top = curve_trials(data, curves)
-    top_ids = set(top["trial_id"])
-    first = True
-    for trial_id, group in epochs.groupby("trial_id", sort=False):
-        if trial_id in top_ids:
-            continue
-        group = group.sort_values("epoch")
+    others, top = learning_curves(data, curves)
+    for k, group in enumerate(others):
         fig.add_trace(go.Scatter(x=group["epoch"], y=group["val_acc"], mode="lines+markers", name="other trials",
-                                 legendgroup="other", showlegend=first, line=dict(color="rgba(128,128,128,0.35)", width=1),
+                                 legendgroup="other", showlegend=k == 0, line=dict(color="rgba(128,128,128,0.35)", width=1),
                                  marker=dict(size=4, color="rgba(128,128,128,0.35)"), hoverinfo="skip"))
-        first = False
-    for k, (_, row) in enumerate(top.iterrows()):
-        group = epochs[epochs["trial_id"] == row["trial_id"]].sort_values("epoch")
+    for k, (row, group) in enumerate(top):
         fig.add_trace(go.Scatter(x=group["epoch"], y=group["val_acc"], mode="lines+markers", name=_curve_name(row),
                                  line=dict(color=CURVE_COLORS[k % len(CURVE_COLORS)], width=2.5),
                                  hovertemplate=f"{html.escape(_label(row, data.params))}<br>epoch %{{x}}: val acc %{{y:.3f}}<extra></extra>"))
-    max_epoch = int(data.settings.base.get("epochs") or (epochs["epoch"].max() if len(epochs) else 1))
+    max_epoch = last_epoch(data)
     fig.update_layout(height=420, xaxis_title="epoch", yaxis_title="validation accuracy", margin=dict(l=60, r=20, t=30, b=50),
                       xaxis=dict(dtick=1 if max_epoch <= 20 else None, range=[0.8, max_epoch + 0.2]))
     figures["curves"] = fig
@@ -324,20 +332,12 @@ def write_pngs(analysis: Analysis, out: Path, curves: int) -> list[Path]:
 
     # learning curves
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    epochs = data.epochs
-    top = curve_trials(data, curves)
-    top_ids = set(top["trial_id"])
-    first = True
-    for trial_id, group in epochs.groupby("trial_id", sort=False):
-        if trial_id in top_ids:
-            continue
-        group = group.sort_values("epoch")
-        ax.plot(group["epoch"], group["val_acc"], color="grey", alpha=0.35, lw=1, marker=".", label="other trials" if first else None)
-        first = False
-    for j, (_, row) in enumerate(top.iterrows()):
-        group = epochs[epochs["trial_id"] == row["trial_id"]].sort_values("epoch")
+    others, top = learning_curves(data, curves)
+    for k, group in enumerate(others):
+        ax.plot(group["epoch"], group["val_acc"], color="grey", alpha=0.35, lw=1, marker=".", label="other trials" if k == 0 else None)
+    for j, (row, group) in enumerate(top):
         ax.plot(group["epoch"], group["val_acc"], color=CURVE_COLORS[j % len(CURVE_COLORS)], lw=2.2, marker="o", label=_curve_name(row))
-    max_epoch = int(data.settings.base.get("epochs") or 1)
+    max_epoch = last_epoch(data)
     if max_epoch <= 20:
         ax.set_xticks(range(1, max_epoch + 1))
     ax.set_xlim(0.8, max_epoch + 0.2)
@@ -439,7 +439,7 @@ def build_html(analysis: Analysis, figures: dict, top: int = 10) -> str:
         if note := noise_note(float(b["best_val_acc"]), baseline, s.val_images, analysis.confirmation is not None):
             best_text += f". Note: {html.escape(note)}"
     answer = "".join(f"<li>{html.escape(line)}</li>" for line in answer_lines(analysis))
-    from .datacheck import describe_accepted
+    from study.datacheck import describe_accepted
 
     warnings = "".join(f'<p class="note">{html.escape(line)}</p>' for line in [*describe_accepted(s), *analysis.range_warnings])
     disagreements = "".join(f'<p class="note">{html.escape(line)}</p>' for line in analysis.disagreements)

@@ -18,347 +18,17 @@ seed and thread count), so that command reproduces the trial's numbers; ``--prin
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import shlex
 import sys
-import time
-from dataclasses import dataclass
-from pathlib import Path
 
-import pandas as pd
 
-from trainable import TrainConfig, UserError
+from trainable import UserError
 from trainable.cli import run_main
 
-from .layout import (FAILED, BOOK_CLASSES, BOOK_FIGURE, BOOK_TEST_IMAGES, BOOK_TRAIN_IMAGES, HYPERPARAMETERS, RERUN_DIR,
-                     RERUN_FILE, RERUN_LOCK_FILE, StudyFolder, StudySettings, find_study, fmt, isnan, plain, typed, write_atomic,
-                     write_parquet_atomic, write_text_atomic)
+from study.retrain import choose, choose_baseline, command_line, export, retrain
+from study.values import (FAILED, fmt, isnan)
+from study.folder import (StudyFolder, StudySettings, find_study)
 
-# TrainConfig fields and the flags of python -m trainable that set them: every one that shapes the numbers.
-TRAINABLE_FLAGS = ("data_dir", "weights", "epochs", "image_size", "batch_size", "val_fraction", "split_seed", "precision", "device",
-                   "augment_path", "lr", "head_lr_mult", "weight_decay", "momentum", "freeze_depth", "augment", "seed", "threads")
-
-
-@dataclass
-class Chosen:
-    """The trial picked (by --rank, or the confirmed winner) and the configurations that reproduce and retrain it."""
-
-    settings: StudySettings
-    row: dict  # its trials.parquet row
-    trial: TrainConfig  # the trial as it ran in the study: its validation split, epochs, seed and threads
-    config: TrainConfig  # the retraining: train + validation (val_fraction 0), the rerun's epochs and threads, the first seed
-    why: str = ""  # how it was picked
-
-    @property
-    def rank(self) -> int:
-        return int(self.row["rank"])
-
-    def describe(self) -> str:
-        tag = ", the book's recipe" if self.row.get("baseline") else ""
-        acc = self.row.get("best_val_acc")
-        acc_text = f"val acc {acc:.3f} in the study" if acc is not None and not isnan(acc) else f"no val acc ({self.row.get('status')})"
-        return f"rank {self.rank} (Optuna trial {fmt(self.row.get('optuna_trial'))}{tag}): {acc_text}"
-
-
-def trial_threads(row: dict, settings: StudySettings) -> int:
-    """The torch threads the trial trained with (its numbers depend on them)."""
-    threads = row.get("threads")
-    if threads:
-        return int(threads)
-    return max(1, int(settings.cpus_per_trial or 1))
-
-
-def choose(folder: StudyFolder, rank: int | None, epochs: int | None, device: str | None = None, threads: int | None = None) -> Chosen:
-    settings, trials = read_trials(folder)
-    why = ""
-    if rank is None:
-        winner = trials[trials["recommended"].fillna("").str.contains("winner")] if "recommended" in trials else trials.iloc[:0]
-        if len(winner):
-            rank = int(winner.iloc[0]["rank"])
-            why = (f"the confirmed winner: best mean validation accuracy over {int(winner.iloc[0]['confirm_folds'])} folds "
-                   f"({winner.iloc[0]['confirm_mean']:.3f}); --rank N picks by the study's ranking instead")
-        else:
-            rank = 1
-            why = "rank 1, the best validation accuracy in the study (no confirmation stage ran)"
-    else:
-        why = f"--rank {rank}, by the study's ranking"
-    if not 1 <= rank <= len(trials):
-        raise UserError(f"--rank {rank} is beyond the table: study {settings.name!r} has {len(trials)} trial(s), ranks 1-{len(trials)}")
-    row = {k: plain(v) for k, v in trials[trials["rank"] == rank].iloc[0].to_dict().items()}
-    return _chosen(settings, row, epochs, device, threads, why)
-
-
-def choose_baseline(folder: StudyFolder, chosen: Chosen, epochs: int | None, device: str | None = None,
-                    threads: int | None = None) -> tuple[Chosen | None, str]:
-    """The book's recipe as the study ran it, to retrain beside ``chosen`` on the same seeds; (None, why not) where
-    there is none to compare with."""
-    if chosen.row.get("baseline"):
-        return None, "the trial picked is the book's recipe itself"
-    settings, trials = read_trials(folder)
-    rows = trials[trials["baseline"].fillna(False).astype(bool)]
-    if not len(rows):
-        return None, "the study has no baseline (the book's recipe lies outside its search space)"
-    row = {k: plain(v) for k, v in rows.iloc[0].to_dict().items()}
-    return _chosen(settings, row, epochs, device, threads, "the book's recipe, on the same seeds"), ""
-
-
-def read_trials(folder: StudyFolder) -> tuple[StudySettings, pd.DataFrame]:
-    settings = folder.read_settings()
-    if not folder.trials.is_file():
-        raise UserError(f"study {settings.name!r} in {folder.path} has no trials yet (no trials.parquet): nothing to rerun")
-    trials = pd.read_parquet(folder.trials)
-    if len(trials) == 0:
-        raise UserError(f"study {settings.name!r} has no trials yet: nothing to rerun")
-    return settings, trials
-
-
-def _chosen(settings: StudySettings, row: dict, epochs: int | None, device: str | None, threads: int | None, why: str) -> Chosen:
-    params = {}
-    for name in settings.space:
-        value = row.get(name)
-        if value is None:
-            raise UserError(f"trial {row.get('optuna_trial')} (rank {row.get('rank')}) has no value for {name!r} in trials.parquet: "
-                            "choose another --rank")
-        params[name] = typed(name, value)
-    base = TrainConfig.from_dict(settings.base)
-    trial = base.replace(**params, threads=trial_threads(row, settings), **({"device": device} if device else {})).validate()
-    config = trial.replace(val_fraction=0.0, epochs=epochs or base.epochs, threads=threads or trial.threads).validate()
-    return Chosen(settings, row, trial, config, why)
-
-
-def comparable_to_book(cfg: TrainConfig, classes: list[str], train_images: int, test_images: int) -> str:
-    """"" when a run is the book's setting (its data, ImageNet weights, 224 px, 5 epochs), else why it is not."""
-    reasons = []
-    if not (cfg.data_dir is None or (list(classes) == BOOK_CLASSES and train_images == BOOK_TRAIN_IMAGES and test_images == BOOK_TEST_IMAGES)):
-        reasons.append("other data than the book's hotdog.zip")
-    if cfg.weights != "imagenet":
-        reasons.append(f"weights {cfg.weights} instead of ImageNet's")
-    if cfg.image_size != 224:
-        reasons.append(f"{cfg.image_size} px instead of 224")
-    if cfg.epochs != 5:
-        reasons.append(f"{cfg.epochs} epoch(s) instead of 5")
-    return ", ".join(reasons)
-
-
-# --- export ------------------------------------------------------------------------------------------
-def command_line(cfg: TrainConfig) -> str:
-    """The plain ``python -m trainable`` command that trains ``cfg`` (every flag that shapes the numbers)."""
-    parts = ["python", "-m", "trainable"]
-    for name in TRAINABLE_FLAGS:
-        value = getattr(cfg, name)
-        if value is None:
-            continue  # data_dir None: the book's hotdog set, the default
-        parts += ["--" + name.replace("_", "-"), repr(value) if isinstance(value, float) else str(value)]
-    return shlex.join(parts)
-
-
-def export(chosen: Chosen, target: str) -> None:
-    """Write the trial as it ran in the study: ``python -m trainable --config FILE`` reproduces its numbers."""
-    text = json.dumps(chosen.trial.to_dict(), indent=2) + "\n"
-    line = command_line(chosen.trial)
-    final = "--val-fraction 0 --test"
-    if target == "-":
-        sys.stdout.write(text)
-        print(f"# {chosen.describe()}\n# the same as: {line}", file=sys.stderr)
-        return
-    path = Path(target).expanduser()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(path, text)
-    except OSError as exc:
-        raise UserError(f"cannot write {path} ({exc.strerror or exc}): pass --export a writable file, or - for stdout") from None
-    print(f"{chosen.describe()}")
-    print(f"wrote the trial's configuration to {path} ({chosen.trial.epochs} epoch(s), its validation split, seed {chosen.trial.seed}, "
-          f"{chosen.trial.threads} thread(s): the same numbers as in the study). Train it with:")
-    print(f"  python -m trainable --config {shlex.quote(str(path))}")
-    print(f"the final model on train + validation, with its test accuracy:\n  python -m trainable --config {shlex.quote(str(path))} {final}")
-    print(f"or, without the file:\n  {line}")
-
-
-# --- retraining --------------------------------------------------------------------------------------
-def run_seed(cfg: TrainConfig, data, weights_path: str, report=None, label: str = "") -> dict:
-    """Train ``cfg`` on ``data.train``, evaluate once on ``data.test``, save the weights; one result row.
-
-    ``report`` takes each epoch's progress line (``print`` here, a queue's ``put`` in a Ray task).
-    """
-    import torch
-
-    from trainable import evaluate, train
-    from trainable.loop import resolve_device, use_bf16
-
-    def on_epoch(m, _save) -> None:
-        if report:
-            report(f"  {label}seed {cfg.seed} epoch {m.epoch}/{cfg.epochs}: train loss {m.train_loss:.4f} acc {m.train_acc:.3f}, "
-                   f"{m.seconds:.0f}s, {m.images_per_s:.1f} img/s" + ("  DIVERGED" if m.diverged else ""))
-
-    t0 = time.perf_counter()
-    result = train(cfg, data, on_epoch=on_epoch)
-    last = result.history[-1] if result.history else None
-    row = {"seed": cfg.seed, "status": result.status, "test_acc": math.nan, "test_loss": math.nan,
-           "train_loss": last.train_loss if last else math.nan, "train_acc": last.train_acc if last else math.nan,
-           "epochs": len(result.history), "images_per_s": float(sum(m.images_per_s for m in result.history) / max(len(result.history), 1)),
-           "weights_file": None}
-    if result.status != "diverged":
-        device = resolve_device(cfg.device)
-        row["test_loss"], row["test_acc"] = evaluate(result.model, data.test, cfg, device, use_bf16(cfg.precision, device), True)
-        path = Path(weights_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        weights = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
-        write_atomic(path, lambda tmp: torch.save(weights, tmp))
-        row["weights_file"] = str(path)
-    row["seconds"] = time.perf_counter() - t0
-    return row
-
-
-RERUN_TYPES = {"rank": "int64", "trial_id": "str", "optuna_trial": "int64", "baseline": "bool", "study_val_acc": "float64",
-               "seed": "int64", "status": "str", "test_acc": "float64", "test_loss": "float64", "train_loss": "float64",
-               "train_acc": "float64", "epochs": "int64", "images_per_s": "float64", "weights_file": "str", "seconds": "float64",
-               "lr": "float64", "head_lr_mult": "float64", "weight_decay": "float64", "momentum": "float64", "freeze_depth": "int64",
-               "augment": "str", "batch_size": "int64", "image_size": "int64", "weights": "str", "data_dir": "str", "threads": "int64",
-               "comparable_to_book": "bool"}
-
-
-def _row(chosen: Chosen, result: dict, comparable: bool) -> dict:
-    cfg = chosen.config
-    return {"comparable_to_book": comparable, "rank": chosen.rank, "trial_id": chosen.row.get("trial_id"), "optuna_trial": chosen.row.get("optuna_trial"),
-            "baseline": bool(chosen.row.get("baseline")), "study_val_acc": chosen.row.get("best_val_acc"), **result,
-            **{h: getattr(cfg, h) for h in HYPERPARAMETERS}, "image_size": cfg.image_size, "weights": cfg.weights,
-            "data_dir": cfg.data_dir, "threads": cfg.threads}
-
-
-def write_rerun(folder: StudyFolder, chosen: Chosen, rows: list[dict]) -> Path:
-    """``rerun.parquet``: this trial's rows replace its earlier ones; other trials' rows stay. Atomic.
-
-    The read-merge-write holds a lock, so that reruns of two ranks at once (two terminals) keep each other's rows.
-    """
-    from filelock import FileLock
-
-    path = folder.path / RERUN_FILE
-    new = pd.DataFrame(rows, columns=list(RERUN_TYPES))
-    with FileLock(str(folder.path / RERUN_LOCK_FILE)):
-        if path.is_file():
-            old = pd.read_parquet(path)
-            old = old[old["optuna_trial"] != chosen.row.get("optuna_trial")].reindex(columns=list(RERUN_TYPES))
-            new = pd.concat([old, new], ignore_index=True) if len(old) else new
-        new = new.sort_values(["rank", "seed"]).reset_index(drop=True).astype(RERUN_TYPES)
-        write_parquet_atomic(new, path)
-    return path
-
-
-def label(chosen: Chosen) -> str:
-    """``trial 18 (the book's recipe)``: how a run's lines name it."""
-    return f"trial {fmt(chosen.row.get('optuna_trial'))}" + (" (the book's recipe)" if chosen.row.get("baseline") else "")
-
-
-def _print_seed(name: str, row: dict) -> None:
-    if row["status"] == "diverged":
-        print(f"{name} seed {row['seed']}: DIVERGED (loss NaN/inf) after {row['epochs']} epoch(s) in {row['seconds']:.0f}s: "
-              "no test accuracy", flush=True)
-    else:
-        print(f"{name} seed {row['seed']}: test acc {row['test_acc']:.3f} (loss {row['test_loss']:.4f}) after {row['epochs']} epoch(s) "
-              f"in {row['seconds']:.0f}s -> {row['weights_file']}", flush=True)
-
-
-def summary_line(accs: list[float], not_the_book: str) -> str:
-    """The rerun's test accuracy; beside it the book's figure only where the run is the book's setting."""
-    if not accs:
-        return "no seed produced a test accuracy (every run diverged): try another --rank"
-    mean = sum(accs) / len(accs)
-    sd = math.sqrt(sum((a - mean) ** 2 for a in accs) / (len(accs) - 1)) if len(accs) > 1 else 0.0
-    line = f"test accuracy over {len(accs)} seed(s): {mean:.3f} +- {sd:.3f} (mean +- sd)"
-    if not_the_book:
-        return f"{line}\nthe book's 0.940 is not shown beside it: this run differs from the book's setting ({not_the_book})"
-    return f"{line}    {BOOK_FIGURE}"
-
-
-def paired_line(name: str, rows: list[dict], baseline_rows: list[dict]) -> str:
-    """``name`` minus the book's recipe on the test split, paired seed by seed, with its 95% t-interval."""
-    from .selection import paired_by_seed
-
-    versus = paired_by_seed(*({r["seed"]: r["test_acc"] for r in side if not isnan(r["test_acc"])} for side in (rows, baseline_rows)))
-    if versus is None:
-        return f"{name} vs the book's recipe: no seed where both have a test accuracy"
-    return f"{name} vs the book's recipe on the test split: " + versus.describe("seed")
-
-
-def retrain(folder: StudyFolder, chosen: Chosen, seeds: int, parallel: bool = False, baseline: Chosen | None = None) -> list[dict]:
-    """Each seed of ``chosen`` (and of ``baseline``, on the same seeds), trained and tested; their rows, also in rerun.parquet."""
-    from trainable import prepare_data
-
-    cfg = chosen.config
-    t0 = time.perf_counter()
-    data = prepare_data(cfg.data_dir, cfg.image_size, val_fraction=0.0, split_seed=cfg.split_seed, with_test=True, log=print)
-    print(f"decoded {len(data.train)} train (train + validation) and {len(data.test)} test images once, classes {data.classes}, "
-          f"in {time.perf_counter() - t0:.1f}s")
-    not_the_book = comparable_to_book(cfg, data.classes, len(data.train), len(data.test))
-    seeds_list = [cfg.seed + i for i in range(seeds)]
-    runs = [chosen] + ([baseline] if baseline is not None else [])
-    # seed by seed, the runs side by side: an interrupted rerun keeps pairs
-    jobs = [(run, s, str(folder.path / RERUN_DIR / f"trial{run.row.get('optuna_trial')}-seed{s}.pt")) for s in seeds_list for run in runs]
-    rows: dict[int, list[dict]] = {run.row["optuna_trial"]: [] for run in runs}
-
-    def done(run: Chosen, result: dict) -> None:
-        mine = rows[run.row["optuna_trial"]]
-        mine.append(_row(run, result, not not_the_book))
-        _print_seed(label(run), result)
-        write_rerun(folder, run, mine)  # after every seed: an interrupted rerun keeps what it finished
-
-    if parallel:
-        _retrain_ray(chosen.settings, data, jobs, done)
-    else:
-        for run, s, weights in jobs:
-            done(run, run_seed(run.config.replace(seed=s), data, weights, report=lambda line: print(line, flush=True),
-                               label=f"{label(run)} "))
-    for run in runs:
-        rows[run.row["optuna_trial"]].sort(key=lambda r: r["seed"])
-    note = ""
-    for run in runs:
-        line, _, note = summary_line([r["test_acc"] for r in rows[run.row["optuna_trial"]] if not isnan(r["test_acc"])],
-                                     not_the_book).partition("\n")
-        print(f"{label(run)}: {line}")
-    if note:  # why the book's figure is not beside them: once for all
-        print(note)
-    if baseline is not None:
-        print(paired_line(label(chosen), rows[chosen.row["optuna_trial"]], rows[baseline.row["optuna_trial"]]))
-    print(f"results: {folder.path / RERUN_FILE}")
-    return [r for run in runs for r in rows[run.row["optuna_trial"]]]
-
-
-def _retrain_ray(settings: StudySettings, data, jobs: list[tuple[Chosen, int, str]], done) -> None:
-    """Each (configuration, seed) as a Ray task with the study's per-trial resources; the data goes to the object
-    store once.
-
-    The tasks' epoch lines come back through a Ray queue and this driver prints them: Ray's own streaming of a
-    worker's output is asynchronous and may drop a task's last lines when Ray shuts down right after it.
-    """
-    import ray
-    from ray.util.queue import Queue
-
-    from .run import start_ray
-
-    start_ray(None, log_to_driver=True)  # anything else a task prints (a warning) still reaches this console
-    try:
-        threads = max(run.config.threads for run, _, _ in jobs)
-        gpus = float(settings.gpus_per_trial or 0) if ray.cluster_resources().get("GPU", 0) else 0.0
-        task = ray.remote(num_cpus=threads, num_gpus=gpus)(run_seed)
-        data_ref = ray.put(data)
-        print(f"{len(jobs)} run(s) as Ray tasks, each with {threads} CPU(s)" + (f" and {gpus:g} GPU" if gpus else ""), flush=True)
-        lines = Queue(actor_options={"num_cpus": 0})  # takes no CPU from the seeds
-        pending = {task.remote(run.config.replace(seed=s), data_ref, weights, lines.put, f"{label(run)} "): run
-                   for run, s, weights in jobs}
-        while pending:
-            finished, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
-            # a task puts each line before it goes on (put waits), so a finished task's lines are all here now
-            for line in lines.get_nowait_batch(lines.qsize()):
-                print(line, flush=True)
-            if finished:
-                done(pending.pop(finished[0]), ray.get(finished[0]))
-    finally:
-        ray.shutdown()
-
-
-# --- the command -------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m study.rerun", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -434,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 def check_data(folder: StudyFolder, settings: StudySettings, accept: bool) -> None:
     """Before retraining: a test split to measure on, and the data and weights the study ran on (or the change
     accepted with --accept-data-change, recorded in study.json)."""
-    from . import datacheck
+    from study import datacheck
 
     root = datacheck.data_root(settings.base)
     if not (root / "test").is_dir():
@@ -458,13 +128,13 @@ def check_data(folder: StudyFolder, settings: StudySettings, accept: bool) -> No
 
 def refresh_report(folder: StudyFolder) -> None:
     """Where study.analyze already wrote report.html, write it again: its last section shows these reruns."""
-    from .layout import REPORT_FILE
+    from study.folder import REPORT_FILE
 
     if not (folder.path / REPORT_FILE).is_file():
         print(f"python -m study.analyze {shlex.quote(str(folder.path))} writes the report with these results")
         return
-    from .analysis import analyze
-    from .report import write_report
+    from study.analysis import analyze
+    from study.report import write_report
 
     html, _ = write_report(analyze(folder))
     print(f"report: {html} (rewritten with these results)")

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .layout import EPOCHS_FILE, FAILED, TRIALS_FILE, isnan, write_parquet_atomic
+from study.folder import EPOCHS_FILE, TRIALS_FILE, write_parquet_atomic
+from study.values import PARAM_TYPES, FAILED, isnan
 
 EPOCH_COLUMNS = [
     "trial_id", "optuna_trial", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds",
@@ -31,8 +32,6 @@ TRIAL_TYPES = {"rank": "int64", "trial_id": "str", "optuna_trial": "int64", "bas
                "seconds": "float64", "images_per_s": "float64", "seed": "int64", "threads": "int64", "trial_dir": "str",
                "node_id": "str", "node_ip": "str", "hostname": "str", "confirm_mean": "float64", "confirm_sd": "float64",
                "confirm_folds": "int64", "recommended": "str"}
-PARAM_TYPES = {"lr": "float64", "head_lr_mult": "float64", "weight_decay": "float64", "momentum": "float64",
-               "freeze_depth": "int64", "batch_size": "int64", "augment": "str"}
 
 
 def _or_inf(value) -> float:
@@ -104,7 +103,7 @@ class StudyTables:
             row["trial_dir"] = trial_dir  # a resumed sample keeps its earlier folder until it checkpoints in the new one
         if threads is not None:
             row["threads"] = threads
-        self._summarise(number)
+        self.summarise(number)
 
     def on_result(self, number: int, trial_id: str, config: dict, result: dict, trial_dir: str | None = None) -> str | None:
         """Record an epoch; returns the sample's previous checkpoint folder when this result moved it elsewhere."""
@@ -126,14 +125,14 @@ class StudyTables:
         trial.update(trial_id=trial_id, node_id=result.get("node_id"), node_ip=result.get("node_ip"), hostname=result.get("hostname"))
         if result.get("threads") is not None:
             trial["threads"] = int(result["threads"])
-        self._summarise(number)
+        self.summarise(number)
         return previous
 
     def on_end(self, number: int, trial_id: str, config: dict, error: str | None = None, timed_out: bool = False) -> str:
         if number not in self.trials:
             self.on_start(number, trial_id, config)
         trial = self.trials[number]
-        self._summarise(number)
+        self.summarise(number)
         if error is not None:
             trial["status"], trial["error"] = "timed_out" if timed_out else "errored", error
         elif any(r.get("diverged") for r in self.rows_of(number)):
@@ -148,7 +147,7 @@ class StudyTables:
         for key in [key for key in self.epochs if key[0] == number]:
             del self.epochs[key]
 
-    def _summarise(self, number: int) -> None:
+    def summarise(self, number: int) -> None:
         rows = self.rows_of(number)
         trial = self.trials[number]
         valid = [r for r in rows if not r.get("diverged") and not isnan(r.get("val_acc"))]

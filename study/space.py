@@ -15,6 +15,7 @@ from pathlib import Path
 import optuna
 
 from trainable import AUGMENT_POLICIES, TrainConfig, UserError
+from trainable.config import HYPERPARAMETERS
 
 DEFAULT_SPACE: dict[str, dict] = {
     "lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},  # backbone lr (mean loss)
@@ -25,11 +26,8 @@ DEFAULT_SPACE: dict[str, dict] = {
 }
 
 _BOOK = TrainConfig()
-BASELINE = {  # the book's recipe, evaluated first (trial 0) wherever it lies in the search space
-    "lr": _BOOK.lr, "head_lr_mult": _BOOK.head_lr_mult, "weight_decay": _BOOK.weight_decay, "freeze_depth": _BOOK.freeze_depth,
-    "augment": _BOOK.augment, "momentum": _BOOK.momentum, "batch_size": _BOOK.batch_size,
-}
-SEARCHABLE = {"lr", "head_lr_mult", "weight_decay", "momentum", "freeze_depth", "augment", "batch_size"}
+BASELINE = {p: getattr(_BOOK, p) for p in HYPERPARAMETERS}  # the book's recipe, evaluated first (trial 0) wherever it lies in the space
+SEARCHABLE = set(HYPERPARAMETERS)
 
 
 def to_distributions(space: dict[str, dict]) -> dict[str, optuna.distributions.BaseDistribution]:

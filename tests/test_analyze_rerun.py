@@ -26,7 +26,8 @@ from PIL import Image
 from study import analysis as analysis_mod
 from study import analyze as analyze_mod
 from study import rerun as rerun_mod
-from study.layout import StudyFolder, StudySettings, storage_url
+from study import retrain as retrain_mod
+from study.folder import StudyFolder, StudySettings, storage_url
 from study.results import StudyTables
 from study.space import BASELINE, DEFAULT_SPACE, to_distributions
 from trainable import TrainConfig, evaluate, prepare_data
@@ -105,7 +106,7 @@ def make_fake_study(folder: Path, data_dir: Path, n: int = 14, epochs: int = 3, 
                 "epoch": epoch, "train_loss": 0.5, "train_acc": 0.8, "val_loss": 0.4, "val_acc": acc, "seconds": 1.0,
                 "images_per_s": 30.0, "diverged": diverged, "node_id": "n", "node_ip": "127.0.0.1", "hostname": "h"})
         tables.on_end(number, trial_id, config, "RuntimeError: boom" if errored else None)
-        # as study.searcher tells them: diverged trials PRUNED and infeasible, with no value for the diverged epoch
+        # as study.driver.searcher tells them: diverged trials PRUNED and infeasible, with no value for the diverged epoch
         if errored:
             state, value, inter, status = optuna.trial.TrialState.FAIL, None, {}, "errored"
         elif diverged:
@@ -354,7 +355,7 @@ def test_rerun_rejects_bad_options(fake, capsys, extra, words):
 
 
 def test_chosen_config_is_the_trial_over_the_base(fake):
-    chosen = rerun_mod.choose(fake, rank=2, epochs=None)
+    chosen = retrain_mod.choose(fake, rank=2, epochs=None)
     assert chosen.trial.val_fraction == fake.read_settings().base["val_fraction"] and chosen.trial.threads == 1
     row = pd.read_parquet(fake.trials).set_index("rank").loc[2]
     cfg = chosen.config
@@ -363,7 +364,7 @@ def test_chosen_config_is_the_trial_over_the_base(fake):
     base = fake.read_settings().base
     assert cfg.val_fraction == 0.0 and cfg.epochs == base["epochs"] and cfg.image_size == base["image_size"]
     assert cfg.data_dir == base["data_dir"] and cfg.weights == "none" and cfg.seed == base["seed"]
-    assert rerun_mod.choose(fake, 1, epochs=7).config.epochs == 7
+    assert retrain_mod.choose(fake, 1, epochs=7).config.epochs == 7
 
 
 def test_export_and_command_line_give_the_same_config(fake, tmp_path, capsys):
@@ -373,7 +374,7 @@ def test_export_and_command_line_give_the_same_config(fake, tmp_path, capsys):
     assert rerun_mod.main([str(fake.path), "--export", str(target)]) == 0
     out = capsys.readouterr().out
     exported = TrainConfig.from_json(target)
-    assert exported == rerun_mod.choose(fake, 1, None).trial  # the trial as it ran: its validation split and threads
+    assert exported == retrain_mod.choose(fake, 1, None).trial  # the trial as it ran: its validation split and threads
     assert exported.val_fraction == fake.read_settings().base["val_fraction"] and exported.threads == 1
     command = next(line.strip() for line in out.splitlines() if line.strip().startswith("python -m trainable --data-dir"))
     argv = shlex.split(command)[3:]
@@ -433,7 +434,7 @@ def test_rerun_trains_each_seed_and_saves_weights(fake, capsys):
 
 WRITE_RERUN_ROWS = """
 import sys, types
-from study.layout import StudyFolder
+from study.folder import StudyFolder
 from study.rerun import RERUN_TYPES, write_rerun
 folder, trial = StudyFolder(sys.argv[1]), int(sys.argv[2])
 blank = {"int64": 1, "float64": 0.5, "bool": False, "str": "x"}
@@ -458,15 +459,15 @@ def test_reruns_of_three_ranks_at_once_keep_each_others_rows(tmp_path):
 
 def test_book_figure_only_where_the_run_is_the_books_setting():
     book = TrainConfig(data_dir=None, weights="imagenet", image_size=224, epochs=5)
-    assert rerun_mod.comparable_to_book(book, ["hotdog", "not-hotdog"], 2000, 800) == ""
-    assert rerun_mod.comparable_to_book(book.replace(data_dir="/x/hotdog"), ["hotdog", "not-hotdog"], 2000, 800) == ""
-    scratch = rerun_mod.comparable_to_book(book.replace(data_dir="/x/hotdog", weights="none", image_size=64, epochs=3),
+    assert retrain_mod.comparable_to_book(book, ["hotdog", "not-hotdog"], 2000, 800) == ""
+    assert retrain_mod.comparable_to_book(book.replace(data_dir="/x/hotdog"), ["hotdog", "not-hotdog"], 2000, 800) == ""
+    scratch = retrain_mod.comparable_to_book(book.replace(data_dir="/x/hotdog", weights="none", image_size=64, epochs=3),
                                            ["hotdog", "not-hotdog"], 2000, 400)
     for words in ("other data", "weights none", "64 px", "3 epoch(s)"):
         assert words in scratch
-    line = rerun_mod.summary_line([0.9, 0.92, 0.94], "")
+    line = retrain_mod.summary_line([0.9, 0.92, 0.94], "")
     assert "0.920 +- 0.020" in line and "the book: 0.940 (0.933 +- 0.012 over its builds)" in line
-    line = rerun_mod.summary_line([0.9], "64 px instead of 224")
+    line = retrain_mod.summary_line([0.9], "64 px instead of 224")
     assert "0.933" not in line and "not shown beside it" in line and "64 px" in line
 
 

@@ -35,7 +35,7 @@ from test_data import _hotdog_zip, _zip
 from test_study import TRIAL_COLUMNS, make_images, study_args
 from trainable import TrainConfig, UserError
 from trainable.data import fetch_hotdog
-from study.layout import StudyFolder, StudySettings
+from study.folder import StudyFolder, StudySettings
 from study.space import DEFAULT_SPACE
 
 ROOT = Path(__file__).resolve().parents[1]

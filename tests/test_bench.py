@@ -1,4 +1,4 @@
-"""``python -m study.bench``: the shape of its output (never its timings), the scaling arithmetic, the GPU check's plumbing
+"""``python -m bench``: the shape of its output (never its timings), the scaling arithmetic, the GPU check's plumbing
 (run tiny on the CPU) and the photos it carries."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from study.bench_scaling import project_full, scaling_breakdown, stratified_subset
+from bench.scaling import project_full, scaling_breakdown, stratified_subset
 from trainable.config import AUGMENT_POLICIES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +33,7 @@ def _table_rows(stdout: str, columns: int) -> list[list[str]]:
 
 def test_tiny_bench_writes_every_cell(tmp_path):
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, "-m", "study.bench", "--tiny", "--json", str(out)], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "bench", "--tiny", "--json", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(out.read_text())
@@ -72,7 +72,7 @@ def _blocking_ray_and_optuna(folder: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def gpu_check_tiny(tmp_path_factory):
-    """scripts/gpu_check.sh run once in its tiny CPU mode, where ray and optuna cannot be imported: its exit code, its
+    """bench/gpu_check.sh run once in its tiny CPU mode, where ray and optuna cannot be imported: its exit code, its
     output folder and each step's printed output. Its steps are the tiny commands the tests below check:
     ``--feed --tiny --json``, ``--tiny --device cpu ... --json`` and ``--trials-per-gpu 1 2 --device cpu --tiny``."""
     tmp = tmp_path_factory.mktemp("gpu-check")
@@ -153,13 +153,13 @@ def test_trials_per_gpu_without_a_gpu_is_one_line():
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    proc = subprocess.run([sys.executable, "-m", "study.bench", "--trials-per-gpu", "1", "--tiny"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "bench", "--trials-per-gpu", "1", "--tiny"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: --trials-per-gpu"), proc.stderr
 
 
 def test_bench_imports_without_ray_or_optuna():
     code = ("import sys; sys.modules['ray'] = None; sys.modules['optuna'] = None\n"
-            "import study.bench, study.bench_feed, study.bench_share, study.bench_data\n"
+            "import bench.cli, bench.feed, bench.share, bench.data\n"
             "assert not {m.split('.')[0] for m in sys.modules if sys.modules[m] is not None} & {'ray', 'optuna'}")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -185,7 +185,7 @@ def _files(folder: Path) -> list[Path]:
 
 
 def test_make_gpu_data_copies_real_files_within_the_budget(tmp_path, image_folder_factory, capsys):
-    from study.bench import main
+    from bench.cli import main
     from trainable import UserError
 
     source = image_folder_factory("src", n_train=30, n_test=6, size=(64, 64))
@@ -218,7 +218,7 @@ def test_make_gpu_data_copies_real_files_within_the_budget(tmp_path, image_folde
 
 
 def test_make_gpu_data_on_the_real_photos_stays_under_40_mb(tmp_path, asset):
-    from study.bench_data import make_gpu_data
+    from bench.data import make_gpu_data
 
     made = make_gpu_data(asset("hotdog"), tmp_path / "hotdog")
     copied = _files(tmp_path / "hotdog")
@@ -228,7 +228,7 @@ def test_make_gpu_data_on_the_real_photos_stays_under_40_mb(tmp_path, asset):
 
 
 def test_bad_options_are_one_line_errors():
-    proc = subprocess.run([sys.executable, "-m", "study.bench", "--tiny", "--freeze", "7"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "bench", "--tiny", "--freeze", "7"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error: --freeze")
 
 
@@ -288,7 +288,7 @@ def test_augmentation_runs_on_one_thread_and_restores_the_count():
 
 def test_selection_simulation_writes_its_regrets(tmp_path):
     out = tmp_path / "selection.json"
-    proc = subprocess.run([sys.executable, "-m", "study.bench", "--selection", "--selection-repeats", "200", "--json", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "bench", "--selection", "--selection-repeats", "200", "--json", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(out.read_text())

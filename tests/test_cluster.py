@@ -25,7 +25,7 @@ import pandas as pd
 import psutil
 import pytest
 
-from study.reaper import terminate_then_kill
+from study.driver.reaper import terminate_then_kill
 from test_study import make_images, study_args
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -177,7 +177,7 @@ def test_a_trial_given_a_gpu_torch_cannot_see_errors_in_one_line(cluster, tmp_pa
     script = f"""
 import ray
 from ray import tune
-from study.adapter import run_trial
+from study.driver.adapter import run_trial
 from trainable import TrainConfig, prepare_data
 ray.init(address={cluster.address!r}, logging_level="ERROR", log_to_driver=False)
 base = TrainConfig(data_dir={str(data)!r}, weights="none", epochs=1, image_size=32, batch_size=4).to_dict()

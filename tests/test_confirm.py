@@ -10,7 +10,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from study.layout import StudyFolder
+from study.folder import StudyFolder
 from tests.test_study import assert_exact, make_images, run_study, study_args
 
 pytestmark = pytest.mark.slow
@@ -72,8 +72,8 @@ def test_a_study_confirms_its_top_trials_and_the_baseline(images, tmp_path):
     assert "confirmation stage" in analyzed and "95% CI" in analyzed, analyzed
     printed = run_module("study.rerun", [str(folder), "--print-command"])
     assert f"--lr {float(winner['lr'])!r}" in printed
-    from study.layout import StudyFolder as Folder
-    from study.rerun import choose
+    from study.folder import StudyFolder as Folder
+    from study.retrain import choose
 
     chosen = choose(Folder(folder), None, None)
     assert chosen.row["optuna_trial"] == winner["optuna_trial"] and chosen.why.startswith("the confirmed winner")
@@ -112,7 +112,7 @@ def test_a_kill_during_confirmation_loses_and_doubles_nothing(images, tmp_path):
 
 
 def test_runs_on_other_folds_are_set_aside_not_mixed(tmp_path):
-    from study.confirm import ConfirmTable
+    from study.driver.confirm import ConfirmTable
 
     folder = StudyFolder(tmp_path / "s")
     folder.path.mkdir()
@@ -132,8 +132,8 @@ def test_runs_on_other_folds_are_set_aside_not_mixed(tmp_path):
 
 
 def test_a_confirmation_run_validates_after_its_last_epoch_only():
-    from study.adapter import trial_config
-    from study.confirm import Job
+    from study.driver.adapter import trial_config
+    from study.driver.confirm import Job
 
     config = Job(3, 1, {"lr": 0.01, "freeze_depth": 2}, baseline=False, seed=8).tune_config(folds=2)
     cfg = trial_config({"epochs": 4, "weights": "none", "seed": 7}, config, threads=1, gpus=[])
@@ -142,7 +142,7 @@ def test_a_confirmation_run_validates_after_its_last_epoch_only():
 
 
 def test_drop_checkpoints_empties_a_local_trial_folder_only(tmp_path):
-    from study.layout import drop_checkpoints
+    from study.folder import drop_checkpoints
 
     trial = tmp_path / "trial"
     for name in ("checkpoint_000001", "checkpoint_000002"):

@@ -195,7 +195,7 @@ def test_a_study_without_a_test_split_runs_and_its_rerun_says_what_to_pass(tmp_p
 def test_rays_snapshot_errors_go_to_the_study_log_not_the_console(tmp_path, capfd):
     import logging
 
-    from study.run import RAY_QUIET_LOGGERS, keep_ray_tracebacks_in
+    from study.driver.session import RAY_QUIET_LOGGERS, keep_ray_tracebacks_in
 
     log = tmp_path / "logs" / "ray.log"
     keep_ray_tracebacks_in(log)
@@ -211,7 +211,7 @@ def test_rays_snapshot_errors_go_to_the_study_log_not_the_console(tmp_path, capf
 def test_the_printed_next_commands_paste_back_whatever_the_path(tmp_path):
     import shlex
 
-    from study.layout import StudyFolder
+    from study.folder import StudyFolder
     from study.run import resume_command
 
     folder = StudyFolder(tmp_path / "my results" / "it's a study")

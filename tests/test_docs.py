@@ -5,14 +5,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from study import cli_docs
+from scripts import cli_docs
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def test_the_readme_option_tables_match_each_commands_help():
     text = README.read_text()
-    assert cli_docs.render(text) == text, "README option tables are out of date: run python -m study.cli_docs README.md"
+    assert cli_docs.render(text) == text, "README option tables are out of date: run python -m scripts.cli_docs README.md"
     blocks = set(re.findall(r"<!-- options: ([^>]+?) -->", text))
     assert blocks >= {"python -m trainable", "python -m study.run", "python -m study.analyze", "python -m study.rerun"}
 
@@ -33,7 +33,7 @@ def test_every_option_the_readme_names_exists():
 
 
 def test_the_readme_lists_confirm_parquets_columns_in_order():
-    from study.confirm import CONFIRM_TYPES
+    from study.driver.confirm import CONFIRM_TYPES
 
     paragraph = README.read_text().split("`confirm.parquet`: ", 1)[1].split("\n\n", 1)[0]
     listed = re.findall(r"`([a-z_]+)`", paragraph)
@@ -70,7 +70,7 @@ def readme_table(header: str, labels: dict) -> list[tuple[str, list[str], dict]]
 
 
 def test_the_readme_selection_table_is_what_the_simulation_gives():
-    from study.selection import simulate
+    from bench.selection import simulate
 
     for label, cells, changes in readme_table("| simulated study, 10,000 repeats each |", SELECTION_ROWS):
         r = simulate(**changes)  # 10,000 repeats, seed 0, as the bench
@@ -87,7 +87,7 @@ GAIN_ROWS = {"from scratch, the model above": {}, "from scratch, the noise measu
 
 
 def test_the_readme_gain_interval_table_is_what_the_simulation_gives():
-    from study.selection import simulate
+    from bench.selection import simulate
 
     for label, cells, changes in readme_table("| regime | holds the true gain, a seed per fold |", GAIN_ROWS):
         a, b = simulate(**changes), simulate(fold_seeds=False, **changes)

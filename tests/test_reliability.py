@@ -11,7 +11,7 @@ import pandas as pd
 import psutil
 import pytest
 
-from study.layout import storage_url
+from study.folder import storage_url
 from tests.test_study import ROOT, _wait_for, make_images, study_args
 
 

@@ -1,6 +1,6 @@
 """A study that survives kills, races, full disks and damaged files exactly.
 
-Every kill happens at a named moment of the driver (``study.faults``: HOTDOG_TUNE_FAULT), never after a sleep,
+Every kill happens at a named moment of the driver (``study.driver.faults``: HOTDOG_TUNE_FAULT), never after a sleep,
 so each test hits the moment it names. After each fault the study is resumed as a user would, and must end
 with every sample exactly once in trials.parquet and optuna.db, no configuration twice, nothing running.
 """
@@ -118,7 +118,7 @@ def test_the_refusal_names_the_live_holder_not_an_earlier_driver(tmp_path):
 
     from filelock import FileLock
 
-    from study.layout import DRIVER_FILE, LOCK_FILE, StudyFolder
+    from study.folder import DRIVER_FILE, LOCK_FILE, StudyFolder
     from trainable.errors import UserError
 
     folder = tmp_path / "s"
@@ -140,7 +140,7 @@ def test_the_refusal_names_the_live_holder_not_an_earlier_driver(tmp_path):
 
 
 def test_a_driver_clears_what_a_killed_driver_half_wrote_and_nothing_else(tmp_path):
-    from study.layout import StudyFolder
+    from study.folder import StudyFolder
     from trainable.files import temp_beside
 
     folder = StudyFolder(tmp_path / "s")

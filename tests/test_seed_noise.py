@@ -1,8 +1,7 @@
-"""scripts/seed_noise.py: the noise measurement the README's simulation figures rest on."""
+"""python -m bench.seed_noise: the noise measurement the README's simulation figures rest on."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,18 +11,12 @@ import pytest
 
 from tests.test_study import ROOT, make_images
 
-SCRIPT = ROOT / "scripts" / "seed_noise.py"
-
-
-def load():
-    spec = importlib.util.spec_from_file_location("seed_noise", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+COMMAND = [sys.executable, "-m", "bench.seed_noise"]
 
 
 def test_figures_of_hand_made_answer_tables():
-    noise = load()
+    from bench import seed_noise as noise
+
     rng = np.random.default_rng(0)
     steady = np.tile(rng.integers(0, 2, 400), (6, 1))  # every seed right on the same images
     f = noise.summarise(steady)
@@ -42,7 +35,7 @@ def test_the_script_measures_every_configuration_on_every_split(tmp_path):
     exported = tmp_path / "other.json"
     exported.write_text(json.dumps({"lr": 0.02, "freeze_depth": 3, "augment": "flip"}))
     out = tmp_path / "noise.json"
-    done = subprocess.run([sys.executable, str(SCRIPT), "--data-dir", str(data), "--config", str(exported), "--seeds", "2",
+    done = subprocess.run([*COMMAND, "--data-dir", str(data), "--config", str(exported), "--seeds", "2",
                            "--epochs", "1", "--image-size", "32", "--batch-size", "8", "--json", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -55,6 +48,6 @@ def test_the_script_measures_every_configuration_on_every_split(tmp_path):
     assert result["pooled"]["cross-validation"]["df"] == 4 and result["pooled"]["held out"]["df"] == 2
     assert "between-seed sd pooled, cross-validation runs" in done.stdout
 
-    one = subprocess.run([sys.executable, str(SCRIPT), "--data-dir", str(data), "--seeds", "1"],
+    one = subprocess.run([*COMMAND, "--data-dir", str(data), "--seeds", "1"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert one.returncode == 2 and one.stderr.strip() == "error: --seeds 1: a spread needs 2 or more"

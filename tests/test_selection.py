@@ -1,4 +1,4 @@
-"""study.selection: the confirmation stage's decision and the Monte Carlo of a study (fast: no training, no Ray run)."""
+"""study.decision (the confirmation stage's decision) and bench.selection (the Monte Carlo of a study (fast: no training, no Ray run)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from study import selection as sel
-from study.selection import decide, nan_percentile_rows, run_asha, simulate, t975
+from bench import selection as sel
+from study.driver.rungs import asha_rungs
+from study.decision import decide, t975
+from bench.selection import nan_percentile_rows, run_asha, simulate
 
 
 def frame(runs: dict, cost: dict) -> pd.DataFrame:
@@ -226,7 +228,7 @@ def test_asha_stops_some_trials_never_before_grace_and_ignores_concurrency_with_
         assert (run[:, 0] == 5).all()  # the first trial is first at every rung: never stopped
     # every epoch one time unit: each rung sees trials in start order whatever the workers
     np.testing.assert_array_equal(run_asha(values, concurrent=1), run_asha(values, concurrent=4))
-    assert sel.asha_rungs(1, 5, 3) == [3, 1] and sel.asha_rungs(1, 9, 3) == [9, 3, 1]
+    assert asha_rungs(1, 5, 3) == [3, 1] and asha_rungs(1, 9, 3) == [9, 3, 1]
 
 
 def test_study_ranking_is_best_val_then_more_epochs_then_trial():
@@ -276,7 +278,7 @@ def test_the_gain_interval_is_what_decide_prints():
     got = sel.gain_intervals(scores, final, c, np.array([win]), true)
     rows = pd.DataFrame([{"config": int(c[0, j]), "fold": f, "val_acc": scores[0, j, f], "seconds_per_epoch": 1.0}
                          for j in range(4) for f in range(2)])
-    decision = sel.decide(rows, baseline=0)
+    decision = decide(rows, baseline=0)
     assert decision.winner == c[0, win]
     p = decision.versus_baseline
     assert got["gain_estimate"] == pytest.approx(p.mean) and got["gain_ci_width"] == pytest.approx(p.ci_high - p.ci_low)
@@ -382,7 +384,7 @@ def test_run_selection_writes_json_and_prints(tmp_path):
     defaults = build_parser().parse_args([])  # the simulation runs at the study's own defaults
     assert written["inputs"]["top_k"] == defaults.confirm_top == 5 and written["inputs"]["folds"] == defaults.confirm_folds == 2
     assert written["inputs"]["scheme"] == "kfold" and defaults.grace_epochs == written["inputs"]["grace"]
-    from study.confirm import Job  # the stage validates its runs as the simulation costs them
+    from study.driver.confirm import Job  # the stage validates its runs as the simulation costs them
 
     assert written["inputs"]["confirm_val_last_only"] is Job(0, 0, {}, False).tune_config(2)["val_last_only"] is True
     assert written["inputs"]["finalists"] is None  # the stage does not race

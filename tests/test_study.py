@@ -19,10 +19,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from study.layout import StudyFolder, storage_url
+from study.folder import StudyFolder, storage_url
 from study.run import main as study_main
-from study.run import plan_resources
-from study.searcher import AskTellOptunaSearch, sampler_seed
+from study.driver.resources import plan_resources
+from study.driver.searcher import AskTellOptunaSearch, sampler_seed
 from study.space import BASELINE, DEFAULT_SPACE, baseline_params
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,8 +15,8 @@ import pandas as pd
 import psutil
 import pytest
 
-from study.clock import STALL_FACTOR, STALL_SLACK_S, ClockState, deadline_passed
-from study.layout import storage_url
+from study.driver.clock import STALL_FACTOR, STALL_SLACK_S, ClockState, deadline_passed
+from study.folder import storage_url
 from tests.test_study import ROOT, make_images, study_args
 
 

@@ -46,7 +46,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as nnf
 
-POLICIES = ("none", "flip", "d2l", "trivialaugment", "randaugment", "autoaugment")  # = config.AUGMENT_POLICIES
+from .config import AUGMENT_POLICIES as POLICIES
+
 AUTO_POLICIES = ("trivialaugment", "randaugment", "autoaugment")
 
 OP_NAMES = (

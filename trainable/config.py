@@ -19,6 +19,8 @@ from pathlib import Path
 
 from .errors import UserError
 
+# The TrainConfig fields a study may search (study.space), in the order the study's tables show them.
+HYPERPARAMETERS = ("lr", "head_lr_mult", "weight_decay", "momentum", "freeze_depth", "augment", "batch_size")
 AUGMENT_POLICIES = ("none", "flip", "d2l", "trivialaugment", "randaugment", "autoaugment")
 AUGMENT_PATHS = ("auto", "per-image", "batched")
 BOOK_BATCH = 128

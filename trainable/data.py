@@ -27,6 +27,12 @@ from PIL import Image, ImageFile, ImageOps
 
 from .errors import UserError
 
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity, where the OS tells it: a container's or Slurm's share)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 HOTDOG_URL = "http://d2l-data.s3-accelerate.amazonaws.com/hotdog.zip"
 HOTDOG_SHA1 = "fba480ffa8aa7e0febbb511d181409f899b9baa5"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -216,7 +222,7 @@ def _decode_all(files: list[tuple[Path, int]], size: int, skipped: list[str], mo
     images = np.empty((len(files), 3, size, size), dtype=np.uint8)
     labels = np.empty(len(files), dtype=np.int64)
     n = 0
-    workers = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    workers = min(8, available_cpus())
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # PIL decodes with the GIL released
         for decoded, label in pool.map(work, files):
             if isinstance(decoded, str):

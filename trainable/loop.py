@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -29,7 +28,7 @@ from torch import nn
 
 from .augment import augment_batch, center_crop, normalize, train_transform
 from .config import TrainConfig
-from .data import PreparedData, Split, prepare_data
+from .data import PreparedData, Split, available_cpus, prepare_data
 from .errors import UserError
 from .files import write_atomic
 from .model import build_model, freeze, param_groups, set_train_mode
@@ -66,10 +65,6 @@ class RunResult:
         return max(valid, key=lambda m: m.val_acc) if valid else None
 
 
-def available_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -88,12 +83,13 @@ def use_bf16(precision: str, device: torch.device) -> bool:
         return precision == "bf16"
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
+    # torch has no public query for native CPU bf16; this op is what torch's own tests ask
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def resolve_augment_path(path: str, device: torch.device) -> str:
     """``auto``: whole batches on the device on a GPU; torchvision image by image on a CPU. On a CPU either path
-    feeds the step 15-60 times faster than it trains at 224 px (``python -m study.bench --feed``), and the
+    feeds the step 15-60 times faster than it trains at 224 px (``python -m bench --feed``), and the
     per-image path, on one thread, holds up better where a study's trials share the cores (with a busy process
     on one of two cores, the batched path on two threads fell to 0.72-1.02 of per-image at 224 px)."""
     if path != "auto":

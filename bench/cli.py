@@ -1,4 +1,4 @@
-"""``python -m study.bench``: how fast the trainable is, measured side by side in one process.
+"""``python -m bench``: how fast the trainable is, measured side by side in one process.
 
 For each image size and freeze depth it measures, on the same machine, one after the other:
 
@@ -29,9 +29,9 @@ into start-up, data preparation, training, evaluation and Ray overhead (the phas
 
 ``--feed`` measures the input pipeline alone (no model step): per-image (torchvision on the CPU) against
 batched (``trainable.batch_augment`` on the device), every augmentation policy, per device
-(``study.bench_feed``). ``--trials-per-gpu 1 2 4 8`` runs N training processes sharing one GPU at once
-(``study.bench_share``). ``--make-gpu-data`` copies a stratified subset of the photos under 40 MB into
-``.gpu-data/hotdog`` for ``scripts/gpu_check.sh`` (``study.bench_data``).
+(``bench.feed``). ``--trials-per-gpu 1 2 4 8`` runs N training processes sharing one GPU at once
+(``bench.share``). ``--make-gpu-data`` copies a stratified subset of the photos under 40 MB into
+``.gpu-data/hotdog`` for ``bench/gpu_check.sh`` (``bench.data``).
 
 Nothing here imports Ray or Optuna (the GPU check runs where neither is installed).
 """
@@ -50,10 +50,10 @@ import trainable.tv_compat  # noqa: F401  (first: makes torchvision importable)
 from trainable import UserError
 from trainable.cli import run_main
 from trainable.data import check_layout
-from trainable.loop import available_cpus
+from trainable.data import available_cpus
 
-from .bench_cells import busy_processes, load_average, machine, make_tiny_folder, print_cells, run_cells
-from .bench_scaling import print_scaling, run_scaling
+from bench.cells import busy_processes, load_average, machine, make_tiny_folder, print_cells, run_cells
+from bench.scaling import print_scaling, run_scaling
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "assets" / "hotdog"
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,11 +62,11 @@ ROOT = Path(__file__).resolve().parents[1]
 CUDA_DEFAULTS = {"sizes": [224], "batch_size": 64, "steps": 40, "repeats": 3}  # a GPU step is ~10 ms: 40 steps a window
 CPU_DEFAULTS = {"sizes": [224, 128], "batch_size": 64, "steps": 4, "repeats": 2}
 TINY_DEFAULTS = {"sizes": [32], "batch_size": 8, "steps": 1, "repeats": 1}
-GPU_DATA = ROOT / ".gpu-data" / "hotdog"  # git-ignored: the photos scripts/gpu_check.sh reads where ../shared is absent
+GPU_DATA = ROOT / ".gpu-data" / "hotdog"  # git-ignored: the photos bench/gpu_check.sh reads where ../shared is absent
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m study.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", help="train/<class>/, test/<class>/ image folders (default: $HOTDOG_ASSETS/hotdog, else "
                                       "../shared/assets/hotdog beside the repository)")
     p.add_argument("--device", help="cpu or cuda[:N]: where a, b and c run (default: cpu); --feed: that device only (default: cpu, "
@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--gpu-worker", action="store_true", help=argparse.SUPPRESS)  # one process of --trials-per-gpu
     mode.add_argument("--selection", action="store_true",
                       help="simulate whole studies (no training) with known true accuracies: the expected regret of picking by one "
-                           "validation accuracy against the confirmation stage, and the stage's extra compute (study.selection)")
+                           "validation accuracy against the confirmation stage, and the stage's extra compute (study.decision)")
     mode.add_argument("--flow", action="store_true",
                       help="the whole used-by flow as a user runs it (study.run, study.rerun of the winner and the book's recipe, "
                            "study.analyze) per --flow-seeds: wall time per phase, the confirmation's gain over the book's recipe "
@@ -188,11 +188,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
 
     if args.gpu_worker:  # one process of --trials-per-gpu: says nothing, writes its figures to --worker-dir
-        from .bench_share import gpu_worker
+        from bench.share import gpu_worker
 
         return gpu_worker(args)
     if args.make_gpu_data:
-        from .bench_data import make_gpu_data
+        from bench.data import make_gpu_data
 
         source = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
         made = make_gpu_data(source, Path(args.make_gpu_data).expanduser(), budget_bytes=int(args.gpu_data_mb * 1e6))
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             f"from {made['source']} to {made['target']}")
         return 0
     if args.selection:
-        from .selection import print_selection, run_selection
+        from bench.selection import print_selection, run_selection
 
         if args.selection_repeats < 1:
             raise UserError(f"--selection-repeats {args.selection_repeats} must be 1 or more")
@@ -210,14 +210,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.flow:
         return flow(args, log)
     if args.fingerprint:
-        from .bench_fingerprint import run_fingerprint
+        from bench.fingerprint import run_fingerprint
 
         result = run_fingerprint(args.fingerprint_images, log)
         if args.json:
             Path(args.json).write_text(json.dumps({"machine": machine(), "fingerprint": result}, indent=2))
         return 0
     if args.trials_per_gpu:
-        from .bench_share import check_share_device
+        from bench.share import check_share_device
 
         check_share_device(args)  # one line and exit 2 where there is no GPU, before any work
     report = {"machine": machine(), "load_start": load_average(), "busy_processes_start": busy_processes()}
@@ -250,14 +250,14 @@ def main(argv: list[str] | None = None) -> int:
             report["scaling"] = run_scaling(args, data_dir, log)
             print_scaling(report["scaling"], console)
         elif args.feed:
-            from .bench_feed import feed_devices, print_feed, run_feed
+            from bench.feed import feed_devices, print_feed, run_feed
 
             devices = feed_devices(args)
             report["settings"].update(devices=devices, window_s=args.feed_window, steps=None, images_per_window=None)
             report.update(run_feed(args, data_dir, devices, log, on_progress=lambda part: save_partial(None, part)))
             print_feed(report, console)
         elif args.trials_per_gpu:
-            from .bench_share import print_share, run_share
+            from bench.share import print_share, run_share
 
             report["settings"].update(seconds=args.seconds, epoch_images=args.epoch_images, size=args.sizes[0], freeze_depth=args.freeze[0])
             report["trials_per_gpu"] = run_share(args, data_dir, log, on_progress=lambda part: save_partial("trials_per_gpu", part))
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def flow(args: argparse.Namespace, log) -> int:
     """``--flow``: one whole flow per study seed, its figures printed and in ``--json``."""
-    from .bench_flow import print_flow, run_flow, write_json
+    from bench.flow import print_flow, run_flow, write_json
 
     data_dir = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
     check_layout(data_dir, need_test=True)

@@ -1,4 +1,4 @@
-"""``study.bench --fingerprint``: what checking a study's data and weights costs on every resume and rerun.
+"""``python -m bench --fingerprint``: what checking a study's data and weights costs on every resume and rerun.
 
 Makes ``--fingerprint-images`` small files in the book's layout (train/test x two classes) in a temporary
 folder, times ``trainable.fingerprint.data_fingerprint`` on them (a first pass and a repeat), and times the

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from .layout import METRIC, MODE
+from study.values import METRIC, MODE
 
 TIME_ATTR = "epoch"  # the loop's own epoch, not Ray's iteration count, which restarts in a resumed trial
 
@@ -29,9 +29,15 @@ def replay_key(number: int) -> str:
 
 
 class ResumableASHA(ASHAScheduler):
+    """Ray's ASHA with one bracket. Ray has no public API to read or seed a bracket's rungs, so ``replay`` and
+    ``on_trial_add`` use ``_brackets`` and ``_Bracket._rungs`` (Ray is pinned in pyproject.toml; tests/test_resume.py's
+    study, killed and resumed ten times, must end as the unkilled one, decisions included)."""
+
     def __init__(self, max_epochs: int, grace_period: int = 1, reduction_factor: float = 3):
         super().__init__(time_attr=TIME_ATTR, metric=METRIC, mode=MODE, max_t=max_epochs,
-                         grace_period=min(grace_period, max_epochs), reduction_factor=reduction_factor)
+                         grace_period=min(grace_period, max_epochs), reduction_factor=reduction_factor, stop_last_trials=True)
+        self.max_epochs = max_epochs
+        self.sign = 1.0 if MODE == "max" else -1.0  # the brackets compare sign * metric, larger is better
 
     def replay(self, results: list[tuple[int, int, float]]) -> dict[int, str]:
         """Feed earlier results ``(sample, epoch, val_acc)`` in arrival order; return each sample's last decision
@@ -39,10 +45,10 @@ class ResumableASHA(ASHAScheduler):
         bracket = self._brackets[0]
         decisions: dict[int, str] = {}
         for number, epoch, value in results:
-            if epoch >= self._max_t and self._stop_last_trials:
+            if epoch >= self.max_epochs:
                 decisions[number] = TrialScheduler.STOP  # it ran every epoch
-            decisions_now = bracket.on_result(_Replayed(replay_key(number)), epoch, self._metric_op * value)
-            if epoch < self._max_t:
+            decisions_now = bracket.on_result(_Replayed(replay_key(number)), epoch, self.sign * value)
+            if epoch < self.max_epochs:
                 decisions[number] = decisions_now
         return decisions
 

@@ -1,4 +1,4 @@
-"""``study.bench --scaling``: whole studies (``python -m study.run``) timed, their phases (from ``study.json``),
+"""``python -m bench --scaling``: whole studies (``python -m study.run``) timed, their phases (from ``study.json``),
 and the same studies projected to the full data from the rates measured."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 from trainable import UserError
 from trainable.data import IMAGE_SUFFIXES, check_layout
 
-from .bench_cells import ROOT, load_average
+from bench.cells import ROOT, load_average
 
 
 def stratified_subset(source: Path, target: Path, n_train: int, val_fraction: float = 0.1, seed: int = 0) -> Path:

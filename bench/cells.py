@@ -1,4 +1,4 @@
-"""``study.bench``'s cells: a (the bare step), b (the trainable) and c (the naive trainable), measured side by
+"""``python -m bench``'s cells: a (the bare step), b (the trainable) and c (the naive trainable), measured side by
 side on one device, and the machine facts every bench figure carries (load, busy processes, CPU, GPU)."""
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import numpy as np
 import trainable.tv_compat  # noqa: F401  (first: makes torchvision importable)
 from trainable import TrainConfig
 from trainable.data import PreparedData, Split, prepare_data, stored_size
-from trainable.loop import available_cpus, resolve_device, use_bf16
+from trainable.data import available_cpus
+from trainable.loop import resolve_device, use_bf16
 
 
 ROOT = Path(__file__).resolve().parents[1]

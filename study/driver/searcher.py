@@ -28,9 +28,9 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from . import faults
-from .layout import METRIC, MODE
-from .space import to_distributions
+from study.driver import faults
+from study.values import METRIC, MODE
+from study.space import to_distributions
 
 N_STARTUP_TRIALS = 5
 

@@ -1,4 +1,4 @@
-"""``python -m study.bench --feed``: how fast the input pipeline feeds the step, with the step left out.
+"""``python -m bench --feed``: how fast the input pipeline feeds the step, with the step left out.
 
 For each image size, device and augmentation policy it times, in turn, the trainable's two ways of making a
 normalised training batch from the decoded uint8 images (as ``trainable.loop`` makes it):
@@ -24,9 +24,10 @@ from pathlib import Path
 import trainable.tv_compat  # noqa: F401  (first: makes torchvision importable)
 from trainable.config import AUGMENT_POLICIES
 from trainable.data import prepare_data, stored_size
-from trainable.loop import available_cpus, resolve_device
+from trainable.data import available_cpus
+from trainable.loop import resolve_device
 
-from .bench_cells import synchronize
+from bench.cells import synchronize
 
 PATHS = ("per-image", "batched")
 MAX_BATCHES = 500  # per window, whatever the calibration says
@@ -107,7 +108,7 @@ def measure_feed(feed: Feed, policy: str, window_s: float, repeats: int) -> dict
 def run_feed(args: argparse.Namespace, data_dir: Path, devices: list[str], log, on_progress=None) -> dict:
     import torch
 
-    from .bench_cells import load_average
+    from bench.cells import load_average
 
     torch.set_num_threads(args.threads or available_cpus())  # the trainable's count (per-image works on one: augment.one_thread)
     out, decode = {}, []

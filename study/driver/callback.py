@@ -16,11 +16,11 @@ from pathlib import Path
 
 from ray import tune
 
-from . import faults
-from .adapter import disk_full
-from .layout import LOGS_DIR, drop_checkpoints, write_text_atomic
-from .progress import Progress
-from .results import StudyTables
+from study.driver import faults
+from study.driver.adapter import disk_full
+from study.folder import LOGS_DIR, drop_checkpoints, write_text_atomic
+from study.driver.progress import Progress
+from study.results import StudyTables
 
 
 def error_message(trial) -> str:
@@ -45,7 +45,7 @@ class StudyCallback(tune.Callback):
     def __init__(self, folder: Path, tables: StudyTables, samples: int, params: list[str], storage: str | None = None,
                  progress: Progress | None = None, clock=None):
         self.folder, self.tables, self.samples, self.params, self.storage = Path(folder), tables, samples, params, storage
-        self.clock = clock  # study.clock.DriverClock: the median epoch time goes to it, timed-out runs come from it
+        self.clock = clock  # study.driver.clock.DriverClock: the median epoch time goes to it, timed-out runs come from it
         self.progress = progress or Progress(samples)
         self.disk_full: str | None = None  # which disk filled up and what could not be written, once one has
         self._errors: dict[int, dict] = {}  # sample -> its trial_error result

@@ -1,14 +1,12 @@
-"""The study folder, in one place: its file names, its settings (``study.json``), the helpers that write its
-files atomically, and the constants the study's modules share (the hyperparameter names, the book's figures).
+"""The study folder, in one place: its file names, its settings (``study.json``), its lock, and the helpers
+that write its files atomically.
 
-Every other module of ``study`` imports from here; this module imports nothing of ``study``, nor Ray or
-Optuna, so ``study.analyze`` and ``study.rerun`` load it without either.
+It imports nothing of Ray or Optuna, so ``study.analyze`` and ``study.rerun`` load it without either.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import socket
 import time
@@ -17,6 +15,8 @@ from pathlib import Path
 
 from trainable import UserError
 from trainable.files import temps_beside, write_atomic
+
+from study.values import isnan
 
 # --- file names ----------------------------------------------------------------------------------------
 STUDY_FILE = "study.json"
@@ -33,41 +33,6 @@ LOCK_FILE = ".lock"
 RERUN_LOCK_FILE = ".rerun.lock"  # held while a rerun merges its rows into rerun.parquet
 DRIVER_FILE = ".driver.json"  # who holds the lock: pid, host, since
 DRIVER_WRITES = (STUDY_FILE, TRIALS_FILE, EPOCHS_FILE, CONFIRM_FILE, DRIVER_FILE)  # written by the lock's holder only
-
-# --- shared constants ----------------------------------------------------------------------------------
-HYPERPARAMETERS = ("lr", "head_lr_mult", "weight_decay", "momentum", "freeze_depth", "augment", "batch_size")
-INT_HYPERPARAMETERS = ("freeze_depth", "batch_size")
-METRIC, MODE = "val_acc", "max"
-FINISHED = ("completed", "stopped early", "diverged", "errored", "timed_out")
-FAILED = ("diverged", "errored", "timed_out")  # no usable result: ranked last, never rerun by default
-# The book's fine-tuned ResNet18 on its hotdog.zip: 5 epochs, 224 px, ImageNet weights (d2l "Fine-Tuning").
-BOOK_FIGURE = "the book: 0.940 (0.933 +- 0.012 over its builds)"
-BOOK_CLASSES = ["hotdog", "not-hotdog"]
-BOOK_TRAIN_IMAGES, BOOK_TEST_IMAGES = 2000, 800
-
-
-def isnan(value) -> bool:
-    """None, NaN, or pandas' NA."""
-    if value is None:
-        return True
-    try:
-        return bool(value != value) or (isinstance(value, float) and math.isnan(value))
-    except (TypeError, ValueError):  # pandas.NA refuses bool()
-        return True
-
-
-def plain(value):
-    """A numpy/pandas scalar as a plain Python value; missing values as None."""
-    if value is not None and not isinstance(value, str) and isnan(value):
-        return None
-    return value.item() if hasattr(value, "item") else value
-
-
-def typed(name: str, value):
-    """A hyperparameter's value as its trial config holds it: a plain Python value, an int for the integer ones."""
-    value = plain(value)
-    return int(value) if name in INT_HYPERPARAMETERS and value is not None else value
-
 
 def drop_checkpoints(trial_dir) -> None:
     """Delete the Tune checkpoints in a trial's local folder: a run that finished, or that checkpointed anew
@@ -235,22 +200,3 @@ def find_study(path: str | None, results_dir: str = "results", log=print) -> Stu
         log(f"{folder} holds several studies: using the newest, {chosen.name}")
         folder = chosen
     return StudyFolder(folder)
-
-
-def fmt(value) -> str:
-    """A table cell: 3 significant digits, whole numbers plain, missing as '-'."""
-    value = plain(value)
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, float):
-        if value.is_integer() and abs(value) < 1e6:
-            return str(int(value))
-        return f"{value:.3g}"
-    return str(value)
-
-
-def fmt_acc(value) -> str:
-    value = plain(value)
-    return "-" if value is None else f"{float(value):.3f}"

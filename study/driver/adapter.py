@@ -141,19 +141,19 @@ def hang_for_tests(key: str, epoch: int) -> None:
 
 
 def run_trial(config: dict, data: PreparedData, base: dict, clock: str | None = None) -> None:
-    """A Ray Tune function trainable. ``clock``: the name of the study's Clock actor (study.clock), whose limits a
+    """A Ray Tune function trainable. ``clock``: the name of the study's Clock actor (study.driver.clock), whose limits a
     watchdog thread enforces on this run's process."""
     context = ray.get_runtime_context()
     resources = context.get_assigned_resources()
     threads = max(1, int(resources.get("CPU", 1)))
     gpus = ray.get_gpu_ids()
     node = {"node_id": context.get_node_id(), "node_ip": ray.util.get_node_ip_address(), "hostname": socket.gethostname()}
-    from .clock import run_key
+    from study.driver.clock import run_key
 
     key = run_key(config["optuna_trial"], config["val_fold"] if config.get("cv_folds") else None)
     watchdog = None
     if clock is not None:
-        from .clock import Watchdog
+        from study.driver.clock import Watchdog
 
         handle = ray.get_actor(clock)
         why = ray.get(handle.timed_out.remote(key))

@@ -10,7 +10,7 @@ augmentation draws) is as large as the differences between good configurations, 
 configuration must not share it (the spread between folds would then hold no seed noise and the intervals
 would be too narrow), while every configuration on one fold does (the comparisons stay paired). Each run lands in
 ``confirm.parquet`` as it ends (atomically); a run a killed driver left unfinished continues from its newest
-intact checkpoint on ``--resume``, as a study's trial does. The decision (``study.selection.decide``): the
+intact checkpoint on ``--resume``, as a study's trial does. The decision (``study.decision.decide``): the
 best mean over folds is the winner; beside it the paired difference to the book's recipe and the
 one-standard-error pick. ``trials.parquet`` gets each candidate's ``confirm_mean``, ``confirm_sd``,
 ``confirm_folds`` and, once every run is in, ``recommended``.
@@ -24,9 +24,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import faults
-from .layout import StudyFolder, StudySettings, drop_checkpoints, isnan, set_aside, typed, write_parquet_atomic
-from .results import StudyTables
+from study.driver import faults
+from study.folder import StudyFolder, StudySettings, drop_checkpoints, set_aside, write_parquet_atomic
+from study.values import isnan, typed
+from study.results import StudyTables
 
 CONFIRM_TYPES = {"optuna_trial": "int64", "baseline": "bool", "fold": "int64", "cv_folds": "int64", "seed": "int64", "status": "str",
                  "val_acc": "float64", "val_loss": "float64", "epochs": "int64", "seconds": "float64", "images_per_s": "float64",
@@ -123,8 +124,8 @@ def plan(tables: StudyTables, table: ConfirmTable, numbers: list[int], folds: in
 
 
 def decision(table: ConfirmTable, numbers: list[int], folds: int, baseline: int | None):
-    """``study.selection.decide`` on the finished runs of ``numbers`` (None until every run is in)."""
-    from .selection import decide
+    """``study.decision.decide`` on the finished runs of ``numbers`` (None until every run is in)."""
+    from study.decision import decide
 
     rows = [r for n in numbers for r in table.finished(n)]
     if len(rows) < len(numbers) * folds:
@@ -159,7 +160,7 @@ def run_confirm(config: dict, data, base: dict, clock: str | None = None) -> Non
     """A Ray Tune function trainable: one configuration on one fold (the study's trainable on that fold's split)."""
     from trainable.data import split_fold
 
-    from .adapter import run_trial
+    from study.driver.adapter import run_trial
 
     job = dict(config["job"])
     fold_data = split_fold(data, base["val_fraction"], base["split_seed"], job["val_fold"], job["cv_folds"])
@@ -249,7 +250,7 @@ class ConfirmCallback:
                 images_per_s=float(sum(h.get("images_per_s") or 0 for h in history) / len(history)))
 
     def _write(self) -> None:
-        from .adapter import disk_full
+        from study.driver.adapter import disk_full
 
         try:
             record(self.tables, self.table, self.numbers, None)
@@ -286,12 +287,12 @@ class _TuneHooks(_tune_callback_base()):
         return {}
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        from .callback import trial_location
+        from study.driver.callback import trial_location
 
         self.outer.on_start(trial, trial_location(trial, self.storage))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        from .callback import trial_location
+        from study.driver.callback import trial_location
 
         self.outer.on_result(trial, result, trial_location(trial, self.storage))
 
@@ -299,7 +300,7 @@ class _TuneHooks(_tune_callback_base()):
         self.outer.on_end(trial, None)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        from .callback import error_message
+        from study.driver.callback import error_message
 
         self.outer.on_end(trial, error_message(trial))
 
@@ -310,7 +311,7 @@ def run_stage(folder: StudyFolder, settings: StudySettings, tables: StudyTables,
     whether every run is in)."""
     from ray import tune
 
-    from .adapter import disk_full
+    from study.driver.adapter import disk_full
 
     top, folds = settings.confirm["top"], settings.confirm["folds"]
     params = list(settings.space)

@@ -24,10 +24,11 @@ from optuna.trial import TrialState
 
 from trainable import UserError
 
-from .layout import FINISHED, StudyFolder, StudySettings, isnan, set_aside, storage_url, typed
-from .results import StudyTables
-from .searcher import Unfinished, handle, tell_finished
-from .space import to_distributions
+from study.values import FINISHED, isnan, typed
+from study.folder import StudyFolder, StudySettings, set_aside, storage_url
+from study.results import StudyTables
+from study.driver.searcher import Unfinished, handle, tell_finished
+from study.space import to_distributions
 
 
 @dataclass
@@ -121,7 +122,7 @@ def _end_from_optuna(tables: StudyTables, ft: optuna.trial.FrozenTrial) -> None:
     if not ft.state.is_finished():
         return
     row = tables.trials[ft.number]
-    tables._summarise(ft.number)
+    tables.summarise(ft.number)
     status = {TrialState.COMPLETE: "completed"}.get(ft.state) or ft.user_attrs.get("status", "errored" if ft.state == TrialState.FAIL else "stopped early")
     row["status"] = status
     if status in ("errored", "timed_out"):
@@ -162,7 +163,7 @@ def prepare(folder: StudyFolder, settings: StudySettings, params: list[str], dec
         aside = set_aside(folder.epochs)
         rebuild_epochs(tables, study)
         for number in tables.trials:
-            tables._summarise(number)
+            tables.summarise(number)
         notes.append(f"epochs.parquet was damaged ({damaged[folder.epochs.name]}): rebuilt each epoch's validation accuracy "
                      f"from optuna.db; their losses and times are lost (the damaged file is kept as {aside.name})")
     if study is None:  # a new study, or one stopped before its first trial
@@ -192,7 +193,7 @@ def prepare(folder: StudyFolder, settings: StudySettings, params: list[str], dec
             elif decisions.get(ft.number) == "STOP":
                 status = "stopped early"
         if status in FINISHED:
-            tables._summarise(ft.number)
+            tables.summarise(ft.number)
             row = tables.trials[ft.number]
             row["status"] = status
             best = row.get("best_val_acc")
@@ -208,3 +209,20 @@ def prepare(folder: StudyFolder, settings: StudySettings, params: list[str], dec
         notes.append(f"dropped trial {number} from the tables: optuna.db has no such trial")
     return plan
 
+
+def retry_timed_out(folder: StudyFolder, settings: StudySettings, plan) -> None:
+    """--retry-timed-out: each timed-out configuration runs again as a new trial (Optuna cannot reopen a failed one)."""
+    import optuna
+
+    from study.folder import storage_url
+
+    again = [row for row in plan.tables.trials.values() if row.get("status") == "timed_out"]
+    if not again:
+        print("--retry-timed-out: no trial timed out")
+        return
+    study = optuna.load_study(study_name=settings.name, storage=storage_url(folder.optuna_db))
+    for row in again:
+        study.enqueue_trial({p: typed(p, row[p]) for p in settings.space}, user_attrs={"retry_of": int(row["optuna_trial"])})
+    settings.samples += len(again)
+    print(f"--retry-timed-out: trial(s) {', '.join(str(r['optuna_trial']) for r in again)} run again as new trial(s); "
+          f"the study grows to {settings.samples}")

@@ -7,9 +7,9 @@ configuration and split: the mean accuracy; the sd between seeds; how much an im
 between seeds (a coin flip with the run's accuracy p would give p(1-p)); and, from the seed-averaged answers,
 the sd that belongs to which images were drawn (independent images would give the binomial sqrt(p(1-p)/n)).
 Then the between-seed sd pooled over configurations, per kind of split. These are the noise figures the
-README's "Measured since" paragraph quotes (study.selection.simulate's seed_sd and confirm_seed_sd).
+README's "Measured since" paragraph quotes (bench.selection.simulate's seed_sd and confirm_seed_sd).
 
-    python scripts/seed_noise.py --data-dir ../shared/assets/hotdog --config best.json [--json noise.json]
+    python -m bench.seed_noise --data-dir ../shared/assets/hotdog --config best.json [--json noise.json]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from study.layout import HYPERPARAMETERS
+from study.values import HYPERPARAMETERS
 from trainable.cli import run_main
 from trainable.config import TrainConfig
 from trainable.errors import UserError
@@ -60,7 +60,7 @@ def pooled_sd(tables: list[np.ndarray]) -> tuple[float, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python scripts/seed_noise.py", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m bench.seed_noise", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", required=True, help="folder with train/<class>/ and test/<class>/")
     p.add_argument("--weights", default="none", help="none (from scratch), imagenet, or a state-dict path (default: %(default)s)")

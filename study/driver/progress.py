@@ -17,14 +17,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-
-def asha_milestones(grace: int, max_epochs: int, reduction_factor: float) -> list[float]:
-    """The epochs at which ASHA decides (rungs below the last epoch), as Ray's ASHA places them."""
-    out, k = [], 0
-    while grace * reduction_factor**k < max_epochs:
-        out.append(grace * reduction_factor**k)
-        k += 1
-    return out
+from study.driver.rungs import asha_rungs
+from study.values import fmt
 
 
 def duration(seconds: float) -> str:
@@ -40,7 +34,7 @@ class Progress:
     def __init__(self, samples: int, max_epochs: int = 1, concurrent: int = 1, grace: int = 1, reduction_factor: float = 3,
                  extra_epochs: float = 0.0):
         self.samples, self.max_epochs, self.concurrent = samples, max_epochs, max(1, concurrent)
-        self.milestones = asha_milestones(grace, max_epochs, reduction_factor)
+        self.milestones = sorted(r for r in asha_rungs(grace, max_epochs, reduction_factor) if r < max_epochs)  # where ASHA decides
         self.keep = 1 / reduction_factor
         self.extra_epochs = extra_epochs  # the confirmation stage's runs, in epochs
         self.console = Console(highlight=False, soft_wrap=True)
@@ -117,7 +111,7 @@ class Progress:
     def finished(self, tables, number: int, params: list[str], log: Path | None = None) -> None:
         trial = tables.trials[number]
         done = sum(1 for t in tables.trials.values() if t["status"] != "running")
-        values = "  ".join(f"{p}={_fmt(trial.get(p))}" for p in params)
+        values = "  ".join(f"{p}={fmt(trial.get(p))}" for p in params)
         tag = " (baseline)" if trial.get("baseline") else ""
         acc = trial.get("best_val_acc")
         acc_text = f"{acc:.3f}" if isinstance(acc, float) and acc == acc else "-"
@@ -133,9 +127,3 @@ class Progress:
         if self._status is not None:
             self._status.stop()
             self._status = None
-
-
-def _fmt(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return str(value)

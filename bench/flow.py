@@ -1,4 +1,4 @@
-"""``study.bench --flow``: the whole used-by flow, timed, and whether the study's stated certainty held.
+"""``python -m bench --flow``: the whole used-by flow, timed, and whether the study's stated certainty held.
 
 As a user runs it, each step the real command line: ``python -m study.run`` (the study and its confirmation
 stage), ``python -m study.rerun --seeds N --parallel`` (the confirmed winner and the book's recipe, on the same
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from trainable import UserError
 
-from .bench_cells import ROOT
+from bench.cells import ROOT
 
 
 def run_command(module: str, argv: list[str], log) -> float:
@@ -38,8 +38,9 @@ def run_command(module: str, argv: list[str], log) -> float:
 
 def flow_result(folder: Path, walls: dict) -> dict:
     """The figures of one finished flow from its study folder: phases, the confirmation's gain, the test's gain."""
-    from .analysis import read_study, reruns_on_test, versus_book_on_test
-    from .layout import StudyFolder, plain
+    from study.analysis import read_study, reruns_on_test, versus_book_on_test
+    from study.folder import StudyFolder
+    from study.values import plain
 
     data = read_study(StudyFolder(folder))
     settings, trials = data.settings, data.trials

@@ -1,4 +1,4 @@
-"""``python -m study.bench --make-gpu-data [DIR]``: the photos the GPU check reads, inside the checkout.
+"""``python -m bench --make-gpu-data [DIR]``: the photos the GPU check reads, inside the checkout.
 
 A lent GPU machine gets a copy of the working tree (and the ignored paths it is told to carry), not
 ``../shared``: so a stratified subset of the photos, under a size budget (40 MB at most), is copied, as real

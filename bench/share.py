@@ -1,6 +1,6 @@
-"""``python -m study.bench --trials-per-gpu 1 2 4 8``: N training processes sharing one GPU, as a study's trials do.
+"""``python -m bench --trials-per-gpu 1 2 4 8``: N training processes sharing one GPU, as a study's trials do.
 
-For each N it starts N processes (``python -m study.bench --gpu-worker``, a hidden option), each capped at 1/N
+For each N it starts N processes (``python -m bench --gpu-worker``, a hidden option), each capped at 1/N
 of the GPU's memory (``torch.cuda.set_per_process_memory_fraction``, as a study trial with
 ``--gpus-per-trial 1/N``) and with CPUs/N torch threads. Each decodes the photos, draws its own
 ``--epoch-images`` training images (and a validation share), warms up on two batches, says it is ready and
@@ -33,9 +33,10 @@ import numpy as np
 from trainable import TrainConfig, UserError
 from trainable.data import PreparedData, check_layout
 from trainable.files import write_atomic
-from trainable.loop import available_cpus, data_for, resolve_device
+from trainable.data import available_cpus
+from trainable.loop import data_for, resolve_device
 
-from .bench_cells import ROOT, Limit, _free_device, bench_subset
+from bench.cells import ROOT, Limit, _free_device, bench_subset
 
 READY_TIMEOUT_S = 600  # imports, decoding and a warm-up epoch, N processes at once
 GO_TIMEOUT_S = 900
@@ -192,7 +193,7 @@ def run_processes(args: argparse.Namespace, data_dir: Path, n: int, log) -> dict
     threads = args.threads or max(1, available_cpus() // n)
     with tempfile.TemporaryDirectory(prefix="bench-share-") as tmp:
         folder = Path(tmp)
-        base = [sys.executable, "-m", "study.bench", "--gpu-worker", "--worker-dir", str(folder), "--worker-count", str(n),
+        base = [sys.executable, "-m", "bench", "--gpu-worker", "--worker-dir", str(folder), "--worker-count", str(n),
                 "--device", args.device, "--precision", args.precision, "--sizes", str(args.sizes[0]), "--freeze", str(args.freeze[0]),
                 "--batch-size", str(args.batch_size), "--seconds", str(args.seconds), "--epoch-images", str(args.epoch_images),
                 "--threads", str(threads), "--data-dir", str(data_dir)]
@@ -248,7 +249,7 @@ def run_processes(args: argparse.Namespace, data_dir: Path, n: int, log) -> dict
 
 
 def run_share(args: argparse.Namespace, data_dir: Path, log, on_progress=None) -> dict:
-    from .bench_cells import load_average
+    from bench.cells import load_average
 
     _, classes = check_layout(data_dir)
     cfg = share_config(args, data_dir, threads=args.threads)

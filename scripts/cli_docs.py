@@ -1,6 +1,6 @@
 """The README's option tables, generated from the commands' own argparse parsers (so they cannot drift).
 
-``python -m study.cli_docs README.md`` rewrites every block between ``<!-- options: python -m X -->`` and
+``python -m scripts.cli_docs README.md`` rewrites every block between ``<!-- options: python -m X -->`` and
 ``<!-- /options -->``; ``--check`` only says whether the README is in step (the tests run it).
 """
 
@@ -14,16 +14,16 @@ from pathlib import Path
 
 PARSERS = {
     "python -m trainable": "trainable.__main__",
-    "python -m study.run": "study.run",
+    "python -m study.run": "study.options",
     "python -m study.analyze": "study.analyze",
     "python -m study.rerun": "study.rerun",
-    "python -m study.bench": "study.bench",
+    "python -m bench": "bench.cli",
 }
 BLOCK = re.compile(r"(<!-- options: (?P<command>[^>]+?) -->\n)(?P<table>.*?)(<!-- /options -->)", re.S)
 
 
 def _default(action: argparse.Action) -> str:
-    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+    if action.nargs == 0:  # a flag (store_true and the like): no value to default to
         return ""
     value = action.default
     if value is None or value is argparse.SUPPRESS:
@@ -39,15 +39,15 @@ def _help(action: argparse.Action) -> str:
     if default:  # the default has its own column: drop "(default: X)" and "X, " from "(default: X, why)"
         text = text.replace(f" (default: {default})", "").replace(f"(default: {default})", "")
         text = text.replace(f"(default: {default}, ", "(").replace(f"(default: {default}: ", "(")
-    if action.choices and not isinstance(action, argparse._SubParsersAction):
+    if action.choices and action.nargs != argparse.PARSER:  # a subcommand's choices are parsers, not values
         text = f"{text} (one of: {', '.join(str(c) for c in action.choices)})" if text else f"one of: {', '.join(str(c) for c in action.choices)}"
     return text.replace("|", "\\|")
 
 
 def options_table(parser: argparse.ArgumentParser) -> str:
     rows = ["| option | default | meaning |", "|---|---|---|"]
-    for action in parser._actions:
-        if action.help == argparse.SUPPRESS or isinstance(action, argparse._HelpAction):
+    for action in parser._actions:  # argparse lists its options only in _actions (no public accessor; there since 3.2)
+        if action.help == argparse.SUPPRESS or action.dest == "help":
             continue
         name = ", ".join(action.option_strings) if action.option_strings else action.dest
         if action.option_strings and action.nargs != 0:
@@ -69,7 +69,7 @@ def render(readme: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m study.cli_docs", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m scripts.cli_docs", description=__doc__)
     parser.add_argument("readme", nargs="?", default="README.md")
     parser.add_argument("--check", action="store_true", help="exit 1 where the README's tables differ from the parsers")
     args = parser.parse_args(argv)
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     old = path.read_text()
     new = render(old)
     if args.check:
-        print("the README's option tables are in step" if new == old else f"{path}: option tables out of date: run python -m study.cli_docs {path}")
+        print("the README's option tables are in step" if new == old else f"{path}: option tables out of date: run python -m scripts.cli_docs {path}")
         return 0 if new == old else 1
     path.write_text(new)
     return 0
