@@ -7,7 +7,7 @@ configuration and split: the mean accuracy; the sd between seeds; how much an im
 between seeds (a coin flip with the run's accuracy p would give p(1-p)); and, from the seed-averaged answers,
 the sd that belongs to which images were drawn (independent images would give the binomial sqrt(p(1-p)/n)).
 Then the between-seed sd pooled over configurations, per kind of split. These are the noise figures the
-README's "Measured since" paragraph quotes (bench.selection.simulate's seed_sd and confirm_seed_sd).
+seed-noise paragraphs of docs/selection.md quote (bench.selection.simulate's seed_sd and confirm_seed_sd).
 
     python -m bench.seed_noise --data-dir ../shared/assets/hotdog --config best.json [--json noise.json]
 """

@@ -16,9 +16,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from study.values import fmt
-from study.driver.rungs import asha_rungs
 from study.decision import CONFIRM_FOLDS, CONFIRM_TOP, residual_variance, t975
+from study.driver.rungs import asha_rungs
+from study.values import fmt
+
 
 def nan_percentile_rows(values: np.ndarray, q: float) -> np.ndarray:
     """``np.nanpercentile(row, q)`` for every row of a 2-D array (linear method), NaN for an all-NaN row.
@@ -415,7 +416,7 @@ def gain_intervals(scores: np.ndarray, final: np.ndarray, c: np.ndarray, win_col
 
 # --- reporting --------------------------------------------------------------------------------------------
 def print_selection(result: dict, console) -> None:
-    """A rich table of one ``simulate`` result: regrets, compute, and whether the issue's goal is met."""
+    """A rich table of one ``simulate`` result: regrets, compute, and whether the design goal is met."""
     from rich.table import Table
 
     i = result.get("inputs", {})

@@ -1,7 +1,7 @@
-"""The README's option tables, generated from the commands' own argparse parsers (so they cannot drift).
+"""The option tables of docs/options.md, generated from the commands' own argparse parsers (so they cannot drift).
 
-``python -m scripts.cli_docs README.md`` rewrites every block between ``<!-- options: python -m X -->`` and
-``<!-- /options -->``; ``--check`` only says whether the README is in step (the tests run it).
+``python -m scripts.cli_docs docs/options.md`` rewrites every block between ``<!-- options: python -m X -->`` and
+``<!-- /options -->``; ``--check`` only says whether the file is in step (tests/test_docs.py checks it).
 """
 
 from __future__ import annotations
@@ -70,14 +70,14 @@ def render(readme: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.cli_docs", description=__doc__)
-    parser.add_argument("readme", nargs="?", default="README.md")
-    parser.add_argument("--check", action="store_true", help="exit 1 where the README's tables differ from the parsers")
+    parser.add_argument("readme", nargs="?", default="docs/options.md")
+    parser.add_argument("--check", action="store_true", help="exit 1 where the tables differ from the parsers")
     args = parser.parse_args(argv)
     path = Path(args.readme)
     old = path.read_text()
     new = render(old)
     if args.check:
-        print("the README's option tables are in step" if new == old else f"{path}: option tables out of date: run python -m scripts.cli_docs {path}")
+        print("the option tables are in step" if new == old else f"{path}: option tables out of date: run python -m scripts.cli_docs {path}")
         return 0 if new == old else 1
     path.write_text(new)
     return 0

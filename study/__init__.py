@@ -1,5 +1,5 @@
-"""The hyperparameter study: ``python -m study.run``, ``study.analyze``, ``study.rerun``, ``python -m bench``; and
-``from study import load_study`` for notebooks (``study.api``)."""
+"""The hyperparameter study: ``python -m study.run``, ``study.analyze``, ``study.rerun``; and ``from study import
+load_study`` for notebooks (``study.api``). docs/design.md maps its modules."""
 
 
 def __getattr__(name: str):

@@ -16,10 +16,12 @@ import sys
 from trainable import UserError
 from trainable.cli import run_main
 
-from study.analysis import (CONFIRM_COLUMNS, Analysis, analyze, answer_lines, baseline_acc, baseline_number, confirmation_rows,
-                            describe_check, describe_range, describe_space, top_table_rows)
+from study.analysis import CONFIRM_COLUMNS, Analysis, analyze, answer_lines, confirmation_rows, top_table_rows
 from study.datacheck import describe_accepted
 from study.folder import find_study
+from study.importance import describe_check
+from study.ranges import describe_range, describe_space
+from study.study_data import baseline_acc, baseline_number
 from study.summary import noise_note
 
 

@@ -35,7 +35,7 @@ class Study:
 
     @property
     def trials(self) -> pd.DataFrame:
-        """One row per trial, ranked by validation accuracy (the README's schema)."""
+        """One row per trial, ranked by validation accuracy (docs/results.md lists its columns)."""
         return pd.read_parquet(self.folder.trials)
 
     @property

@@ -23,7 +23,7 @@ import pandas as pd
 from study.values import fmt
 
 # The confirmation stage's defaults (study.run): top 5 and the book's recipe, 2-fold cross-validated, cost what top 3
-# on three held-out 200-image folds cost, for a quarter less regret (``simulate``; README "What the confirmation buys").
+# on three held-out 200-image folds cost, for a quarter less regret (bench.selection; docs/selection.md).
 CONFIRM_TOP, CONFIRM_FOLDS = 5, 2
 
 # --- Student's t ------------------------------------------------------------------------------------------

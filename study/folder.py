@@ -34,6 +34,7 @@ RERUN_LOCK_FILE = ".rerun.lock"  # held while a rerun merges its rows into rerun
 DRIVER_FILE = ".driver.json"  # who holds the lock: pid, host, since
 DRIVER_WRITES = (STUDY_FILE, TRIALS_FILE, EPOCHS_FILE, CONFIRM_FILE, DRIVER_FILE)  # written by the lock's holder only
 
+
 def drop_checkpoints(trial_dir) -> None:
     """Delete the Tune checkpoints in a trial's local folder: a run that finished, or that checkpointed anew
     elsewhere, never resumes from them (45 MB each for ResNet18). None, NaN or a remote URI: nothing to do."""

@@ -151,7 +151,7 @@ class StudyOptions:
 
     def merge_into(self, settings: StudySettings) -> None:
         """--resume runs the study with the options it was started with; only where and how many trials run may
-        change (said in one line), and --samples may grow. Anything else self.given again is refused."""
+        change (said in one line), and --samples may grow. Anything else given again is refused."""
         base = settings.base
         stored = {**base, "space": settings.space, "grace_epochs": settings.grace_epochs, "reduction_factor": settings.reduction_factor,
                   "storage": settings.storage, "seed": settings.seed, "no_test_split": not settings.test_split}
@@ -180,13 +180,6 @@ class StudyOptions:
             print(f"--samples {self.samples}: the study grows from {settings.samples} trial(s)" if self.samples > settings.samples
                   else f"--samples {self.samples}: fewer than the study's {settings.samples}")
             settings.samples = self.samples
-
-
-    def _same_path(a, b) -> bool:
-        try:
-            return a is not None and b is not None and Path(str(a)).expanduser().resolve() == Path(str(b)).expanduser().resolve()
-        except (OSError, ValueError):
-            return False
 
 
 def _same_path(a, b) -> bool:

@@ -16,12 +16,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from study.analysis import (CONFIRM_COLUMNS, Analysis, StudyData, answer_lines, baseline_acc, baseline_number,
-                            confirmation_rows, describe_check, describe_range, describe_space, reruns_on_test, top_table_rows,
+from study.analysis import (CONFIRM_COLUMNS, Analysis, answer_lines, confirmation_rows, reruns_on_test, top_table_rows,
                             versus_book_on_test, winner_row)
-from study.values import BOOK_FIGURE, fmt, fmt_acc
 from study.folder import FIGURES_DIR, REPORT_FILE, write_atomic, write_text_atomic
+from study.importance import describe_check
+from study.ranges import describe_range, describe_space
+from study.study_data import StudyData, baseline_acc, baseline_number
 from study.summary import noise_note
+from study.values import BOOK_FIGURE, fmt, fmt_acc
 
 PNG_NAMES = ("parallel.png", "importance.png", "params.png", "curves.png")
 STATUS_COLORS = {"completed": "#1f77b4", "stopped early": "#ff7f0e", "diverged": "#d62728", "errored": "#7f7f7f", "timed_out": "#8c564b", "running": "#9467bd"}

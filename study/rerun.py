@@ -25,9 +25,10 @@ import sys
 from trainable import UserError
 from trainable.cli import run_main
 
+from study.folder import StudyFolder, StudySettings, find_study
 from study.retrain import choose, choose_baseline, command_line, export, retrain
-from study.values import (FAILED, fmt, isnan)
-from study.folder import (StudyFolder, StudySettings, find_study)
+from study.values import FAILED, fmt, isnan
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m study.rerun", description=__doc__,

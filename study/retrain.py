@@ -19,10 +19,10 @@ import pandas as pd
 
 from trainable import TrainConfig, UserError
 
-from study.values import (PARAM_TYPES, BOOK_CLASSES, BOOK_FIGURE, BOOK_TEST_IMAGES, BOOK_TRAIN_IMAGES, HYPERPARAMETERS, fmt, isnan,
-                          plain, typed)
 from study.folder import (RERUN_DIR, RERUN_FILE, RERUN_LOCK_FILE, StudyFolder, StudySettings, write_atomic,
                           write_parquet_atomic, write_text_atomic)
+from study.values import (PARAM_TYPES, BOOK_CLASSES, BOOK_FIGURE, BOOK_TEST_IMAGES, BOOK_TRAIN_IMAGES, HYPERPARAMETERS, fmt,
+                          isnan, plain, typed)
 
 
 # TrainConfig fields and the flags of python -m trainable that set them: every one that shapes the numbers.

@@ -19,7 +19,7 @@ from trainable import TrainConfig, UserError, prepare_data
 from trainable.cli import check_output_folder, run_main
 from trainable.data import max_cv_folds, split_fold
 
-from study.driver.resources import check_cluster_gpus, check_free_space, checkpoint_bytes, plan_resources
+from study.driver.resources import check_cluster_gpus, check_free_space, checkpoint_bytes, share_resources
 from study.driver.session import keep_ray_tracebacks_in, start_ray
 from study.driver.trackers import check_trackers
 from study.driver.tuner import fit, study_clock
@@ -139,18 +139,18 @@ def run_study(opts: StudyOptions, folder: StudyFolder, settings: StudySettings, 
 
     params = list(settings.space)
     scheduler = ResumableASHA(base.epochs, grace_period=settings.grace_epochs, reduction_factor=settings.reduction_factor)
-    plan = prepare(folder, settings, params, decisions_of=lambda tables: scheduler.replay(tables.history()))
-    for note in plan.notes:
+    state = prepare(folder, settings, params, decisions_of=lambda tables: scheduler.replay(tables.history()))
+    for note in state.notes:
         print(note)
-    if settings.samples < plan.finished + len(plan.unfinished):
-        raise UserError(f"--samples {settings.samples} is fewer than the {plan.finished + len(plan.unfinished)} trial(s) study "
+    if settings.samples < state.finished + len(state.unfinished):
+        raise UserError(f"--samples {settings.samples} is fewer than the {state.finished + len(state.unfinished)} trial(s) study "
                         f"{settings.name!r} already has: ask for at least that many")
     if resumed and opts.retry_timed_out:
-        retry_timed_out(folder, settings, plan)
-    remaining = settings.samples - plan.finished
+        retry_timed_out(folder, settings, state)
+    remaining = settings.samples - state.finished
     if resumed:
-        print(f"resuming: {plan.finished} trial(s) finished, {len(plan.unfinished)} to continue, "
-              f"{remaining - len(plan.unfinished)} to start")
+        print(f"resuming: {state.finished} trial(s) finished, {len(state.unfinished)} to continue, "
+              f"{remaining - len(state.unfinished)} to start")
 
     import ray
 
@@ -158,7 +158,7 @@ def run_study(opts: StudyOptions, folder: StudyFolder, settings: StudySettings, 
     keep_ray_tracebacks_in(folder.logs / "ray.log")
     try:
         timings["ray_start_s"] = round(time.perf_counter() - t0 - timings["decode_s"], 2)
-        resources, slots, message = plan_resources(settings.gpus_requested, settings.cpus_requested, ray.cluster_resources())
+        resources, slots, message = share_resources(settings.gpus_requested, settings.cpus_requested, ray.cluster_resources())
         if message:
             print(message)
         check_cluster_gpus(resources, local=not settings.address)
@@ -168,7 +168,7 @@ def run_study(opts: StudyOptions, folder: StudyFolder, settings: StudySettings, 
         run.update(concurrent=concurrent, resources=resources, train_images=len(data.train), val_images=len(data.val))
         settings.runs.append(run)
         folder.write_settings(settings)
-        plan.tables.write()  # repairs and decisions made above, on disk before any trial runs
+        state.tables.write()  # repairs and decisions made above, on disk before any trial runs
         timings["setup_s"] = round(time.perf_counter() - t0, 2)
         clock = study_clock(settings, run, concurrent, time.time() - (time.perf_counter() - t0))
         fit_s, stopped = 0.0, None
@@ -177,8 +177,7 @@ def run_study(opts: StudyOptions, folder: StudyFolder, settings: StudySettings, 
         else:
             print(f"{concurrent} trial(s) at a time, each with {resources['cpu']:g} CPU(s)"
                   + (f" and {resources['gpu']:g} GPU" if resources["gpu"] else ""))
-            fit_s, stopped = fit(folder, settings, data, plan, scheduler, resources, concurrent, remaining, len(settings.runs),
-                                 clock)
+            fit_s, stopped = fit(folder, settings, data, state, scheduler, resources, concurrent, clock)
             timings["fit_s"] = round(fit_s, 2)
             if not stopped:  # the confirmation stage follows: a kill there must not lose the trials' training time
                 try:
@@ -189,20 +188,20 @@ def run_study(opts: StudyOptions, folder: StudyFolder, settings: StudySettings, 
         confirmed = True
         budget_reached = bool(clock and clock.budget_reached)
         if budget_reached:
-            print(f"the time budget (--time-budget {settings.time_budget:g} s) ended the search after {len(plan.tables.trials)} of "
+            print(f"the time budget (--time-budget {settings.time_budget:g} s) ended the search after {len(state.tables.trials)} of "
                   f"{settings.samples} trial(s)" + ("; the confirmation stage runs on those that finished" if settings.confirm else ""))
-        if (settings.confirm and not stopped and not plan.tables.counts().get("running")
-                and (len(plan.tables.trials) >= settings.samples or budget_reached)):
+        if (settings.confirm and not stopped and not state.tables.counts().get("running")
+                and (len(state.tables.trials) >= settings.samples or budget_reached)):
             from study.driver.confirm import run_stage
             from study.driver.progress import Progress
 
             if clock is not None:
                 clock.for_confirmation()
             start = time.perf_counter()
-            stopped, lines, confirmed = run_stage(folder, settings, plan.tables, all_data, resources, slots, len(settings.runs),
+            stopped, lines, confirmed = run_stage(folder, settings, state.tables, all_data, resources, slots, len(settings.runs),
                                                   Progress(settings.samples), clock)
             timings["confirm_s"] = round(time.perf_counter() - start, 2)
-        return finish(folder, settings, plan.tables, run, t0, fit_s, stopped, lines, confirmed, budget_reached)
+        return finish(folder, settings, state.tables, run, t0, fit_s, stopped, lines, confirmed, budget_reached)
     finally:
         ray.shutdown()
 

@@ -10,8 +10,8 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from study.values import FAILED, HYPERPARAMETERS, fmt, isnan, plain
 from study.folder import StudyFolder, StudySettings
+from study.values import FAILED, HYPERPARAMETERS, fmt, isnan, plain
 
 
 def noise_note(best_acc: float | None, baseline_acc: float | None, val_images: int | None, confirmed: bool = False) -> str:
@@ -92,7 +92,8 @@ def print_summary(folder: StudyFolder, settings: StudySettings, tables, fit_s: f
                       "for divergence lower the learning-rate range (--space)", markup=False)
     for line in (confirmation or [])[len(answer):]:
         console.print(line, markup=False)
-    from study.analysis import StudyData, range_warnings
+    from study.ranges import range_warnings
+    from study.study_data import StudyData
 
     warnings = range_warnings(StudyData(folder, settings, trials, epochs, [p for p in params if p in trials.columns]))
     for line in warnings:

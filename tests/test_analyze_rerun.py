@@ -24,6 +24,8 @@ import torch
 from PIL import Image
 
 from study import analysis as analysis_mod
+from study import importance as importance_mod
+from study import ranges as ranges_mod
 from study import analyze as analyze_mod
 from study import rerun as rerun_mod
 from study import retrain as retrain_mod
@@ -156,7 +158,7 @@ def check_report(folder: Path) -> str:
     return html
 
 
-RERUN_SCHEMA = {  # as the README lists rerun.parquet's columns
+RERUN_SCHEMA = {  # as docs/results.md lists rerun.parquet's columns
     "rank": "int64", "trial_id": "large_string", "optuna_trial": "int64", "baseline": "bool", "study_val_acc": "double",
     "seed": "int64", "status": "large_string", "test_acc": "double", "test_loss": "double", "train_loss": "double",
     "train_acc": "double", "epochs": "int64", "images_per_s": "double", "weights_file": "large_string", "seconds": "double",
@@ -234,7 +236,7 @@ def test_importance_and_best_ranges(fake):
     assert list(values) == sorted(values, key=lambda p: -values[p])  # most important first
     assert "PED-ANOVA" in analysis.importance.method and "with 7 trials these importances cannot be told from chance" in analysis.importance.note
     scored = analysis.data.scored
-    n_top = analysis_mod.top_count(len(scored))
+    n_top = ranges_mod.top_count(len(scored))
     top = scored.head(n_top)
     lr = analysis.ranges["lr"]
     assert lr.n_top == n_top and lr.low == pytest.approx(top["lr"].min()) and lr.high == pytest.approx(top["lr"].max())
@@ -570,7 +572,7 @@ def test_fanova_without_scikit_learn_is_refused_at_once(fake, capsys):
 # --- the range warning and the importance's cross-check ------------------------------------------------
 def fake_study_data(tmp_path, lr_values: list[float], space: dict | None = None, augments: list[str] | None = None):
     """A StudyData of ranked trials with the given learning rates (best first), without running anything."""
-    from study.analysis import StudyData
+    from study.study_data import StudyData
 
     space = space or {"lr": {"type": "float", "low": 1e-4, "high": 0.1, "log": True},
                       "freeze_depth": {"type": "int", "low": 0, "high": 5},
@@ -585,7 +587,7 @@ def fake_study_data(tmp_path, lr_values: list[float], space: dict | None = None,
 
 def test_range_warning_when_the_best_trials_crowd_a_bound(tmp_path):
     lrs = [0.09, 0.08, 0.095, 0.07, 0.003, 0.001, 0.0005, 0.01, 0.002, 0.0003, 0.004, 0.0008]  # top 3 at the high end
-    (line,) = analysis_mod.range_warnings(fake_study_data(tmp_path, lrs))
+    (line,) = ranges_mod.range_warnings(fake_study_data(tmp_path, lrs))
     assert line.startswith("lr: 3 of the top 3 trials lie at the high end of its range") and "the range ends at 0.1" in line, line
     suggested = json.loads(line.split("e.g. ")[1].split(" (python")[0])
     assert suggested == {"lr": {"type": "float", "low": 1e-4, "high": 1.0, "log": True}}  # a decade more, pasteable into --space
@@ -593,14 +595,14 @@ def test_range_warning_when_the_best_trials_crowd_a_bound(tmp_path):
 
 def test_range_warning_stays_quiet_inside_the_range_and_at_a_domain_limit(tmp_path):
     middle = [0.003, 0.004, 0.002, 0.09, 0.0002, 0.01, 0.0005, 0.05, 0.001, 0.0003, 0.02, 0.0008]
-    assert analysis_mod.range_warnings(fake_study_data(tmp_path, middle)) == []
+    assert ranges_mod.range_warnings(fake_study_data(tmp_path, middle)) == []
     # freeze depth 0 and 5 end its domain: the best trials there cannot ask for a wider range
     data = fake_study_data(tmp_path, middle)
     data.trials["freeze_depth"] = [5, 5, 5, 5] + [1] * 8
-    assert analysis_mod.range_warnings(data) == []
+    assert ranges_mod.range_warnings(data) == []
     data.settings.space["freeze_depth"] = {"type": "int", "low": 0, "high": 4}  # 4 is not the domain's end: 5 could be tried
     data.trials["freeze_depth"] = [4, 4, 4, 4] + [1] * 8
-    (line,) = analysis_mod.range_warnings(data)
+    (line,) = ranges_mod.range_warnings(data)
     assert line.startswith("freeze_depth: 3 of the top 3 trials lie at the high end") and '"high": 5' in line, line
 
 
@@ -609,11 +611,11 @@ def test_top_vs_rest_finds_what_the_importance_can_miss(tmp_path):
     n = 24
     augments = ["flip"] * 6 + ["none", "d2l"] * 9
     data = fake_study_data(tmp_path, list(np.geomspace(1e-4, 0.1, n)[np.random.default_rng(0).permutation(n)]), augments=augments)
-    checks = analysis_mod.top_vs_rest(data)
+    checks = importance_mod.top_vs_rest(data)
     assert checks["augment"].strong and checks["augment"].text.startswith("flip: 6 of the top 6, 0 of the other 18")
     assert not checks["lr"].strong  # shuffled learning rates: nothing to find
-    low = analysis_mod.Importance({"augment": 0.05, "lr": 0.6, "freeze_depth": 0.35}, "PED-ANOVA", "",
+    low = importance_mod.Importance({"augment": 0.05, "lr": 0.6, "freeze_depth": 0.35}, "PED-ANOVA", "",
                                   {"augment": (0.0, 0.1), "lr": (0.4, 0.8), "freeze_depth": (0.2, 0.5)})
-    lines = analysis_mod.importance_disagreements(low, checks)
+    lines = importance_mod.importance_disagreements(low, checks)
     assert any(line.startswith("augment: importance 0.05 (0.00-0.10) says it matters little, yet") for line in lines), lines
     assert any(line.startswith("lr: importance 0.60") and "says it matters, yet the top trials do not differ" in line for line in lines)

@@ -97,7 +97,7 @@ CASES = [
     Case("confirm-folds-more-than-the-classes-allow", "study.run", [*CONFIRMED, "--confirm-folds", "5"],
          "--confirm-folds 5 is more than the smallest class's 4 training images allow (every fold needs an image of each class): "
          "ask for at most 4"),
-    # plan_resources falls back to CPU slots where the cluster has no GPU (a real, 1-trial study on Ray)
+    # share_resources falls back to CPU slots where the cluster has no GPU (a real, 1-trial study on Ray)
     Case("gpus-per-trial-3-without-a-gpu", "study.run", [*STUDY, "--gpus-per-trial", "3"], code=0,
          says="no GPU in the Ray cluster: running trials on CPU slots instead of 3 GPU each", marks=(pytest.mark.slow,)),
     Case("address-nobody-listens-on", "study.run", [*STUDY, "--address", "127.0.0.1:1"], "cannot reach the Ray cluster at 127.0.0.1:1"),

@@ -78,7 +78,7 @@ def gpu_check_tiny(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gpu-check")
     out = tmp / "gpu"
     env = {**_blocking_ray_and_optuna(tmp / "site"), "GPU_CHECK_TINY": "1"}
-    proc = subprocess.run([str(ROOT / "scripts" / "gpu_check.sh"), str(out)], cwd=tmp, env=env, capture_output=True, text=True, timeout=400)
+    proc = subprocess.run([str(ROOT / "bench" / "gpu_check.sh"), str(out)], cwd=tmp, env=env, capture_output=True, text=True, timeout=400)
     steps, name = {}, None
     for line in proc.stdout.splitlines():
         if line.startswith("== ") and " (at most " in line:
@@ -168,7 +168,7 @@ def test_bench_imports_without_ray_or_optuna():
 def test_gpu_check_script_fails_in_one_line(tmp_path, tiny_image_folder):
     import torch
 
-    script = str(ROOT / "scripts" / "gpu_check.sh")
+    script = str(ROOT / "bench" / "gpu_check.sh")
     env = {**os.environ, "PYTHON": sys.executable, "GPU_CHECK_DATA": str(tmp_path / "absent")}
     proc = subprocess.run([script, str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: no photos in"), proc.stderr
@@ -296,3 +296,9 @@ def test_selection_simulation_writes_its_regrets(tmp_path):
         assert isinstance(result[key], float) and result[key] >= 0, (key, result[key])
     assert result["regret_confirmed"] < result["regret_single"]  # confirming helps, at the defaults, over 200 studies
     assert "regret, confirmation" in proc.stdout and "goal" in proc.stdout
+
+
+def test_the_gpu_check_is_also_where_it_used_to_be():
+    """scripts/gpu_check.sh forwards to bench/gpu_check.sh with its arguments (no argument: its usage line, exit 2)."""
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.strip() == "usage: bench/gpu_check.sh OUT_DIR"

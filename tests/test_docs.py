@@ -1,4 +1,5 @@
-"""The README says what the program does: its option tables are the parsers' own, and each command it names exists."""
+"""The docs say what the program does: the option tables are the parsers' own, each option and link they name
+exists, the tables they quote are what the code gives, and the README stays a front page."""
 
 from __future__ import annotations
 
@@ -7,58 +8,72 @@ from pathlib import Path
 
 from scripts import cli_docs
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+PAGES = [README, *sorted(DOCS.glob("*.md"))]
 
 
-def test_the_readme_option_tables_match_each_commands_help():
-    text = README.read_text()
-    assert cli_docs.render(text) == text, "README option tables are out of date: run python -m scripts.cli_docs README.md"
+def test_the_option_tables_match_each_commands_help():
+    text = (DOCS / "options.md").read_text()
+    assert cli_docs.render(text) == text, "docs/options.md is out of date: run python -m scripts.cli_docs docs/options.md"
     blocks = set(re.findall(r"<!-- options: ([^>]+?) -->", text))
-    assert blocks >= {"python -m trainable", "python -m study.run", "python -m study.analyze", "python -m study.rerun"}
+    assert blocks == set(cli_docs.PARSERS)
 
 
-def test_every_option_the_readme_names_exists():
-    """Each `--option` in the README's prose belongs to one of the commands (a renamed option cannot linger)."""
+def test_every_option_the_docs_name_exists():
+    """Each `--option` in the prose belongs to one of the commands (a renamed option cannot linger)."""
     known = set()
     for command in cli_docs.PARSERS:
-        try:
-            parser = cli_docs.parser_of(command)
-        except (ImportError, AttributeError):
-            continue
-        known |= {s for action in parser._actions for s in action.option_strings}
-    prose = re.sub(r"<!-- options:.*?<!-- /options -->", "", README.read_text(), flags=re.S)
-    named = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]+)", prose))
+        known |= {s for action in cli_docs.parser_of(command)._actions for s in action.option_strings}
     outside = {"--logdir", "--head", "--address", "--port", "--num-gpus"}  # ray start's and tensorboard's own
-    assert named - known - outside == set(), sorted(named - known - outside)
+    for page in PAGES:
+        prose = re.sub(r"<!-- options:.*?<!-- /options -->", "", page.read_text(), flags=re.S)
+        named = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]+)", prose))
+        assert named - known - outside == set(), (page.name, sorted(named - known - outside))
 
 
-def test_the_readme_lists_confirm_parquets_columns_in_order():
+def test_every_link_in_the_docs_leads_somewhere():
+    for page in PAGES:
+        for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" not in target:
+                assert (page.parent / target).exists(), (page.name, target)
+
+
+def test_the_readme_is_a_front_page():
+    text = README.read_text()
+    assert len(text.splitlines()) <= 150
+    assert "python -m pytest" in text and "pip install -e" in text and "docs/report.png" in text
+
+
+def test_the_docs_list_confirm_parquets_columns_in_order():
     from study.driver.confirm import CONFIRM_TYPES
 
-    paragraph = README.read_text().split("`confirm.parquet`: ", 1)[1].split("\n\n", 1)[0]
+    paragraph = (DOCS / "results.md").read_text().split("`confirm.parquet`: ", 1)[1].split("\n\n", 1)[0]
     listed = re.findall(r"`([a-z_]+)`", paragraph)
     assert listed == list(CONFIRM_TYPES), listed
 
 
-# The README's simulation table, row by row: the arguments each row changes (the rest are simulate's defaults).
+# docs/selection.md's simulation table, row by row: the arguments each row changes (the rest are simulate's defaults).
 SELECTION_ROWS = {
     "defaults:": {},
     "top 3, 2 folds": dict(top_k=3),
     "top 8, 2 folds": dict(top_k=8),
     "top 5, 3 folds": dict(folds=3),
     "a race: top 8": dict(top_k=8, finalists=3),
-    "the earlier design": dict(top_k=3, folds=3, scheme="holdout", reuse_study_fold=True, confirm_val_last_only=False),
+    "the hold-out design": dict(top_k=3, folds=3, scheme="holdout", reuse_study_fold=True, confirm_val_last_only=False),
     "less early stopping (grace 2": dict(grace=2),
     "grace 2 and a race": dict(grace=2, top_k=7, finalists=3),
     "grace 3, rf 2": dict(grace=3, reduction_factor=2),
     "ImageNet-like": dict(truth_mean=0.90, truth_sd=0.02, baseline_acc=0.93),
-    "the seed noise measured here": dict(confirm_seed_sd=0.036),
+    "the seed noise measured for": dict(confirm_seed_sd=0.036),
 }
 
 
-def readme_table(header: str, labels: dict) -> list[tuple[str, list[str], dict]]:
-    """The rows of the README table that starts with ``header``: (label, cells, the simulate arguments its label names)."""
-    table = README.read_text().split(header, 1)[1].split("\n\n", 1)[0]
+def docs_table(header: str, labels: dict) -> list[tuple[str, list[str], dict]]:
+    """The rows of docs/selection.md's table that starts with ``header``: (label, cells, the simulate arguments its
+    label names)."""
+    table = (DOCS / "selection.md").read_text().split(header, 1)[1].split("\n\n", 1)[0]
     rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("|---")]
     assert len(rows) == len(labels)
     out = []
@@ -69,27 +84,27 @@ def readme_table(header: str, labels: dict) -> list[tuple[str, list[str], dict]]
     return out
 
 
-def test_the_readme_selection_table_is_what_the_simulation_gives():
+def test_the_selection_table_is_what_the_simulation_gives():
     from bench.selection import simulate
 
-    for label, cells, changes in readme_table("| simulated study, 10,000 repeats each |", SELECTION_ROWS):
+    for label, cells, changes in docs_table("| simulated study, 10,000 repeats each |", SELECTION_ROWS):
         r = simulate(**changes)  # 10,000 repeats, seed 0, as the bench
         expected = [f"{r['regret_single']:.4f}", f"{r['regret_confirmed']:.4f}", f"{r['regret_ratio']:.2f}",
                     f"{r['extra_compute_fraction']:.2f}", f"{r['study_epochs']:.0f} + {r['confirm_epochs']:.0f}",
                     f"{r['p_best_in_candidates']:.2f}"]
         assert cells == expected, (label, cells, expected)
-        assert not r["goal_met"]  # the README says no row meets the goal
+        assert not r["goal_met"]  # the docs say no row meets the goal
 
 
 PRETRAINED = dict(truth_mean=0.68, truth_sd=0.02, bad_fraction=0.1, baseline_acc=0.655, epochs=3, seed_sd=0.017, confirm_seed_sd=0.0115)
-GAIN_ROWS = {"from scratch, the model above": {}, "from scratch, the noise measured since": dict(confirm_seed_sd=0.036),
+GAIN_ROWS = {"from scratch, the model above": {}, "from scratch, the noise measured for": dict(confirm_seed_sd=0.036),
              "pretrained backbone": PRETRAINED}
 
 
-def test_the_readme_gain_interval_table_is_what_the_simulation_gives():
+def test_the_gain_interval_table_is_what_the_simulation_gives():
     from bench.selection import simulate
 
-    for label, cells, changes in readme_table("| regime | holds the true gain, a seed per fold |", GAIN_ROWS):
+    for label, cells, changes in docs_table("| regime | holds the true gain, a seed per fold |", GAIN_ROWS):
         a, b = simulate(**changes), simulate(fold_seeds=False, **changes)
         expected = [f"{a['gain_coverage']:.3f}", f"{a['gain_ci_width']:.3f}", f"{a['gain_beyond_noise']:.2f}",
                     f"{b['gain_coverage']:.3f}", f"{b['gain_ci_width']:.3f}", f"{b['gain_beyond_noise']:.2f}",

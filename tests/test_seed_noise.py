@@ -1,4 +1,4 @@
-"""python -m bench.seed_noise: the noise measurement the README's simulation figures rest on."""
+"""python -m bench.seed_noise: the noise measurement docs/selection.md's simulation figures rest on."""
 
 from __future__ import annotations
 

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from bench import selection as sel
-from study.driver.rungs import asha_rungs
-from study.decision import decide, t975
 from bench.selection import nan_percentile_rows, run_asha, simulate
+from study.decision import decide, t975
+from study.driver.rungs import asha_rungs
 
 
 def frame(runs: dict, cost: dict) -> pd.DataFrame:
@@ -379,7 +379,7 @@ def test_run_selection_writes_json_and_prints(tmp_path):
     for key in ("regret_single", "regret_confirmed", "regret_one_se", "extra_compute_fraction", "inputs", "goal_met"):
         assert key in written
     assert written["regret_single"] == pytest.approx(result["regret_single"])
-    from study.run import build_parser
+    from study.options import build_parser
 
     defaults = build_parser().parse_args([])  # the simulation runs at the study's own defaults
     assert written["inputs"]["top_k"] == defaults.confirm_top == 5 and written["inputs"]["folds"] == defaults.confirm_folds == 2

@@ -1,7 +1,8 @@
 """The house and its layering rule (docs/design.md), checked on the source:
 
     bench  ->  entry points (study.run, study.analyze, study.rerun, study.api)
-           ->  services (study.analysis, study.summary, study.report, study.retrain)
+           ->  services (study.analysis with study.study_data, study.importance and study.ranges; study.summary,
+               study.report, study.retrain)
            ->  study.driver.*  (what runs inside a Tune run)
            ->  the study's model (study.values, study.folder, study.space, study.results, study.decision,
                study.datacheck, study.options)
@@ -24,7 +25,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("trainable", "study", "bench")
 ENTRY_POINTS = {"study.run", "study.analyze", "study.rerun", "study.api", "study.__main__"}
-SERVICES = {"study.analysis", "study.summary", "study.report", "study.retrain"}
+SERVICES = {"study.analysis", "study.study_data", "study.importance", "study.ranges", "study.summary", "study.report", "study.retrain"}
 
 
 def module_name(path: Path) -> str:

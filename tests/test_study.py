@@ -19,10 +19,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from study.driver.resources import share_resources
+from study.driver.searcher import AskTellOptunaSearch, sampler_seed
 from study.folder import StudyFolder, storage_url
 from study.run import main as study_main
-from study.driver.resources import plan_resources
-from study.driver.searcher import AskTellOptunaSearch, sampler_seed
 from study.space import BASELINE, DEFAULT_SPACE, baseline_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ EPOCH_COLUMNS = [
     "trial_id", "optuna_trial", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "images_per_s",
     "diverged", "resumed_from_epoch", "ended_at", "node_id", "node_ip", "hostname",
 ]
-# parquet types as the README lists them (nullable columns may hold nulls; the others never do)
+# parquet types as docs/results.md lists them (nullable columns may hold nulls; the others never do)
 TRIAL_TYPES = {"rank": "int64", "trial_id": "large_string", "optuna_trial": "int64", "baseline": "bool", "lr": "double",
                "head_lr_mult": "double", "weight_decay": "double", "freeze_depth": "int64", "augment": "large_string",
                "best_val_acc": "double", "best_epoch": "int64", "last_val_acc": "double", "epochs_run": "int64",
@@ -143,7 +143,7 @@ def test_study_writes_ranked_tables_with_the_documented_schema(finished_study):
 def test_optuna_study_is_stored_and_agrees_with_the_table(finished_study):
     assert_exact(finished_study, "tiny", 5)
     settings = json.loads((finished_study / "study.json").read_text())
-    timings = settings["runs"][0]["timings"]  # each driver run's phases, for study.bench
+    timings = settings["runs"][0]["timings"]  # each driver run's phases, for python -m bench --scaling
     assert {"decode_s", "ray_start_s", "setup_s", "fit_s", "wall_s"} <= set(timings) and settings["runs"][0]["outcome"] == "finished"
 
 
@@ -220,13 +220,13 @@ def _args(gpus: float, cpus: float | None = None) -> argparse.Namespace:
 
 
 def test_gpus_asked_for_on_a_machine_without_one_fall_back_to_cpu_slots():
-    resources, slots, message = plan_resources(0.25, None, {"CPU": 4.0})
+    resources, slots, message = share_resources(0.25, None, {"CPU": 4.0})
     assert resources == {"cpu": 1.0, "gpu": 0.0} and slots == 4
     assert "no GPU" in message
 
 
 def test_fractional_gpus_share_a_gpu_and_split_the_cpus():
-    resources, slots, message = plan_resources(0.25, None, {"CPU": 16.0, "GPU": 1.0})
+    resources, slots, message = share_resources(0.25, None, {"CPU": 16.0, "GPU": 1.0})
     assert resources == {"cpu": 4.0, "gpu": 0.25} and slots == 4 and message is None
 
 

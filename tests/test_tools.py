@@ -1,5 +1,5 @@
 """The tools users already run: TensorBoard and MLflow through Ray Tune's callbacks, optuna-dashboard, a live ETA,
-the notebook API the README shows, and a study's output free of warnings nobody asked for."""
+the notebook API docs/usage.md shows, and a study's output free of warnings nobody asked for."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import pytest
 from tests.test_study import ROOT, make_images, run_study, study_args
 
 pytestmark = pytest.mark.slow
-README = ROOT / "README.md"
+USAGE = ROOT / "docs" / "usage.md"
 
 
 @pytest.fixture(scope="module")
@@ -125,8 +125,8 @@ def test_optuna_dashboard_serves_the_study(tracked):
 
 
 def notebook_session() -> str:
-    """The README's notebook session: the python block after ``<!-- notebook session -->``."""
-    text = README.read_text()
+    """docs/usage.md's notebook session: the python block after ``<!-- notebook session -->``."""
+    text = USAGE.read_text()
     block = text.split("<!-- notebook session -->", 1)[1]
     return block.split("```python", 1)[1].split("```", 1)[0]
 

@@ -50,7 +50,7 @@ def one_thread() -> Iterator[None]:
     """torch ops on one intra-op thread inside, the caller's thread count restored after.
 
     The per-image transforms are many small ops: splitting each over threads gains nothing, and where
-    another process holds a core the threads wait on each other; measured here on 2 CPUs, a batch's
+    another process holds a core the threads wait on each other; measured with 2 CPUs, a batch's
     augmentation took 30x longer on 2 threads than on 1 while the machine was busy.
     """
     threads = torch.get_num_threads()

@@ -18,8 +18,8 @@ from ray import tune
 
 from study.driver import faults
 from study.driver.adapter import disk_full
-from study.folder import LOGS_DIR, drop_checkpoints, write_text_atomic
 from study.driver.progress import Progress
+from study.folder import LOGS_DIR, drop_checkpoints, write_text_atomic
 from study.results import StudyTables
 
 

@@ -26,8 +26,8 @@ import pandas as pd
 
 from study.driver import faults
 from study.folder import StudyFolder, StudySettings, drop_checkpoints, set_aside, write_parquet_atomic
-from study.values import isnan, typed
 from study.results import StudyTables
+from study.values import isnan, typed
 
 CONFIRM_TYPES = {"optuna_trial": "int64", "baseline": "bool", "fold": "int64", "cv_folds": "int64", "seed": "int64", "status": "str",
                  "val_acc": "float64", "val_loss": "float64", "epochs": "int64", "seconds": "float64", "images_per_s": "float64",
@@ -107,7 +107,7 @@ def candidates(tables: StudyTables, top: int) -> list[int]:
     return chosen
 
 
-def plan(tables: StudyTables, table: ConfirmTable, numbers: list[int], folds: int, params: list[str], seed: int) -> list[Job]:
+def pending_jobs(tables: StudyTables, table: ConfirmTable, numbers: list[int], folds: int, params: list[str], seed: int) -> list[Job]:
     """The runs still to do: every (configuration, fold) without a finished row, from its checkpoint where it has one;
     fold k with seed ``fold_seed(seed, k)``."""
     jobs = []
@@ -322,7 +322,7 @@ def run_stage(folder: StudyFolder, settings: StudySettings, tables: StudyTables,
     if not numbers:
         return None, ["confirmation: no usable trial to confirm (every trial diverged or failed)"], True
     settings.confirm["candidates"] = numbers
-    jobs = plan(tables, table, numbers, folds, params, settings.base["seed"])
+    jobs = pending_jobs(tables, table, numbers, folds, params, settings.base["seed"])
     record(tables, table, numbers, None)
     table.write()
     tables.write()

@@ -14,7 +14,7 @@ from trainable import TrainConfig, UserError
 from study.folder import StudyFolder
 
 
-def plan_resources(gpus_requested: float, cpus_requested: float | None, cluster: dict) -> tuple[dict, int, str | None]:
+def share_resources(gpus_requested: float, cpus_requested: float | None, cluster: dict) -> tuple[dict, int, str | None]:
     """Per-trial resources, how many trials fit at once, and a message when the request was changed.
 
     Never asks Ray for a GPU the cluster does not have: such trials would wait forever.

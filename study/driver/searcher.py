@@ -29,8 +29,8 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from study.driver import faults
-from study.values import METRIC, MODE
 from study.space import to_distributions
+from study.values import METRIC, MODE
 
 N_STARTUP_TRIALS = 5
 

@@ -24,15 +24,15 @@ from optuna.trial import TrialState
 
 from trainable import UserError
 
-from study.values import FINISHED, isnan, typed
+from study.driver.searcher import Unfinished, handle, tell_finished
 from study.folder import StudyFolder, StudySettings, set_aside, storage_url
 from study.results import StudyTables
-from study.driver.searcher import Unfinished, handle, tell_finished
 from study.space import to_distributions
+from study.values import FINISHED, isnan, typed
 
 
 @dataclass
-class Plan:
+class StudyState:
     tables: StudyTables
     unfinished: list[Unfinished] = field(default_factory=list)
     finished: int = 0  # samples that have ended
@@ -129,7 +129,7 @@ def _end_from_optuna(tables: StudyTables, ft: optuna.trial.FrozenTrial) -> None:
         row["error"] = ft.user_attrs.get("error", "the trial failed")
 
 
-def prepare(folder: StudyFolder, settings: StudySettings, params: list[str], decisions_of) -> Plan:
+def prepare(folder: StudyFolder, settings: StudySettings, params: list[str], decisions_of) -> StudyState:
     """Read, repair and reconcile the study; ``decisions_of(tables)`` replays ASHA and returns each sample's
     last decision (``"STOP"``/``"CONTINUE"``)."""
     max_epochs = int(settings.base["epochs"])
@@ -167,10 +167,10 @@ def prepare(folder: StudyFolder, settings: StudySettings, params: list[str], dec
         notes.append(f"epochs.parquet was damaged ({damaged[folder.epochs.name]}): rebuilt each epoch's validation accuracy "
                      f"from optuna.db; their losses and times are lost (the damaged file is kept as {aside.name})")
     if study is None:  # a new study, or one stopped before its first trial
-        return Plan(tables=tables, notes=notes)
+        return StudyState(tables=tables, notes=notes)
 
     decisions = decisions_of(tables)
-    plan = Plan(tables=tables, notes=notes)
+    state = StudyState(tables=tables, notes=notes)
     frozen = study.get_trials(deepcopy=False)
     for ft in frozen:
         if ft.state == TrialState.WAITING:
@@ -181,7 +181,7 @@ def prepare(folder: StudyFolder, settings: StudySettings, params: list[str], dec
                 tables.on_start(ft.number, str(ft.user_attrs.get("ray_trial_id", "")), {**ft.params, "baseline": ft.user_attrs.get("baseline")})
             if row is None or row.get("status") == "running":
                 _end_from_optuna(tables, ft)
-            plan.finished += 1
+            state.finished += 1
             continue
         status = row.get("status") if row else "running"
         rows = tables.rows_of(ft.number)
@@ -199,24 +199,24 @@ def prepare(folder: StudyFolder, settings: StudySettings, params: list[str], dec
             best = row.get("best_val_acc")
             tell_finished(study, handle(study, ft.number), status, None if isnan(best) else float(best),
                           error=None if isnan(row.get("error")) else str(row.get("error")))
-            plan.finished += 1
+            state.finished += 1
             continue
-        plan.unfinished.append(Unfinished(ft.number, dict(ft.params), bool(ft.user_attrs.get("baseline", False)),
+        state.unfinished.append(Unfinished(ft.number, dict(ft.params), bool(ft.user_attrs.get("baseline", False)),
                                           None if row is None or isnan(row.get("trial_dir")) else str(row.get("trial_dir"))))
     known = {ft.number for ft in frozen}
     for number in [n for n in tables.trials if n not in known]:  # rows Optuna never had (cannot happen but by hand)
         tables.forget(number)
         notes.append(f"dropped trial {number} from the tables: optuna.db has no such trial")
-    return plan
+    return state
 
 
-def retry_timed_out(folder: StudyFolder, settings: StudySettings, plan) -> None:
+def retry_timed_out(folder: StudyFolder, settings: StudySettings, state) -> None:
     """--retry-timed-out: each timed-out configuration runs again as a new trial (Optuna cannot reopen a failed one)."""
     import optuna
 
     from study.folder import storage_url
 
-    again = [row for row in plan.tables.trials.values() if row.get("status") == "timed_out"]
+    again = [row for row in state.tables.trials.values() if row.get("status") == "timed_out"]
     if not again:
         print("--retry-timed-out: no trial timed out")
         return

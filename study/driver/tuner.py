@@ -40,34 +40,36 @@ def study_clock(settings: StudySettings, run: dict, concurrent: int, run_started
                        spent, int(settings.base["epochs"]), confirm_study_epochs(settings), concurrent, run_started)
 
 
-def fit(folder: StudyFolder, settings: StudySettings, data, plan, scheduler, resources: dict, concurrent: int,
-        remaining: int, run_index: int, clock=None) -> tuple[float, str | None]:
-    """Run the trials still to run; returns (seconds, why the study stopped early or None)."""
+def fit(folder: StudyFolder, settings: StudySettings, data, state, scheduler, resources: dict, concurrent: int,
+        clock=None) -> tuple[float, str | None]:
+    """Run the trials still to run (``settings.samples`` less those ``state`` counts finished) as this driver run's
+    Tune experiment, ``run-<k>`` for the k-th entry of ``settings.runs``; returns (seconds, why the study stopped early
+    or None)."""
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
     from study.driver.adapter import disk_full, run_trial
     from study.driver.callback import StudyCallback
     from study.driver.progress import Progress
-    from study.folder import storage_url
     from study.driver.searcher import AskTellOptunaSearch
+    from study.folder import storage_url
 
     params = list(settings.space)
     base = TrainConfig.from_dict(settings.base)
     searcher = AskTellOptunaSearch(settings.space, storage_url(folder.optuna_db), settings.name, max_epochs=base.epochs,
-                                   seed=settings.seed, baseline=settings.baseline, unfinished=plan.unfinished, clock=clock)
+                                   seed=settings.seed, baseline=settings.baseline, unfinished=state.unfinished, clock=clock)
     progress = Progress(settings.samples, base.epochs, concurrent, settings.grace_epochs, settings.reduction_factor,
                         confirm_study_epochs(settings))
-    callback = StudyCallback(folder.path, plan.tables, settings.samples, params, storage=settings.storage, progress=progress, clock=clock)
+    callback = StudyCallback(folder.path, state.tables, settings.samples, params, storage=settings.storage, progress=progress, clock=clock)
     check_trackers(bool(settings.trackers.get("tensorboard")), settings.trackers.get("mlflow"))
     trainable = tune.with_resources(tune.with_parameters(run_trial, data=data, base=settings.base, clock=clock.name if clock else None),
                                     resources)
     tuner = tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(num_samples=remaining, search_alg=ConcurrencyLimiter(searcher, concurrent), scheduler=scheduler,
+        tune_config=tune.TuneConfig(num_samples=settings.samples - state.finished, search_alg=ConcurrencyLimiter(searcher, concurrent), scheduler=scheduler,
                                     reuse_actors=not settings.fresh_actors, trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
-            name=f"run-{run_index}", storage_path=settings.experiment_path, verbose=0,
+            name=f"run-{len(settings.runs)}", storage_path=settings.experiment_path, verbose=0,
             callbacks=[callback, *tracker_callbacks(settings.trackers, settings.name)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=2),  # a worker process that died: retried from its checkpoint

@@ -1,0 +1,80 @@
+"""A study read from its folder alone (no Ray, no training): its settings, its trials and epochs, and the
+book's recipe among them. Every analysis of a study starts from ``read_study``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from trainable import UserError
+
+from study.folder import RERUN_FILE, StudyFolder, StudySettings
+
+
+@dataclass
+class StudyData:
+    folder: StudyFolder
+    settings: StudySettings
+    trials: pd.DataFrame  # ranked, as study.run wrote it
+    epochs: pd.DataFrame
+    params: list[str]  # the searched hyperparameters, in the space's order
+
+    def is_log(self, param: str) -> bool:
+        return bool(self.settings.space.get(param, {}).get("log", False))
+
+    def is_categorical(self, param: str) -> bool:
+        return self.settings.space.get(param, {}).get("type") == "categorical"
+
+    def choices(self, param: str) -> list:
+        return list(self.settings.space.get(param, {}).get("choices", []))
+
+    def bounds(self, param: str) -> tuple[float, float] | None:
+        spec = self.settings.space.get(param, {})
+        return (float(spec["low"]), float(spec["high"])) if "low" in spec and "high" in spec else None
+
+    @property
+    def scored(self) -> pd.DataFrame:
+        """Trials with a validation accuracy (errored trials and those diverged in epoch 1 have none)."""
+        return self.trials[self.trials["best_val_acc"].notna()]
+
+    @property
+    def rerun(self) -> pd.DataFrame | None:
+        path = self.folder.path / RERUN_FILE
+        return pd.read_parquet(path) if path.is_file() else None
+
+    @property
+    def confirm(self) -> pd.DataFrame | None:
+        path = self.folder.confirm
+        return pd.read_parquet(path) if path.is_file() else None
+
+
+def baseline_number(data: StudyData) -> int | None:
+    """The book's recipe's trial number, where the study ran it."""
+    baseline = data.trials.loc[data.trials["baseline"].fillna(False).astype(bool), "optuna_trial"]
+    return int(baseline.iloc[0]) if len(baseline) else None
+
+
+def baseline_acc(data: StudyData) -> float | None:
+    """The book's recipe's best validation accuracy, when the study ran it and it scored."""
+    baseline = data.trials[data.trials["baseline"].fillna(False).astype(bool)]
+    value = baseline.iloc[0]["best_val_acc"] if len(baseline) else None
+    return None if value is None or pd.isna(value) else float(value)
+
+
+def read_study(folder: StudyFolder) -> StudyData:
+    settings = folder.read_settings()
+    if not folder.trials.is_file():
+        raise UserError(f"study {settings.name!r} in {folder.path} has no trials yet (no trials.parquet): "
+                        "wait until python -m study.run has started a trial, or resume it with --resume")
+    try:
+        trials = pd.read_parquet(folder.trials)
+        epochs = pd.read_parquet(folder.epochs) if folder.epochs.is_file() else pd.DataFrame(
+            columns=["trial_id", "epoch", "val_acc", "diverged"])
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read the tables of {folder.path} ({str(exc).splitlines()[0]}): "
+                        "they were not written by python -m study.run") from None
+    if trials.empty:
+        raise UserError(f"study {settings.name!r} in {folder.path} has no trials yet: wait until python -m study.run has started one")
+    params = [p for p in settings.space if p in trials.columns]
+    return StudyData(folder, settings, trials.reset_index(drop=True), epochs, params)
