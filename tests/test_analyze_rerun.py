@@ -404,6 +404,7 @@ def test_export_runs_with_python_m_trainable(fake, tmp_path, capsys):
     assert final["final_val_acc"] is None and 0 <= final["test_acc"] <= 1
 
 
+@pytest.mark.slow
 def test_rerun_trains_each_seed_and_saves_weights(fake, capsys):
     book_rank = int(pd.read_parquet(fake.trials).query("baseline")["rank"].iloc[0])
     assert book_rank not in (1, 3)  # ranks 1 and 3 are other configurations: the book's recipe runs beside them
@@ -437,7 +438,7 @@ def test_rerun_trains_each_seed_and_saves_weights(fake, capsys):
 WRITE_RERUN_ROWS = """
 import sys, types
 from study.folder import StudyFolder
-from study.rerun import RERUN_TYPES, write_rerun
+from study.retrain import RERUN_TYPES, write_rerun
 folder, trial = StudyFolder(sys.argv[1]), int(sys.argv[2])
 blank = {"int64": 1, "float64": 0.5, "bool": False, "str": "x"}
 rows = []

@@ -91,6 +91,7 @@ def gpu_check_tiny(tmp_path_factory):
     return proc, out, {k: "\n".join(v) for k, v in steps.items()}
 
 
+@pytest.mark.slow  # the whole GPU check, tiny, in a subprocess
 def test_gpu_check_script_tiny_writes_its_json_files(gpu_check_tiny):
     proc, out, steps = gpu_check_tiny
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
@@ -104,6 +105,7 @@ def test_gpu_check_script_tiny_writes_its_json_files(gpu_check_tiny):
     assert sorted(steps) == ["cells", "feed", "trials_per_gpu"] and log.count(": exit 0 in ") == 3 and "all steps passed" in log
 
 
+@pytest.mark.slow  # the whole GPU check, tiny, in a subprocess
 def test_feed_tiny_writes_every_policy_device_and_path(gpu_check_tiny):
     import torch
 
@@ -128,6 +130,7 @@ def test_feed_tiny_writes_every_policy_device_and_path(gpu_check_tiny):
         assert math.isclose(float(ratio), float(batched) / float(per_image), rel_tol=0.05, abs_tol=0.011)
 
 
+@pytest.mark.slow  # the whole GPU check, tiny, in a subprocess
 def test_trials_per_gpu_plumbing_on_the_cpu(gpu_check_tiny):
     from trainable.loop import available_cpus
 

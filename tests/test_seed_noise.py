@@ -30,6 +30,7 @@ def test_figures_of_hand_made_answer_tables():
     assert df == 3 and sd == pytest.approx(((0.125 + 1 / 6) / 3) ** 0.5)
 
 
+@pytest.mark.slow
 def test_the_script_measures_every_configuration_on_every_split(tmp_path):
     data = make_images(tmp_path / "data", per_class=10, size=(36, 36))
     exported = tmp_path / "other.json"
