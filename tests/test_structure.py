@@ -139,3 +139,11 @@ def test_each_module_imports_alone():
     with ThreadPoolExecutor(4) as pool:
         failed = [(m, err) for m, code, err in pool.map(load, modules) if code != 0]
     assert failed == []
+
+
+def test_the_install_holds_every_product_package_and_not_the_measurements():
+    import tomllib
+
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    on_disk = sorted(module_name(p.parent / "__init__.py") for pkg in ("trainable", "study") for p in (ROOT / pkg).rglob("__init__.py"))
+    assert sorted(packages) == on_disk and not any(p.startswith("bench") for p in packages)
