@@ -68,9 +68,14 @@ def start_ray(address: str | None, log_to_driver: bool = False) -> None:
 RAY_QUIET_LOGGERS = ("ray.tune.execution.experiment_state", "ray.tune.execution.tune_controller")
 
 
+class _QuietFileHandler(logging.FileHandler):
+    def handleError(self, record):  # the log's disk is full: the record is lost, never a traceback on the console
+        pass
+
+
 def keep_ray_tracebacks_in(log_file: Path) -> None:
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(log_file, delay=True)
+    handler = _QuietFileHandler(log_file, delay=True)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     for name in RAY_QUIET_LOGGERS:
         logger = logging.getLogger(name)
