@@ -164,7 +164,7 @@ def run_study(opts: StudyOptions, folder: StudyFolder, settings: StudySettings, 
         check_cluster_gpus(resources, local=not settings.address)
         settings.gpus_per_trial, settings.cpus_per_trial = resources["gpu"], resources["cpu"]
         concurrent = max(1, min(settings.max_concurrent or slots, slots, remaining or 1))
-        check_free_space(folder, settings.experiment_path, concurrent, checkpoint_bytes(base, settings.space))
+        check_free_space(folder, settings.experiment_path, concurrent, checkpoint_bytes(base, settings.space, len(data.classes)))
         run.update(concurrent=concurrent, resources=resources, train_images=len(data.train), val_images=len(data.val))
         settings.runs.append(run)
         folder.write_settings(settings)

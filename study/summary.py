@@ -17,12 +17,15 @@ from study.values import FAILED, HYPERPARAMETERS, fmt, isnan, plain
 def noise_note(best_acc: float | None, baseline_acc: float | None, val_images: int | None, confirmed: bool = False) -> str:
     """How far a validation accuracy on ``val_images`` images can move by chance, and whether the lead is inside it.
 
-    The binomial standard error sqrt(p(1-p)/n); a lead over the baseline under two standard errors of a
-    difference (2 * sqrt(2) * se) is within what a different split or seed could give.
+    The binomial standard error with Agresti and Coull's two successes and two failures added (sqrt(q(1-q)/(n+4)),
+    q = (pn+2)/(n+4)): the plain sqrt(p(1-p)/n) says +-0 for an accuracy of 1.0 on a handful of images, where
+    nothing is certain. A lead over the baseline under two standard errors of a difference (2 * sqrt(2) * se) is
+    within what a different split or seed could give.
     """
     if best_acc is None or not val_images:
         return ""
-    se = math.sqrt(max(best_acc * (1 - best_acc), 0.0) / val_images)
+    q = (best_acc * val_images + 2) / (val_images + 4)
+    se = math.sqrt(q * (1 - q) / (val_images + 4))
     text = f"a validation accuracy on {val_images} images is uncertain by about +-{se:.3f} (1 standard error)"
     if baseline_acc is not None and best_acc - baseline_acc < 2 * math.sqrt(2) * se:
         text += (f"; the lead over the book's recipe ({best_acc - baseline_acc:+.3f}) is within chance" +

@@ -482,6 +482,7 @@ def test_noise_note_says_when_a_lead_is_within_chance():
     clear = noise_note(0.95, 0.80, 800)
     assert "+-0.008" in clear and "within chance" not in clear
     assert "within chance" not in noise_note(0.9, None, 100)  # no baseline to compare
+    assert "+-0.192" in noise_note(1.0, 1.0, 2)  # a perfect score on 2 images is not certain (seen: "+-0.000")
     assert noise_note(0.9, 0.8, None) == "" and noise_note(None, 0.8, 100) == ""
 
 

@@ -147,3 +147,18 @@ def test_the_install_holds_every_product_package_and_not_the_measurements():
     packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
     on_disk = sorted(module_name(p.parent / "__init__.py") for pkg in ("trainable", "study") for p in (ROOT / pkg).rglob("__init__.py"))
     assert sorted(packages) == on_disk and not any(p.startswith("bench") for p in packages)
+
+
+@pytest.mark.slow
+def test_the_study_driver_never_loads_torch(tmp_path):
+    # Only the trials train; torch and torchvision in the driver would cost every study start seconds of imports.
+    from tests.conftest import write_image_folder
+    from tests.test_study import study_args
+
+    data = write_image_folder(tmp_path / "data", n_train=6, n_test=2)
+    argv = study_args(data, tmp_path / "r", "light", 2, 1, "--confirm-top", "1", "--confirm-folds", "2", confirm=True)
+    script = ("import sys; from study.run import main; code = main(sys.argv[1:]); "
+              "print('loaded:', sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision'))[:3]); sys.exit(code)")
+    done = subprocess.run([sys.executable, "-c", script, *argv], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "confirmation" in done.stdout, done.stdout + done.stderr
+    assert "loaded: []" in done.stdout, done.stdout.splitlines()[-1]

@@ -225,6 +225,18 @@ def test_gpus_asked_for_on_a_machine_without_one_fall_back_to_cpu_slots():
     assert "no GPU" in message
 
 
+@pytest.mark.parametrize("classes", [2, 5])
+def test_the_checkpoint_size_counted_without_torch_is_a_built_models(classes):
+    from study.driver.resources import checkpoint_bytes
+    from trainable import TrainConfig
+    from trainable.model import build_model
+
+    state = build_model("none", classes).state_dict()
+    built = sum(t.numel() * t.element_size() for t in state.values())
+    assert checkpoint_bytes(TrainConfig(momentum=0.0), {}, classes) == built
+    assert checkpoint_bytes(TrainConfig(momentum=0.9), {}, classes) == 2 * built
+
+
 def test_fractional_gpus_share_a_gpu_and_split_the_cpus():
     resources, slots, message = share_resources(0.25, None, {"CPU": 16.0, "GPU": 1.0})
     assert resources == {"cpu": 4.0, "gpu": 0.25} and slots == 4 and message is None

@@ -15,12 +15,18 @@ import socket
 import tempfile
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import ray
 from ray import tune
 
-from trainable import Checkpoint, PreparedData, TrainConfig, UserError, train
-from trainable.loop import CHECKPOINT_FILE, META_FILE
+from trainable import TrainConfig, UserError
+
+if TYPE_CHECKING:
+    from trainable import PreparedData
+
+# The training loop (and torch with it) is imported inside the functions that run in a trial's process: the driver
+# imports this module only to hand run_trial to Tune, and torch would cost it seconds at every start.
 
 TRIAL_KEYS = ("optuna_trial", "baseline", "resume_dir")  # study bookkeeping carried in the Tune config, not TrainConfig fields
 CUDA_CONTEXT_BYTES = 1 << 30  # left outside a trial's memory cap: the CUDA context and allocator slack of its process
@@ -66,6 +72,8 @@ def checkpoint_dirs(trial_dir: str | None) -> list[tuple[int, str]]:
         return []
     import pyarrow.fs as pafs
 
+    from trainable.loop import CHECKPOINT_FILE, META_FILE
+
     fs, root = pafs.FileSystem.from_uri(trial_dir) if "://" in trial_dir else (pafs.LocalFileSystem(), trial_dir)
     found = []
     for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
@@ -95,6 +103,8 @@ def restore_state(scratch: str, resume_dir: str | None) -> tuple[dict | None, in
     Returns (state or None, its epoch, a note when a checkpoint could not be used). A damaged file is
     skipped for the next older one, or the trial starts over: never retried as it is.
     """
+    from trainable.loop import Checkpoint
+
     candidates: list[tuple[int, str]] = []
     restored = tune.get_checkpoint()
     if restored is not None:
@@ -186,6 +196,8 @@ def run_trial(config: dict, data: PreparedData, base: dict, clock: str | None = 
                 if watchdog is not None:
                     watchdog.progress()
                 hang_for_tests(key, metrics.epoch)
+
+            from trainable.loop import train
 
             train(cfg, data, on_epoch=on_epoch, resume_from=state)
     except Exception as exc:  # reported once, not retried: rerunning the same configuration would fail the same way
