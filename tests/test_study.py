@@ -360,3 +360,22 @@ def test_the_summary_warns_when_the_best_trials_crowd_a_searched_bound(tmp_path)
     out = run_study(study_args(data, tmp_path / "r", "full", 4, 1, "--space", str(full)))
     assert out.returncode == 0, out.stdout + out.stderr
     assert "warning:" not in out.stdout and "crowd" not in out.stdout
+
+
+def test_the_ray_log_is_quiet_about_a_full_disk_and_not_about_a_bug(tmp_path, capsys):
+    import logging
+
+    from study.driver.session import _QuietFileHandler
+
+    handler = _QuietFileHandler(tmp_path / "ray.log", delay=True)
+    record = logging.makeLogRecord({"msg": "sync failed"})
+    try:
+        raise OSError(28, "No space left on device")
+    except OSError:
+        handler.handleError(record)
+    assert capsys.readouterr().err == ""
+    try:
+        raise TypeError("not all arguments converted during string formatting")
+    except TypeError:
+        handler.handleError(record)
+    assert "TypeError" in capsys.readouterr().err

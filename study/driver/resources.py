@@ -76,7 +76,7 @@ RESNET18_BACKBONE_STATE_BYTES = 44_744_608
 RESNET18_HEAD_BYTES_PER_CLASS = 513 * 4
 
 
-def checkpoint_bytes(base: TrainConfig, space: dict, num_classes: int = 2) -> int:
+def checkpoint_bytes(base: TrainConfig, space: dict, num_classes: int) -> int:
     """The size of one trial checkpoint: the model's state, twice that with momentum (its buffers)."""
     model_bytes = RESNET18_BACKBONE_STATE_BYTES + RESNET18_HEAD_BYTES_PER_CLASS * num_classes
     momentum = base.momentum > 0 or "momentum" in space

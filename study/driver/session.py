@@ -69,8 +69,10 @@ RAY_QUIET_LOGGERS = ("ray.tune.execution.experiment_state", "ray.tune.execution.
 
 
 class _QuietFileHandler(logging.FileHandler):
-    def handleError(self, record):  # the log's disk is full: the record is lost, never a traceback on the console
-        pass
+    def handleError(self, record):
+        if isinstance(sys.exc_info()[1], OSError):  # the log's disk is full: the record is lost, never a traceback on the console
+            return
+        super().handleError(record)  # anything else (a record that cannot be formatted) is a bug worth its traceback
 
 
 def keep_ray_tracebacks_in(log_file: Path) -> None:
