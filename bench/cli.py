@@ -100,9 +100,18 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the whole used-by flow as a user runs it (study.run, study.rerun of the winner and the book's recipe, "
                            "study.analyze) per --flow-seeds: wall time per phase, the confirmation's gain over the book's recipe "
                            "with its interval, the rerun's paired gain on the test split, and whether the interval held it")
+    mode.add_argument("--overhead", action="store_true",
+                      help="a whole study (python -m study.run; by default 32 one-epoch trials on the mini photo set at 32 px) "
+                           "as one JSON: slot-seconds per trial and what of them its epochs did not use, the parts of the slot time, "
+                           "each phase's median, the first epoch against later ones, the GPU's utilisation where there is one")
     mode.add_argument("--fingerprint", action="store_true",
                       help="what checking a study's data and weights costs on every resume and rerun (--fingerprint-images files)")
     p.add_argument("--fingerprint-images", type=int, default=100_000, help="--fingerprint: images (default: %(default)s)")
+    p.add_argument("--overhead-samples", type=int, default=32, help="--overhead: trials (default: %(default)s)")
+    p.add_argument("--overhead-epochs", type=int, default=1, help="--overhead: epochs per trial (default: %(default)s)")
+    p.add_argument("--overhead-size", type=int, default=32, help="--overhead: image size (default: %(default)s)")
+    p.add_argument("--overhead-confirm", action="store_true", help="--overhead: with the confirmation stage (default: without)")
+    p.add_argument("--overhead-args", default="", help="--overhead: more study.run options, one string (e.g. '--gpus-per-trial 0.25')")
     p.add_argument("--flow-seeds", type=int, nargs="+", default=[0], help="--flow: study seeds, one whole flow each (default: 0)")
     p.add_argument("--flow-samples", type=int, default=32, help="--flow: trials per study (default: %(default)s)")
     p.add_argument("--flow-epochs", type=int, default=3, help="--flow: epochs per trial (default: %(default)s)")
@@ -209,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.flow:
         return flow(args, log)
+    if args.overhead:
+        return overhead(args, log)
     if args.fingerprint:
         from bench.fingerprint import run_fingerprint
 
@@ -272,6 +283,26 @@ def main(argv: list[str] | None = None) -> int:
     log(f"load average (1, 5, 15 min) at start {report['load_start']}, at end {report['load_end']}; {report['seconds']:.0f}s in all")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def overhead(args: argparse.Namespace, log) -> int:
+    """``--overhead``: one whole study, what its trials cost besides their epochs, printed and in ``--json``."""
+    import shlex
+
+    from bench.overhead import print_overhead, run_overhead, write_json
+
+    if args.overhead_samples < 1 or args.overhead_epochs < 1 or args.overhead_size < 32:
+        raise UserError("--overhead-samples and --overhead-epochs must be 1 or more, --overhead-size 32 or more")
+    data_dir = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir().parent / "hotdog_mini"
+    check_layout(data_dir, need_test=True)
+    report = {"machine": machine(), "load_start": load_average(), "busy_processes_start": busy_processes()}
+    report["overhead"] = run_overhead(data_dir.resolve(), args.overhead_samples, args.overhead_epochs, args.overhead_size,
+                                      args.overhead_confirm, shlex.split(args.overhead_args), log)
+    report["load_end"] = load_average()
+    print_overhead(report["overhead"], log)
+    if args.json:
+        write_json(args.json, report)
     return 0
 
 

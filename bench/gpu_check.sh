@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# bench/gpu_check.sh OUT_DIR: every GPU figure of `python -m bench`, in at most 8 minutes on one H100.
+# bench/gpu_check.sh OUT_DIR: every GPU figure of `python -m bench`, in at most 9 minutes on one H100 or H200.
 #
-# Writes to OUT_DIR: feed.json (--feed: per-image against batched augmentation, every policy, 224 and 128 px,
+# Writes to OUT_DIR: study.json (--overhead on the default study: 32 trials, 224 px, 5 epochs, the confirmation stage,
+# 4 trials per GPU; where Ray and Optuna import, as with ../shared/tools/gpu-pack.sh's setup), feed.json (--feed: per-image against batched augmentation, every policy, 224 and 128 px,
 # cuda and cpu), cells.json (a/b/c on cuda, 224 px, freeze 0 and 5, bf16), trials_per_gpu.json (1, 2, 4 and 8
 # training processes sharing the GPU, with nvidia-smi's utilisation), and gpu_check.log (versions, each step's
 # command, output, exit code and seconds). Each JSON file is rewritten as figures come in, so a step cut short
@@ -27,7 +28,7 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 TINY=${GPU_CHECK_TINY:-0}
-BUDGET_S=470 # from the script's start to the end of its last step (+10 s to kill one): at most 8 minutes in all
+BUDGET_S=530 # from the script's start to the end of its last step (+10 s to kill one): at most 9 minutes in all
 
 if [ "$TINY" = 1 ]; then
     DATA_ARGS=()
@@ -85,6 +86,17 @@ step() {
     if [ "$rc" -ne 0 ]; then FAILED+=("$name"); fi
 }
 
+# The default study as a user runs it, timed (python -m bench --overhead): only where Ray and Optuna import
+if "$PY" -c 'import ray, optuna' >/dev/null 2>&1 && { [ "$TINY" = 0 ] || [ -n "${GPU_CHECK_DATA:-}" ]; }; then
+    if [ "$TINY" = 1 ]; then
+        step study 200 --overhead --overhead-samples 3 --overhead-size 32 ${DATA_ARGS[@]+"${DATA_ARGS[@]}"} --json "$OUT/study.json"
+    else
+        step study 200 --overhead --overhead-samples 32 --overhead-epochs 5 --overhead-size 224 --overhead-confirm \
+            ${DATA_ARGS[@]+"${DATA_ARGS[@]}"} --json "$OUT/study.json"
+    fi
+else
+    say "== study: skipped (Ray and Optuna do not import here: source .gpu-data/setup.sh from ../shared/tools/gpu-pack.sh first)"
+fi
 if [ "$TINY" = 1 ]; then
     step feed 120 --feed --tiny ${DATA_ARGS[@]+"${DATA_ARGS[@]}"} --json "$OUT/feed.json"
     step cells 120 --tiny --device cpu --sizes 32 --freeze 0 5 ${DATA_ARGS[@]+"${DATA_ARGS[@]}"} --json "$OUT/cells.json"

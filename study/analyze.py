@@ -81,6 +81,10 @@ def print_analysis(analysis: Analysis, top: int) -> None:
         console.print(table)
         for line in conf.lines:
             console.print(line, markup=False)
+    from study.timing import time_use
+
+    if (use := time_use(data.trials, data.epochs, s.runs)) is not None:
+        console.print(use.line(), markup=False)
     best = data.scored.head(1)
     if len(best):
         b, baseline = best.iloc[0], baseline_acc(data)

@@ -22,6 +22,7 @@ from study.values import isnan
 STUDY_FILE = "study.json"
 TRIALS_FILE = "trials.parquet"
 EPOCHS_FILE = "epochs.parquet"
+JOURNAL_FILE = "tables.journal"  # the tables' changes since their files were last rewritten (study.results)
 OPTUNA_FILE = "optuna.db"
 CONFIRM_FILE = "confirm.parquet"
 RERUN_FILE = "rerun.parquet"
@@ -32,7 +33,7 @@ LOGS_DIR = "logs"
 LOCK_FILE = ".lock"
 RERUN_LOCK_FILE = ".rerun.lock"  # held while a rerun merges its rows into rerun.parquet
 DRIVER_FILE = ".driver.json"  # who holds the lock: pid, host, since
-DRIVER_WRITES = (STUDY_FILE, TRIALS_FILE, EPOCHS_FILE, CONFIRM_FILE, DRIVER_FILE)  # written by the lock's holder only
+DRIVER_WRITES = (STUDY_FILE, TRIALS_FILE, EPOCHS_FILE, JOURNAL_FILE, CONFIRM_FILE, DRIVER_FILE)  # written by the lock's holder only
 
 
 def drop_checkpoints(trial_dir) -> None:

@@ -402,6 +402,41 @@ def _rerun_section(data: StudyData) -> str:
     return "\n".join(parts)
 
 
+PHASE_NAMES = {"import_s": "import the training code (a new worker process)", "data_wait_s": "fetch the images",
+               "restore_s": "read a checkpoint", "build_s": "make the model (or reset it)", "weights_s": "of which: read the weights",
+               "to_device_s": "images to the device", "first_step_s": "the first step", "train_s": "an epoch's training",
+               "val_s": "an epoch's validation", "checkpoint_s": "an epoch's checkpoint (on the training path)",
+               "report_s": "an epoch's report (waiting for the study)"}
+
+
+def _time_section(data: StudyData) -> str:
+    """Where the trials' slot time went (``study.timing``), its parts and each phase's median."""
+    from study.timing import time_use
+
+    use = time_use(data.trials, data.epochs, data.settings.runs)
+    if use is None:
+        return ""
+    parts = use.parts
+    names = {"epochs": "epochs (training, validation)", "fixed": "the fixed cost of trials on a worker that had trained before",
+             "first": "the first trial of each worker process, beyond its epochs (the process's start included)",
+             "idle": "slots without a trial", "start": "slots waiting for their first trial", "between": "slots between trials",
+             "end": "slots after their last trial"}
+    rows = [[names[k], f"{v:.1f}", f"{100 * v / use.slot_s:.0f}%" if use.slot_s else "-"] for k, v in parts.items()]
+    phases = [[PHASE_NAMES.get(k, k), f"{v:.4f}"] for k, v in use.phases.items()]
+    epochs = ("" if use.later_epoch_s != use.later_epoch_s else
+              f"<p>A first epoch took {use.first_epoch_s:.3f} s (median, workers that had trained before), a later one "
+              f"{use.later_epoch_s:.3f} s.</p>")
+    return (f"<h2>Where the time went</h2><p>{use.trials} trial(s) held {use.slot_s:.0f} slot-seconds (each driver run's trials' "
+            f"stage times its slots); {_fmt_s(use.lost_per_trial)} a trial went elsewhere than its epochs.</p>"
+            + _table(["part", "slot-seconds", "share"], rows, {"part"}) + epochs
+            + "<p class=\"muted\">Median seconds of each phase (a trial's start; an epoch's parts):</p>"
+            + _table(["phase", "seconds"], phases, {"phase"}))
+
+
+def _fmt_s(seconds: float) -> str:
+    return "-" if seconds != seconds else f"{seconds:.2f} s"
+
+
 def _confirmation_section(analysis: Analysis) -> str:
     conf = analysis.confirmation
     if conf is None:
@@ -495,6 +530,8 @@ permutation test, p); and the range where the best trials lie.</p>
 
 <h2>Final evaluation on the test split</h2>
 {_rerun_section(data)}
+
+{_time_section(data)}
 
 <p class="muted">The same figures as PNG files: {", ".join(f"{FIGURES_DIR}/{n}" for n in PNG_NAMES)}.
 Tables: trials.parquet, epochs.parquet; Optuna storage: optuna.db.</p>

@@ -1,37 +1,63 @@
 """The study's tables: ``trials.parquet`` (one ranked row per sample) and ``epochs.parquet`` (one row per
-sample per epoch), rewritten atomically after every result so an interrupted study keeps all it finished.
+sample per epoch), so an interrupted study keeps all it finished.
 
 A sample is an Optuna trial: its number (``optuna_trial``) is the key. ``trial_id`` is the Ray Tune trial
 that ran it last; a trial resumed by a later driver run is a new Ray trial of the same sample, so its epoch
 rows carry the id of the Ray trial that trained each epoch.
+
+While trials run, every change is appended to ``tables.journal`` (a line of JSON per changed row: the driver's
+work per result does not grow with the study), and the parquet files are rewritten whole (atomically) every
+couple of seconds, at most a tenth of the time, and at the end of every stage; a rewrite empties the journal.
+Whoever reads the tables (a resume, ``study.analyze``) reads the parquet files and then the journal's newer rows
+(``read_frames``), so a driver killed at any moment loses nothing it had recorded.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import time
 from pathlib import Path
 
 import pandas as pd
 
-from study.folder import EPOCHS_FILE, TRIALS_FILE, write_parquet_atomic
+from study.folder import EPOCHS_FILE, JOURNAL_FILE, TRIALS_FILE, write_parquet_atomic
 from study.values import PARAM_TYPES, FAILED, isnan
 
+# --- where a trial's time went (docs/results.md): per epoch, and per trial for its start ---------------------
+EPOCH_PHASES = ["train_s", "val_s", "checkpoint_s", "report_s"]
+START_PHASES = ["import_s", "data_wait_s", "restore_s", "build_s", "weights_s", "to_device_s", "first_step_s"]  # summed over its runs
 EPOCH_COLUMNS = [
     "trial_id", "optuna_trial", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds",
-    "images_per_s", "diverged", "resumed_from_epoch", "ended_at", "node_id", "node_ip", "hostname",
+    "images_per_s", "diverged", "resumed_from_epoch", "ended_at", "node_id", "node_ip", "hostname", *EPOCH_PHASES,
 ]
 EPOCH_TYPES = {"trial_id": "str", "optuna_trial": "int64", "epoch": "int64", "train_loss": "float64", "train_acc": "float64",
                "val_loss": "float64", "val_acc": "float64", "seconds": "float64", "images_per_s": "float64", "diverged": "bool",
-               "resumed_from_epoch": "int64", "ended_at": "float64", "node_id": "str", "node_ip": "str", "hostname": "str"}
+               "resumed_from_epoch": "int64", "ended_at": "float64", "node_id": "str", "node_ip": "str", "hostname": "str",
+               **{c: "float64" for c in EPOCH_PHASES}}
 TRIAL_HEAD = ["rank", "trial_id", "optuna_trial", "baseline"]
 TRIAL_TAIL = ["best_val_acc", "best_epoch", "last_val_acc", "epochs_run", "status", "error", "seconds", "images_per_s",
-              "seed", "threads", "trial_dir", "node_id", "node_ip", "hostname",
+              "seed", "threads", "trial_dir", "node_id", "node_ip", "hostname", "slot_s", "started_at", "ended_at", *START_PHASES, "worker_pid", "warm_runs",
               "confirm_mean", "confirm_sd", "confirm_folds", "recommended"]  # the confirmation stage's figures
 TRIAL_TYPES = {"rank": "int64", "trial_id": "str", "optuna_trial": "int64", "baseline": "bool", "best_val_acc": "float64",
                "best_epoch": "Int64", "last_val_acc": "float64", "epochs_run": "int64", "status": "str", "error": "str",
                "seconds": "float64", "images_per_s": "float64", "seed": "int64", "threads": "int64", "trial_dir": "str",
-               "node_id": "str", "node_ip": "str", "hostname": "str", "confirm_mean": "float64", "confirm_sd": "float64",
-               "confirm_folds": "int64", "recommended": "str"}
+               "node_id": "str", "node_ip": "str", "hostname": "str", "slot_s": "float64", "started_at": "float64", "ended_at": "float64",
+               **{c: "float64" for c in START_PHASES},
+               "worker_pid": "Int64", "warm_runs": "Int64",
+               "confirm_mean": "float64", "confirm_sd": "float64", "confirm_folds": "int64", "recommended": "str"}
+SNAPSHOT_EVERY_S = 2.0  # the parquet files are at most this old while trials run (the journal holds the rest)
+SNAPSHOT_SHARE = 0.1  # and rewriting them takes at most this share of the driver's time
+
+
+def _plain(value):
+    """A table value as JSON can hold it (numpy and pandas scalars to Python's)."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if hasattr(value, "item"):
+        return value.item()
+    return None if isnan(value) else value
 
 
 def _or_inf(value) -> float:
@@ -48,6 +74,10 @@ class StudyTables:
         self.seed = seed
         self.trials: dict[int, dict] = {}  # optuna_trial -> row
         self.epochs: dict[tuple[int, int], dict] = {}  # (optuna_trial, epoch) -> row
+        self._changes: list[dict] = []  # journal entries not yet appended
+        self._snapshot_at = time.monotonic()
+        self._snapshot_cost = 0.0
+        self._torn = False
         if load:
             self.load()
 
@@ -59,9 +89,13 @@ class StudyTables:
     def epochs_path(self) -> Path:
         return self.folder / EPOCHS_FILE
 
+    @property
+    def journal_path(self) -> Path:
+        return self.folder / JOURNAL_FILE
+
     def load(self, tolerate_damage: bool = False) -> dict[str, str]:
-        """Start from what an earlier driver run wrote. A file that cannot be read raises, or with
-        ``tolerate_damage`` is left out and returned (file name -> why) for the caller to repair."""
+        """Start from what an earlier driver run wrote (the parquet files, then the journal's newer rows). A file that
+        cannot be read raises, or with ``tolerate_damage`` is left out and returned (file name -> why) for the caller to repair."""
         damaged = {}
         for path in (self.trials_path, self.epochs_path):
             if not path.exists():
@@ -79,7 +113,61 @@ class StudyTables:
                     self.trials[int(row["optuna_trial"])] = row
                 else:
                     self.epochs[(int(row["optuna_trial"]), int(row["epoch"]))] = row
+        self._replay_journal()
+        self._changes.clear()  # what the journal said is on disk already
         return damaged
+
+    # --- the journal ---------------------------------------------------------------------------------------
+    def _replay_journal(self) -> None:
+        try:
+            text = self.journal_path.read_text()
+        except OSError:
+            return
+        self._torn = bool(text) and not text.endswith("\n")  # a driver killed mid-line: the next append starts a new line
+        for line in text.splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue  # the last line of a driver killed while it wrote: the row before it stands
+            if "trial" in entry:
+                self.trials[int(entry["trial"]["optuna_trial"])] = entry["trial"]
+            elif "epoch" in entry:
+                row = entry["epoch"]
+                self.epochs[(int(row["optuna_trial"]), int(row["epoch"]))] = row
+            elif "drop_epoch" in entry:
+                self.epochs.pop(tuple(entry["drop_epoch"]), None)
+            elif "forget" in entry:
+                self.forget(int(entry["forget"]))
+
+    def _changed_trial(self, number: int) -> None:
+        self._changes.append({"trial": number})
+
+    def _changed_epoch(self, key: tuple[int, int]) -> None:
+        self._changes.append({"epoch": key})
+
+    def record(self) -> None:
+        """Append the rows changed since the last call to the journal (the driver's work per result), and rewrite the
+        parquet files when they are due (``SNAPSHOT_EVERY_S``, ``SNAPSHOT_SHARE``)."""
+        if self._changes:
+            lines = []
+            for change in self._changes:
+                if "trial" in change and change["trial"] in self.trials:
+                    lines.append({"trial": {k: _plain(v) for k, v in self.trials[change["trial"]].items()}})
+                elif "epoch" in change:
+                    key = change["epoch"]
+                    lines.append({"epoch": {k: _plain(v) for k, v in self.epochs[key].items()}} if key in self.epochs
+                                 else {"drop_epoch": list(key)})
+                elif "forget" in change:
+                    lines.append(change)
+            self._changes.clear()
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with open(self.journal_path, "a") as journal:
+                journal.write(("\n" if self._torn else "") + "".join(json.dumps(line) + "\n" for line in lines))
+                self._torn = False
+                journal.flush()
+        since = time.monotonic() - self._snapshot_at
+        if since >= max(SNAPSHOT_EVERY_S, self._snapshot_cost / SNAPSHOT_SHARE):
+            self.write()
 
     def history(self) -> list[tuple[int, int, float]]:
         """(sample, epoch, val_acc) in the order the results arrived, a diverged epoch as 0: what ASHA saw."""
@@ -104,6 +192,7 @@ class StudyTables:
         if threads is not None:
             row["threads"] = threads
         self.summarise(number)
+        self._changed_trial(number)
 
     def on_result(self, number: int, trial_id: str, config: dict, result: dict, trial_dir: str | None = None) -> str | None:
         """Record an epoch; returns the sample's previous checkpoint folder when this result moved it elsewhere."""
@@ -117,16 +206,40 @@ class StudyTables:
         epoch = int(result["epoch"])
         row = {k: result.get(k) for k in EPOCH_COLUMNS}
         row.update(trial_id=trial_id, optuna_trial=number, epoch=epoch, diverged=bool(result.get("diverged")),
-                   resumed_from_epoch=int(result.get("resumed_from_epoch") or 0))
+                   resumed_from_epoch=int(result.get("resumed_from_epoch") or 0), report_s=math.nan)
+        earlier = self.epochs.get((number, epoch))
+        if earlier is not None and not isnan(earlier.get("ended_at")):
+            row["ended_at"] = earlier["ended_at"]  # an epoch trained again after a restart: it arrived when it first did (ASHA's order)
         self.epochs[(number, epoch)] = row
+        self._changed_epoch((number, epoch))
         for later in [key for key in self.epochs if key[0] == number and key[1] > epoch]:
             del self.epochs[later]  # a run restarted from an earlier epoch replaces what it trains again
+            self._changed_epoch(later)
+        before = self.epochs.get((number, epoch - 1))
+        if before is not None and not isnan(result.get("report_s_before")):
+            before["report_s"] = float(result["report_s_before"])  # how long the last report kept the run waiting
+            self._changed_epoch((number, epoch - 1))
         trial = self.trials[number]
         trial.update(trial_id=trial_id, node_id=result.get("node_id"), node_ip=result.get("node_ip"), hostname=result.get("hostname"))
         if result.get("threads") is not None:
             trial["threads"] = int(result["threads"])
+        if result.get("worker_pid") is not None:
+            trial["worker_pid"] = int(result["worker_pid"])
+        if result.get("warm_runs") is not None:
+            trial["warm_runs"] = int(result["warm_runs"])
+        for phase in START_PHASES:  # a run's first report: its start (summed over the runs a trial took)
+            if not isnan(result.get(phase)):
+                trial[phase] = (0.0 if isnan(trial.get(phase)) else float(trial[phase])) + float(result[phase])
         self.summarise(number)
+        self._changed_trial(number)
         return previous
+
+    def held_slot(self, number: int, started: float, ended: float) -> None:
+        """The trial held its slot from ``started`` to ``ended`` (Unix times, as the driver saw its start and end)."""
+        trial = self.trials[number]
+        trial["slot_s"] = (0.0 if isnan(trial.get("slot_s")) else float(trial["slot_s"])) + float(ended - started)
+        trial["started_at"], trial["ended_at"] = float(started), float(ended)
+        self._changed_trial(number)
 
     def on_end(self, number: int, trial_id: str, config: dict, error: str | None = None, timed_out: bool = False) -> str:
         if number not in self.trials:
@@ -139,6 +252,7 @@ class StudyTables:
             trial["status"] = "diverged"
         else:
             trial["status"] = "completed" if trial.get("epochs_run", 0) >= self.max_epochs else "stopped early"
+        self._changed_trial(number)
         return trial["status"]
 
     def forget(self, number: int) -> None:
@@ -146,6 +260,7 @@ class StudyTables:
         self.trials.pop(number, None)
         for key in [key for key in self.epochs if key[0] == number]:
             del self.epochs[key]
+        self._changes.append({"forget": number})
 
     def summarise(self, number: int) -> None:
         rows = self.rows_of(number)
@@ -189,7 +304,23 @@ class StudyTables:
         return trials.reset_index(drop=True), epochs.reset_index(drop=True)
 
     def write(self) -> None:
+        """Rewrite both parquet files whole (atomically each), then empty the journal they now hold."""
+        started = time.monotonic()
         trials, epochs = self.frames()
         self.folder.mkdir(parents=True, exist_ok=True)
         write_parquet_atomic(epochs, self.epochs_path)
         write_parquet_atomic(trials, self.trials_path)
+        self._changes.clear()
+        if self.journal_path.exists():
+            os.truncate(self.journal_path, 0)  # a kill before this line leaves rows the files hold: replayed, they change nothing
+        self._torn = False
+        self._snapshot_at = time.monotonic()
+        self._snapshot_cost = self._snapshot_at - started
+
+
+def read_frames(folder: Path, params: list[str], max_epochs: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The tables as the driver last recorded them (the parquet files and the journal's newer rows), ranked."""
+    journal = Path(folder) / JOURNAL_FILE
+    if not (journal.exists() and journal.stat().st_size):
+        return pd.read_parquet(Path(folder) / TRIALS_FILE), pd.read_parquet(Path(folder) / EPOCHS_FILE)
+    return StudyTables(folder, params, max_epochs, seed).frames()

@@ -123,16 +123,14 @@ def run_study(opts: StudyOptions, folder: StudyFolder, settings: StudySettings, 
             print(f"going on with changed data ({datacheck.ACCEPT_FLAG}): {change}")
     else:
         datacheck.record(settings)
-    # decoded once: every training image (the confirmation stage cross-validates on them), and the study's split of them
-    all_data = prepare_data(base.data_dir, base.image_size, 0.0, base.split_seed, log=print, min_per_class=2)
-    data = split_fold(all_data, base.val_fraction, base.split_seed, 0)
-    if settings.confirm and settings.confirm["folds"] > (most := max_cv_folds(all_data.train.labels)):
-        raise UserError(f"--confirm-folds {settings.confirm['folds']} is more than the smallest class's {most} training images "
-                        f"allow (every fold needs an image of each class): ask for at most {most}")
-    timings["decode_s"] = round(time.perf_counter() - t0, 2)
-    print(f"decoded {len(data.train) + len(data.val)} images once ({len(data.train)} train, {len(data.val)} validation, "
-          f"classes {data.classes}) in {timings['decode_s']:.1f}s")
-    settings.val_images = len(data.val)
+    from study.driver.checkpoints import sweep_scratch
+
+    sweep_scratch()  # checkpoint scratch folders that trials killed on this machine left behind
+    # Decoded once: every training image (the confirmation stage cross-validates on them). PIL decodes with the GIL
+    # released, so the decoding runs in the background while the study's state is read and Ray starts.
+    decode_log: list[str] = []
+    decoding = Background(lambda: prepare_data(base.data_dir, base.image_size, 0.0, base.split_seed, log=decode_log.append,
+                                               min_per_class=2))
 
     from study.driver.asha import ResumableASHA
     from study.driver.state import prepare, retry_timed_out
@@ -154,10 +152,31 @@ def run_study(opts: StudyOptions, folder: StudyFolder, settings: StudySettings, 
 
     import ray
 
+    opening = None  # Optuna's study (a second or so) opens while Ray starts, not while the trials' slots wait for it
+    if remaining > 0:
+        from study.driver.searcher import open_study
+        from study.folder import storage_url
+
+        opening = Background(lambda: open_study(storage_url(folder.optuna_db), settings.name, settings.seed, settings.baseline))
+    ray_started = time.perf_counter()
     start_ray(settings.address)
     keep_ray_tracebacks_in(folder.logs / "ray.log")
     try:
-        timings["ray_start_s"] = round(time.perf_counter() - t0 - timings["decode_s"], 2)
+        timings["ray_start_s"] = round(time.perf_counter() - ray_started, 2)
+        all_data = decoding.result()
+        for line in decode_log:
+            print(line)
+        data = split_fold(all_data, base.val_fraction, base.split_seed, 0)  # the study's split (views: no copy)
+        if settings.confirm and settings.confirm["folds"] > (most := max_cv_folds(all_data.train.labels)):
+            raise UserError(f"--confirm-folds {settings.confirm['folds']} is more than the smallest class's {most} training "
+                            f"images allow (every fold needs an image of each class): ask for at most {most}")
+        timings["decode_s"] = round(decoding.seconds, 2)
+        print(f"decoded {len(data.train) + len(data.val)} images once ({len(data.train)} train, {len(data.val)} validation, "
+              f"classes {data.classes}) in {timings['decode_s']:.1f}s, while Ray started in {timings['ray_start_s']:.1f}s")
+        settings.val_images = len(data.val)
+        from study.driver.adapter import SharedData
+
+        shared = SharedData(all_data)  # in Ray's object store once: every trial and confirmation run reads it there
         resources, slots, message = share_resources(settings.gpus_requested, settings.cpus_requested, ray.cluster_resources())
         if message:
             print(message)
@@ -172,38 +191,82 @@ def run_study(opts: StudyOptions, folder: StudyFolder, settings: StudySettings, 
         timings["setup_s"] = round(time.perf_counter() - t0, 2)
         clock = study_clock(settings, run, concurrent, time.time() - (time.perf_counter() - t0))
         fit_s, stopped = 0.0, None
+        lines: list[str] = []
+        confirmed = True
+        stage = None
+        if settings.confirm:
+            from study.driver.confirm import ConfirmStage
+            from study.driver.progress import Progress
+
+            stage = ConfirmStage(folder, settings, state.tables, Progress(settings.samples), clock)
         if remaining <= 0:
             print("every trial of the study has finished")
         else:
             print(f"{concurrent} trial(s) at a time, each with {resources['cpu']:g} CPU(s)"
                   + (f" and {resources['gpu']:g} GPU" if resources["gpu"] else ""))
-            fit_s, stopped = fit(folder, settings, data, state, scheduler, resources, concurrent, clock)
-            timings["fit_s"] = round(fit_s, 2)
-            if not stopped:  # the confirmation stage follows: a kill there must not lose the trials' training time
+
+            def trials_done(seconds: float) -> None:  # a kill in the confirmation stage must not lose the trials' time
+                timings["fit_s"] = round(seconds, 2)
                 try:
                     folder.write_settings(settings)
                 except OSError:
                     pass  # finish() writes it again and says so if it still cannot
-        lines: list[str] = []
-        confirmed = True
-        budget_reached = bool(clock and clock.budget_reached)
-        if budget_reached:
-            print(f"the time budget (--time-budget {settings.time_budget:g} s) ended the search after {len(state.tables.trials)} of "
-                  f"{settings.samples} trial(s)" + ("; the confirmation stage runs on those that finished" if settings.confirm else ""))
-        if (settings.confirm and not stopped and not state.tables.counts().get("running")
-                and (len(state.tables.trials) >= settings.samples or budget_reached)):
-            from study.driver.confirm import run_stage
-            from study.driver.progress import Progress
 
-            if clock is not None:
-                clock.for_confirmation()
+            run["fit_started_at"] = round(time.time(), 3)  # for whoever lines the trials' stage up with other clocks (python -m bench --overhead)
+            fitted = fit(folder, settings, shared, state, scheduler, resources, slots, concurrent, clock, stage, trials_done,
+                         opening.result())
+            fit_s, stopped = fitted.trials_s, fitted.stopped
+            timings["fit_s"] = round(fit_s, 2)
+            if fitted.confirm_s is not None:  # the stage ran in the trials' Tune run, on their warm workers
+                timings["confirm_s"] = round(fitted.confirm_s, 2)
+                stopped, lines, confirmed = stage.end(stopped)
+                stage = None
+        budget_reached = bool(clock and clock.budget_reached)
+        if stage is not None and not stopped and not state.tables.counts().get("running") and (
+                len(state.tables.trials) >= settings.samples or budget_reached):
+            # a resume that found every trial done: the stage in a Tune run of its own
+            from study.driver.confirm import run_stage
+
+            if budget_reached:
+                print(f"the time budget (--time-budget {settings.time_budget:g} s) ended the search after "
+                      f"{len(state.tables.trials)} of {settings.samples} trial(s); the confirmation stage runs on those that finished")
             start = time.perf_counter()
-            stopped, lines, confirmed = run_stage(folder, settings, state.tables, all_data, resources, slots, len(settings.runs),
-                                                  Progress(settings.samples), clock)
+            stopped, lines, confirmed = run_stage(folder, settings, state.tables, shared, resources, slots, len(settings.runs),
+                                                  stage.progress, clock)
             timings["confirm_s"] = round(time.perf_counter() - start, 2)
+        elif budget_reached and not settings.confirm:
+            print(f"the time budget (--time-budget {settings.time_budget:g} s) ended the search after {len(state.tables.trials)} of "
+                  f"{settings.samples} trial(s)")
         return finish(folder, settings, state.tables, run, t0, fit_s, stopped, lines, confirmed, budget_reached)
     finally:
         ray.shutdown()
+
+
+class Background:
+    """``fn()`` on a daemon thread (a Ctrl-C or an error elsewhere does not wait for it); ``result()`` waits for its
+    value or raises what it raised; ``seconds``: how long it ran."""
+
+    def __init__(self, fn):
+        import threading
+
+        self._value, self._error, self.seconds = None, None, 0.0
+
+        def work():
+            started = time.perf_counter()
+            try:
+                self._value = fn()
+            except BaseException as exc:
+                self._error = exc
+            self.seconds = time.perf_counter() - started
+
+        self._thread = threading.Thread(target=work, name="background", daemon=True)
+        self._thread.start()
+
+    def result(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 def _process_start() -> float:

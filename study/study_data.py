@@ -10,6 +10,7 @@ import pandas as pd
 from trainable import UserError
 
 from study.folder import RERUN_FILE, StudyFolder, StudySettings
+from study.results import read_frames
 
 
 @dataclass
@@ -68,9 +69,11 @@ def read_study(folder: StudyFolder) -> StudyData:
         raise UserError(f"study {settings.name!r} in {folder.path} has no trials yet (no trials.parquet): "
                         "wait until python -m study.run has started a trial, or resume it with --resume")
     try:
-        trials = pd.read_parquet(folder.trials)
-        epochs = pd.read_parquet(folder.epochs) if folder.epochs.is_file() else pd.DataFrame(
-            columns=["trial_id", "epoch", "val_acc", "diverged"])
+        if folder.epochs.is_file():  # the files, and what the journal holds beyond them (a driver killed a moment ago)
+            trials, epochs = read_frames(folder.path, list(settings.space), int(settings.base["epochs"]), settings.seed)
+        else:
+            trials = pd.read_parquet(folder.trials)
+            epochs = pd.DataFrame(columns=["trial_id", "epoch", "val_acc", "diverged"])
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read the tables of {folder.path} ({str(exc).splitlines()[0]}): "
                         "they were not written by python -m study.run") from None

@@ -78,6 +78,11 @@ def print_summary(folder: StudyFolder, settings: StudySettings, tables, fit_s: f
     rate = summary["aggregate_train_images_per_s"]
     runs = f" over {len(settings.runs)} runs" if len(settings.runs) > 1 else ""
     console.print(f"{summary['trials']} trials ({counts}) in {fit_s:.0f}s of training{runs}" + (f"; {rate} training images/s overall" if rate else ""), markup=False)
+    from study.timing import time_use
+
+    if (use := time_use(trials, epochs, settings.runs)) is not None:
+        console.print(use.line(), markup=False)
+        summary["time_use"] = use.as_dict()
     best, base = summary["best"], summary["baseline_val_acc"]
     if settings.baseline is None:
         console.print("no baseline: the book's recipe lies outside the search space, so nothing here compares with it", markup=False)

@@ -29,11 +29,13 @@ ROOT = Path(__file__).resolve().parents[1]
 TRIAL_COLUMNS = [
     "rank", "trial_id", "optuna_trial", "baseline", "lr", "head_lr_mult", "weight_decay", "freeze_depth", "augment",
     "best_val_acc", "best_epoch", "last_val_acc", "epochs_run", "status", "error", "seconds", "images_per_s", "seed",
-    "threads", "trial_dir", "node_id", "node_ip", "hostname", "confirm_mean", "confirm_sd", "confirm_folds", "recommended",
+    "threads", "trial_dir", "node_id", "node_ip", "hostname", "slot_s", "started_at", "ended_at", "import_s", "data_wait_s",
+    "restore_s", "build_s", "weights_s", "to_device_s", "first_step_s", "worker_pid", "warm_runs",
+    "confirm_mean", "confirm_sd", "confirm_folds", "recommended",
 ]
 EPOCH_COLUMNS = [
     "trial_id", "optuna_trial", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "images_per_s",
-    "diverged", "resumed_from_epoch", "ended_at", "node_id", "node_ip", "hostname",
+    "diverged", "resumed_from_epoch", "ended_at", "node_id", "node_ip", "hostname", "train_s", "val_s", "checkpoint_s", "report_s",
 ]
 # parquet types as docs/results.md lists them (nullable columns may hold nulls; the others never do)
 TRIAL_TYPES = {"rank": "int64", "trial_id": "large_string", "optuna_trial": "int64", "baseline": "bool", "lr": "double",
@@ -41,12 +43,13 @@ TRIAL_TYPES = {"rank": "int64", "trial_id": "large_string", "optuna_trial": "int
                "best_val_acc": "double", "best_epoch": "int64", "last_val_acc": "double", "epochs_run": "int64",
                "status": "large_string", "error": "large_string", "seconds": "double", "images_per_s": "double", "seed": "int64",
                "threads": "int64", "trial_dir": "large_string", "node_id": "large_string", "node_ip": "large_string",
-               "hostname": "large_string", "confirm_mean": "double", "confirm_sd": "double", "confirm_folds": "int64",
-               "recommended": "large_string"}
+               "hostname": "large_string", **{c: "double" for c in ("slot_s", "started_at", "ended_at", "import_s", "data_wait_s",
+               "restore_s", "build_s", "weights_s", "to_device_s", "first_step_s")}, "worker_pid": "int64", "warm_runs": "int64",
+               "confirm_mean": "double", "confirm_sd": "double", "confirm_folds": "int64", "recommended": "large_string"}
 EPOCH_TYPES = {"trial_id": "large_string", "optuna_trial": "int64", "epoch": "int64", "train_loss": "double", "train_acc": "double",
                "val_loss": "double", "val_acc": "double", "seconds": "double", "images_per_s": "double", "diverged": "bool",
                "resumed_from_epoch": "int64", "ended_at": "double", "node_id": "large_string", "node_ip": "large_string",
-               "hostname": "large_string"}
+               "hostname": "large_string", "train_s": "double", "val_s": "double", "checkpoint_s": "double", "report_s": "double"}
 
 
 def make_images(root: Path, per_class: int = 12, size=(40, 48)) -> Path:
@@ -137,6 +140,18 @@ def test_study_writes_ranked_tables_with_the_documented_schema(finished_study):
         assert baseline.iloc[0][name] == pytest.approx(BASELINE[name]) if name != "augment" else baseline.iloc[0][name] == "d2l"
     assert trials["node_id"].notna().all() and (trials["images_per_s"] > 0).all()
     assert trials["error"].isna().all()  # a string column of nulls, not parquet's null type
+    # where each trial's time went (docs/results.md): its hold on its slot covers its epochs; the phases were timed
+    assert (trials["slot_s"] >= trials["seconds"]).all() and (trials["ended_at"] > trials["started_at"]).all()
+    assert trials[["import_s", "data_wait_s", "build_s", "first_step_s"]].notna().all().all()
+    assert (epochs["train_s"] + epochs["val_s"] <= epochs["seconds"] + 1e-6).all() and (epochs["train_s"] > 0).all()
+    assert epochs["checkpoint_s"].notna().all()
+    # a worker process's first trial imported the training code; later ones on it found it imported and reset the model
+    first, later = trials[trials["warm_runs"] == 0], trials[trials["warm_runs"] > 0]
+    assert len(later) and first["worker_pid"].nunique() == len(first) and set(later["worker_pid"]) <= set(first["worker_pid"])
+    assert later["import_s"].max() < first["import_s"].min()
+    assert not (finished_study / "tables.journal").exists() or (finished_study / "tables.journal").stat().st_size == 0
+    # no checkpoint after a trial's last epoch: with 2 epochs, none at all, and none left behind
+    assert not list(finished_study.glob("ray/run-*/*/checkpoint_*"))
 
 
 @pytest.mark.slow

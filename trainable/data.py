@@ -118,16 +118,33 @@ def _download_and_extract(root: Path, data: Path, url: str, sha1: str) -> Path:
 # --- finding and decoding images --------------------------------------------------------------------
 @dataclass
 class Split:
-    """One decoded split: images ``N x 3 x S x S`` uint8, labels ``N`` int64."""
+    """One decoded split: images ``N x 3 x S x S`` uint8, labels ``N`` int64.
 
-    images: np.ndarray
-    labels: np.ndarray
+    A split may be a view of a larger decoded set (``rows``: which of its images, in order): a validation
+    split or a cross-validation fold shares the decoded pixels instead of copying them, so a worker that
+    holds the whole set (on a GPU: once on the device) trains any fold of it without another copy.
+    ``images`` and ``labels`` give the split's own arrays (a copy where it is a view).
+    """
+
+    base_images: np.ndarray
+    base_labels: np.ndarray
+    rows: np.ndarray | None = None  # indices into base_images/base_labels; None: all of them
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.base_labels) if self.rows is None else len(self.rows)
+
+    @property
+    def images(self) -> np.ndarray:
+        return self.base_images if self.rows is None else self.base_images[self.rows]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.base_labels if self.rows is None else self.base_labels[self.rows]
 
     def subset(self, index: np.ndarray) -> "Split":
-        return Split(self.images[index], self.labels[index])
+        """The images at ``index`` of this split, as a view of the same decoded set (no pixels copied)."""
+        index = np.asarray(index, dtype=np.int64)
+        return Split(self.base_images, self.base_labels, index if self.rows is None else self.rows[index])
 
 
 @dataclass

@@ -8,7 +8,14 @@ they were and a resumed run draws exactly what an uninterrupted one would.
 
 On a GPU the decoded uint8 images move to the device once, batches are augmented there as whole batches
 (``batch_augment``), and loss, accuracy and the divergence flag accumulate on the device: the host waits
-for the GPU a few times per epoch, not at every step.
+for the GPU a few times per epoch, not at every step. cuDNN tunes its kernels for each new input shape, so
+on a GPU every shape but two stays out of its tuning: the one short batch of an epoch runs with cuDNN's
+heuristics, and evaluation pads its last batch to the same size as the others (in eval mode a padded row
+changes no other row's output). A worker that trains many runs passes a ``WarmState`` (``trainable.warm``):
+the model, its starting weights and the images on the device are then made once per process.
+
+Where a run's time goes is recorded as it goes: ``RunPhases`` (before the first epoch) and each epoch's
+``train_s`` and ``val_s``.
 """
 
 from __future__ import annotations
@@ -16,7 +23,6 @@ from __future__ import annotations
 import json
 import math
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -31,7 +37,8 @@ from .config import TrainConfig
 from .data import PreparedData, Split, available_cpus, prepare_data
 from .errors import UserError
 from .files import write_atomic
-from .model import build_model, freeze, param_groups, set_train_mode
+from .model import build_model, freeze, param_groups, read_weights, set_train_mode
+from .warm import WarmState, as_tensor
 
 CHECKPOINT_FILE = "state.pt"
 META_FILE = "meta.json"  # the checkpoint's epoch, readable without loading the model
@@ -48,6 +55,22 @@ class EpochMetrics:
     seconds: float  # the whole epoch, evaluation included
     images_per_s: float  # training images per second of training (augmentation included)
     diverged: bool = False  # the loss became NaN/inf: the run stopped in this epoch
+    train_s: float = math.nan  # of seconds: the training steps (augmentation included)
+    val_s: float = math.nan  # of seconds: the evaluation on the validation split
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class RunPhases:
+    """Where a run's time went before and at its first step, in seconds (filled in by ``train`` as it goes)."""
+
+    build_s: float = 0.0  # the model made (or reset to its starting state), frozen, on its device; the optimiser
+    weights_s: float = 0.0  # of build_s: reading the weights file (0 where the process had read it)
+    to_device_s: float = 0.0  # the images copied to the device (0 on the CPU: a view; 0 where the process holds them)
+    first_step_s: float = 0.0  # the run's first training step alone (lazy initialisation, cuDNN's tuning; part of train_s)
+    warm_runs: int = 0  # runs the process trained with the same WarmState before this one (0: a cold process or none)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -101,20 +124,24 @@ class Checkpoint:
     """Save/restore model, optimiser and epoch; loaded with ``weights_only=True``."""
 
     @staticmethod
-    def save(directory: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, history: list[EpochMetrics]) -> Path:
+    def state(model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, history: list[EpochMetrics]) -> dict:
+        """What a checkpoint holds: the live tensors, no copy."""
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                "history": [m.as_dict() for m in history]}
+
+    @staticmethod
+    def write(directory: str | Path, state: dict) -> Path:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / CHECKPOINT_FILE
-        state = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "epoch": epoch,
-            "history": [m.as_dict() for m in history],
-        }
         write_atomic(path, lambda tmp: torch.save(state, tmp))  # never a half-written checkpoint
-        meta = json.dumps({"epoch": epoch, "bytes": path.stat().st_size})
+        meta = json.dumps({"epoch": state["epoch"], "bytes": path.stat().st_size})
         write_atomic(directory / META_FILE, lambda tmp: tmp.write_text(meta))  # written last: a checkpoint with its meta is complete
         return path
+
+    @staticmethod
+    def save(directory: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, history: list[EpochMetrics]) -> Path:
+        return Checkpoint.write(directory, Checkpoint.state(model, optimizer, epoch, history))
 
     @staticmethod
     def load(directory: str | Path) -> dict:
@@ -135,19 +162,38 @@ class Checkpoint:
             return None
 
 
-def as_tensor(array: np.ndarray) -> torch.Tensor:
-    """Zero-copy view of a (possibly read-only, e.g. Ray object store) array; it is never written to."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "array is not writable"
-        return torch.from_numpy(np.ascontiguousarray(array))
-
-
 def _batches(n: int, batch_size: int, generator: torch.Generator | None) -> list[torch.Tensor]:
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     batches = list(order.split(batch_size))
     if len(batches) > 1 and len(batches[-1]) < 2:  # BatchNorm cannot train on a single image
         batches.pop()
     return batches
+
+
+class SaveCheckpoint:
+    """What ``on_epoch`` gets to checkpoint the run as the epoch left it: ``save(directory)`` writes it now;
+    ``save.snapshot()`` copies it to the host, for a writer that lets the run train on meanwhile
+    (``Checkpoint.write(directory, snapshot)``)."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, history: list[EpochMetrics]):
+        self.model, self.optimizer, self.epoch, self.history = model, optimizer, epoch, list(history)
+
+    def __call__(self, directory: str | Path) -> Path:
+        return Checkpoint.save(directory, self.model, self.optimizer, self.epoch, self.history)
+
+    def snapshot(self) -> dict:
+        return _host_copy(Checkpoint.state(self.model, self.optimizer, self.epoch, self.history))
+
+
+def _host_copy(value):
+    """``value`` with every tensor in it copied to the host (nested dicts and lists followed)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _host_copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_host_copy(v) for v in value)
+    return value
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -174,27 +220,55 @@ def thread_count(threads: int):
         torch.set_num_threads(before)
 
 
-def to_device(split: Split, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """A split's uint8 images and labels as tensors on ``device``: a zero-copy view on the CPU, one copy on a GPU."""
-    images, labels = as_tensor(split.images), as_tensor(split.labels)
-    if device.type != "cpu":
-        images, labels = images.to(device), labels.to(device)
-    return images, labels
+@dataclass
+class OnDevice:
+    """A split where the loop reads it: the decoded set's images and labels as tensors, and the split's rows of them."""
+
+    images: torch.Tensor  # uint8 N x 3 x S x S
+    labels: torch.Tensor  # int64 N
+    rows: torch.Tensor | None  # the split's rows (on the images' device); None: all of them
+
+    def __len__(self) -> int:
+        return len(self.labels) if self.rows is None else len(self.rows)
+
+    def take(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The uint8 images and labels at ``positions`` of the split (a batch)."""
+        index = positions if self.rows is None else self.rows[positions]
+        return self.images[index], self.labels[index]
 
 
-def eval_logits(model: nn.Module, split: Split | tuple[torch.Tensor, torch.Tensor], cfg: TrainConfig, device: torch.device,
+def to_device(split: Split, device: torch.device, warm: WarmState | None = None) -> OnDevice:
+    """A split's images and labels on ``device`` (a zero-copy view on the CPU, one copy on a GPU: once per
+    process with ``warm``), with its rows where it is a view of a larger set."""
+    if warm is not None:
+        images, labels = warm.on_device(split.base_images, split.base_labels, device)
+    else:
+        images, labels = as_tensor(split.base_images), as_tensor(split.base_labels)
+        if device.type != "cpu":
+            images, labels = images.to(device), labels.to(device)
+    rows = None if split.rows is None else torch.from_numpy(np.asarray(split.rows, dtype=np.int64)).to(images.device)
+    return OnDevice(images, labels, rows)
+
+
+def eval_logits(model: nn.Module, split: Split | OnDevice, cfg: TrainConfig, device: torch.device,
                 bf16: bool, channels_last: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(float logits, labels) batch by batch of a split (a ``Split`` or its tensors from ``to_device``),
-    centre-cropped, the model in eval mode, without autograd."""
+    """(float logits, labels) batch by batch of a split (a ``Split`` or what ``to_device`` made of one),
+    centre-cropped, the model in eval mode, without autograd. On a GPU a short batch is padded to the full size
+    (its padding's logits dropped): one input shape for every split and fold, so cuDNN tunes once."""
     model.eval()
-    images, labels = to_device(split, device) if isinstance(split, Split) else split
+    data = to_device(split, device) if isinstance(split, Split) else split
+    size = max(cfg.batch_size, 256)  # eval mode takes a batch of 1 too
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        for index in torch.arange(len(labels), device=labels.device).split(max(cfg.batch_size, 256)):  # eval mode takes a batch of 1 too
-            x = normalize(center_crop(images[index], cfg.image_size), device, channels_last)
-            yield model(x).float(), labels[index].to(device)
+        for positions in torch.arange(len(data), device=data.images.device).split(size):
+            n = len(positions)
+            if device.type == "cuda" and n < size:
+                positions = torch.cat([positions, positions[-1:].expand(size - n)])
+            images, labels = data.take(positions)
+            x = normalize(center_crop(images, cfg.image_size), device, channels_last)
+            yield model(x)[:n].float(), labels[:n].to(device)
 
 
-def evaluate(model: nn.Module, split: Split | tuple[torch.Tensor, torch.Tensor], cfg: TrainConfig, device: torch.device,
+def evaluate(model: nn.Module, split: Split | OnDevice, cfg: TrainConfig, device: torch.device,
              bf16: bool, channels_last: bool) -> tuple[float, float]:
     """Mean loss and accuracy on a split (``eval_logits``); sums stay on the device until the end."""
     total_loss = torch.zeros((), device=device, dtype=torch.float64)
@@ -217,32 +291,46 @@ def data_for(cfg: TrainConfig, with_test: bool = False, log: Callable[[str], Non
 def train(
     cfg: TrainConfig,
     data: PreparedData | None = None,
-    on_epoch: Callable[[EpochMetrics, Callable[[str | Path], Path]], None] | None = None,
+    on_epoch: Callable[[EpochMetrics, SaveCheckpoint], None] | None = None,
     resume_from: str | Path | dict | None = None,
     log: Callable[[str], None] | None = None,
+    warm: WarmState | None = None,
+    phases: RunPhases | None = None,
 ) -> RunResult:
     """Fine-tune ResNet18 with ``cfg``; call ``on_epoch(metrics, save_checkpoint)`` after every epoch.
 
     ``save_checkpoint(directory)`` writes the state a run needs to continue; ``resume_from`` (a directory it
-    wrote, or the state ``Checkpoint.load`` read from one) continues with the next epoch.
+    wrote, or the state ``Checkpoint.load`` read from one) continues with the next epoch. ``warm``: what the
+    process keeps between runs (``trainable.warm``); ``phases``: filled in with where the time went before
+    the first epoch, by the first ``on_epoch``.
     """
     cfg.validate()
     if data is None:
         data = data_for(cfg, log=log)
     device = resolve_device(cfg.device)
     with own_rng(device), thread_count(cfg.threads or available_cpus()):
-        return _train(cfg, data, device, on_epoch, resume_from)
+        return _train(cfg, data, device, on_epoch, resume_from, warm, phases if phases is not None else RunPhases())
 
 
-def _train(cfg: TrainConfig, data: PreparedData, device: torch.device, on_epoch, resume_from) -> RunResult:
+def _train(cfg: TrainConfig, data: PreparedData, device: torch.device, on_epoch, resume_from, warm: WarmState | None,
+           phases: RunPhases) -> RunResult:
     bf16 = use_bf16(cfg.precision, device)
     channels_last = True  # pays on CPU (1.2x here) and GPU alike
-    if device.type == "cuda":
+    cuda = device.type == "cuda"
+    if cuda:
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
 
-    model = build_model(cfg.weights, len(data.classes), seed=cfg.seed)
+    t0 = time.perf_counter()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    if warm is not None:
+        phases.warm_runs = warm.runs
+        warm.runs += 1
+        model, phases.weights_s = warm.model(cfg.weights, len(data.classes), cfg.seed, device, memory_format)
+    else:
+        read = read_weights(cfg.weights)
+        phases.weights_s = time.perf_counter() - t0
+        model = build_model(cfg.weights, len(data.classes), seed=cfg.seed, read=read).to(device, memory_format=memory_format)
     freeze(model, cfg.freeze_depth)
-    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     optimizer = torch.optim.SGD(param_groups(model, cfg.lr, cfg.head_lr_mult, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
 
     history: list[EpochMetrics] = []
@@ -253,53 +341,68 @@ def _train(cfg: TrainConfig, data: PreparedData, device: torch.device, on_epoch,
         optimizer.load_state_dict(state["optimizer"])
         history = [EpochMetrics(**m) for m in state["history"]]
         start = int(state["epoch"]) + 1
+    phases.build_s = time.perf_counter() - t0
 
+    t0 = time.perf_counter()
     path = resolve_augment_path(cfg.augment_path, device)
-    train_data = to_device(data.train, device if path == "batched" else torch.device("cpu"))
-    val_data = to_device(data.val, device) if data.val is not None and len(data.val) else None
+    train_data = to_device(data.train, device if path == "batched" else torch.device("cpu"), warm)
+    val_data = to_device(data.val, device, warm) if data.val is not None and len(data.val) else None
+    if cuda:
+        torch.cuda.synchronize(device)
+    phases.to_device_s = time.perf_counter() - t0
     transform = train_transform(cfg.augment, cfg.image_size) if path == "per-image" else None
     if path == "batched":
         from .batch_augment import batch_augment
 
     status = "completed"
+    first_step = True
     for epoch in range(start, cfg.epochs + 1):
         t0 = time.perf_counter()
         torch.manual_seed(epoch_seed(cfg.seed, epoch))  # the per-image path draws from the (forked) global generator
         order = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
         crops = torch.Generator(device=device).manual_seed(epoch_seed(cfg.seed, epoch)) if path == "batched" else None
         set_train_mode(model, cfg.freeze_depth)
-        images, labels = train_data
         loss_sum = torch.zeros((), device=device, dtype=torch.float64)
         correct = torch.zeros((), device=device, dtype=torch.int64)
         bad = torch.zeros((), device=device, dtype=torch.bool)
         seen, diverged = 0, False
-        for step, index in enumerate(_batches(len(labels), cfg.batch_size, order), start=1):
+        for step, positions in enumerate(_batches(len(train_data), cfg.batch_size, order), start=1):
+            step_t0 = time.perf_counter() if first_step else 0.0
             if path == "batched":
-                index = index.to(images.device, non_blocking=True)
-                batch = batch_augment(images[index], cfg.augment, cfg.image_size, crops)
+                images, y = train_data.take(positions.to(train_data.images.device, non_blocking=True))
+                batch = batch_augment(images, cfg.augment, cfg.image_size, crops)
             else:
-                batch = augment_batch(images[index], transform)
+                images, y = train_data.take(positions)
+                batch = augment_batch(images, transform)
             x = normalize(batch, device, channels_last)
-            y = labels[index].to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = model(x)
-            summed = nn.functional.cross_entropy(logits.float(), y, reduction="sum")
-            bad |= ~torch.isfinite(summed)
-            # On a CPU reading the flag costs nothing: stop before a bad step touches the weights. On a GPU
-            # read it every few steps (a bad step then leaves NaN weights, and the run ends all the same).
-            if (device.type == "cpu" or step % SYNC_EVERY == 0) and bad.item():
-                diverged = True
-                break
-            optimizer.zero_grad(set_to_none=True)
-            (summed / cfg.batch_size).backward()
-            optimizer.step()
+            y = y.to(device, non_blocking=True)
+            # A short batch (an epoch's last) would make cuDNN tune every kernel again for its shape: heuristics instead
+            with _no_tuning(cuda and len(positions) != cfg.batch_size):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    logits = model(x)
+                summed = nn.functional.cross_entropy(logits.float(), y, reduction="sum")
+                bad |= ~torch.isfinite(summed)
+                # On a CPU reading the flag costs nothing: stop before a bad step touches the weights. On a GPU
+                # read it every few steps (a bad step then leaves NaN weights, and the run ends all the same).
+                if (device.type == "cpu" or step % SYNC_EVERY == 0) and bad.item():
+                    diverged = True
+                    break
+                optimizer.zero_grad(set_to_none=True)
+                (summed / cfg.batch_size).backward()
+                optimizer.step()
             loss_sum += summed.detach()
             correct += (logits.argmax(1) == y).sum()
-            seen += len(index)
+            seen += len(positions)
+            if first_step:
+                if cuda:
+                    torch.cuda.synchronize(device)  # once per run: the first step's own time, not the queue's
+                phases.first_step_s = time.perf_counter() - step_t0
+                first_step = False
         diverged = diverged or bool(bad.item())
         train_seconds = time.perf_counter() - t0
         # The last step may have blown the weights up though its own loss was finite: no later epoch recovers.
         diverged = diverged or not all(torch.isfinite(p).all() for p in model.parameters())
+        val_t0 = time.perf_counter()
         if diverged or val_data is None or (cfg.val_last_only and epoch < cfg.epochs):
             val_loss, val_acc = math.nan, math.nan
         else:
@@ -313,11 +416,24 @@ def _train(cfg: TrainConfig, data: PreparedData, device: torch.device, on_epoch,
             seconds=time.perf_counter() - t0,
             images_per_s=seen / train_seconds if train_seconds > 0 else 0.0,
             diverged=diverged,
+            train_s=train_seconds,
+            val_s=time.perf_counter() - val_t0,
         )
         history.append(metrics)
         if on_epoch is not None:
-            on_epoch(metrics, lambda directory, _e=epoch: Checkpoint.save(directory, model, optimizer, _e, history))
+            on_epoch(metrics, SaveCheckpoint(model, optimizer, epoch, history))
         if diverged:
             status = "diverged"
             break
     return RunResult(status, history, model)
+
+
+@contextmanager
+def _no_tuning(active: bool):
+    """cuDNN without its benchmark mode inside (where ``active``): a shape seen once is not worth tuning for."""
+    if not active:
+        yield
+        return
+    cudnn = torch.backends.cudnn
+    with cudnn.flags(enabled=cudnn.enabled, benchmark=False, deterministic=cudnn.deterministic, allow_tf32=cudnn.allow_tf32):
+        yield

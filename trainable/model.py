@@ -66,21 +66,39 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in loaded.items()}
 
 
-def build_model(weights: str, num_classes: int, seed: int = 0) -> nn.Module:
+def read_weights(weights: str) -> tuple[Mapping[str, torch.Tensor] | None, str | None]:
+    """The state dict ``weights`` names ("imagenet", "none" or a path) and how to name it in a message."""
+    if weights == "imagenet":
+        return _imagenet_state_dict(), "ImageNet weights"
+    if weights == "none":
+        return None, None
+    return load_state_dict_file(weights), f"weights file {weights}"
+
+
+def weights_identity(weights: str) -> tuple:
+    """What identifies the weights a run starts from: a file by its path, size and modification time (a file
+    replaced under the same name is another)."""
+    if weights in ("imagenet", "none"):
+        return (weights,)
+    path = Path(weights).expanduser()
+    try:
+        stat = path.stat()
+    except OSError:
+        return (str(path),)  # read_weights says what is wrong with it
+    return (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def build_model(weights: str, num_classes: int, seed: int = 0, read: tuple | None = None) -> nn.Module:
     """torchvision resnet18 with ``weights`` ("imagenet", "none" or a path) and a new, seeded head.
 
     Every random draw (the from-scratch backbone, the head's weight and bias) comes from ``seed``, never
     from the caller's global generator, which is left untouched: the same seed gives the same model.
+    ``read``: what ``read_weights(weights)`` returned, where the caller has read them already.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = resnet18(weights=None)
-    if weights == "imagenet":
-        state, source = _imagenet_state_dict(), "ImageNet weights"
-    elif weights == "none":
-        state, source = None, None
-    else:
-        state, source = load_state_dict_file(weights), f"weights file {weights}"
+    state, source = read if read is not None else read_weights(weights)
     own_head = False
     if state is not None:
         expected = model.state_dict()

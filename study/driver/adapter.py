@@ -1,8 +1,15 @@
-"""The thin layer between Ray Tune and the training loop: config in, one report (and checkpoint) per epoch.
+"""The thin layer between Ray Tune and the training loop: config in, one report per epoch (with the checkpoint,
+written off the training path, of an earlier one: ``study.driver.checkpoints``).
 
 A trial that raises is not a crash of the study: its exception becomes one final result (``trial_error``:
 the exception's last line, ``trial_traceback``: the whole text) and the function returns, so Ray does not
 retry it; only a worker process that dies (Ray's own error) is retried from the trial's checkpoint.
+
+Ray reuses a worker process for trial after trial. What the process keeps between them lives here, once per
+process: the study's decoded images (fetched from Ray's object store once: ``SharedData``) and the training loop's
+``WarmState`` (the model and its starting weights, the images on the device). Every report says where the time
+went: the first of a run its start (``import_s``, ``data_wait_s``, ``restore_s`` and the loop's ``RunPhases``), each its epoch's ``train_s``,
+``val_s`` and ``checkpoint_s``, and the time the run waited in the report before (``report_s_before``).
 """
 
 from __future__ import annotations
@@ -11,8 +18,9 @@ import errno
 import json
 import math
 import os
+import shutil
 import socket
-import tempfile
+import time
 import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,6 +38,38 @@ if TYPE_CHECKING:
 
 TRIAL_KEYS = ("optuna_trial", "baseline", "resume_dir")  # study bookkeeping carried in the Tune config, not TrainConfig fields
 CUDA_CONTEXT_BYTES = 1 << 30  # left outside a trial's memory cap: the CUDA context and allocator slack of its process
+
+
+class SharedData:
+    """The study's decoded images (every training image: a trial's split and each confirmation fold are views of
+    them), put in Ray's object store once by the driver and fetched once by each worker process."""
+
+    _fetched: dict[str, PreparedData] = {}  # in a worker: object id -> the data, for the process's life
+
+    def __init__(self, data: PreparedData):
+        self.ref = ray.put(data)
+
+    def get(self) -> PreparedData:
+        key = self.ref.hex()
+        if key not in self._fetched:
+            self._fetched.clear()  # another study's data: one set at a time
+            self._fetched[key] = ray.get(self.ref)
+        return self._fetched[key]
+
+
+_WARM = None  # this worker process's trainable.warm.WarmState, made at its first trial
+
+
+def warm_state():
+    global _WARM
+    if _WARM is None:
+        from trainable.warm import WarmState
+
+        from study.driver.checkpoints import sweep_scratch
+
+        sweep_scratch()  # what workers killed on this machine left behind
+        _WARM = WarmState()
+    return _WARM
 
 
 class TrialError(Exception):
@@ -150,14 +190,17 @@ def hang_for_tests(key: str, epoch: int) -> None:
             blocked.read()
 
 
-def run_trial(config: dict, data: PreparedData, base: dict, clock: str | None = None) -> None:
-    """A Ray Tune function trainable. ``clock``: the name of the study's Clock actor (study.driver.clock), whose limits a
-    watchdog thread enforces on this run's process."""
+def run_trial(config: dict, data: SharedData, base: dict, clock: str | None = None) -> None:
+    """A Ray Tune function trainable: a study trial, or (``config["job"]``) a confirmation run, which trains the same
+    way on its fold. ``clock``: the name of the study's Clock actor (study.driver.clock), whose limits a watchdog
+    thread enforces on this run's process."""
+    config = dict(config["job"]) if "job" in config else config
     context = ray.get_runtime_context()
     resources = context.get_assigned_resources()
     threads = max(1, int(resources.get("CPU", 1)))
     gpus = ray.get_gpu_ids()
-    node = {"node_id": context.get_node_id(), "node_ip": ray.util.get_node_ip_address(), "hostname": socket.gethostname()}
+    node = {"node_id": context.get_node_id(), "node_ip": ray.util.get_node_ip_address(), "hostname": socket.gethostname(),
+            "worker_pid": os.getpid()}
     from study.driver.clock import run_key
 
     key = run_key(config["optuna_trial"], config["val_fold"] if config.get("cv_folds") else None)
@@ -172,38 +215,66 @@ def run_trial(config: dict, data: PreparedData, base: dict, clock: str | None = 
             return
         watchdog = Watchdog(handle, key).start()
     cfg = None
+    checkpointer = None
     try:
+        started = time.perf_counter()
+        from trainable.data import split_fold
+        from trainable.loop import RunPhases, train  # torch and torchvision: seconds in a new process, nothing after
+
+        start = {"import_s": time.perf_counter() - started}
         check_gpu(gpus)
         cfg = trial_config(base, config, threads, gpus)
         cap_gpu_memory(float(resources.get("GPU", 0)))
-        with tempfile.TemporaryDirectory() as scratch:
+        started = time.perf_counter()
+        fold = split_fold(data.get(), cfg.val_fraction, cfg.split_seed, cfg.val_fold, cfg.cv_folds)  # views: no pixels copied
+        start["data_wait_s"] = time.perf_counter() - started
+        from study.driver.checkpoints import Checkpointer, scratch_dir
+
+        started = time.perf_counter()
+        scratch = scratch_dir()
+        try:
             state, resumed, note = restore_state(scratch, config.get("resume_dir"))
-            first = {"resume_note": note} if note else {}
-            # The driver may have died before it recorded the epochs this checkpoint holds: send them again
-            # (marked replayed; the driver keeps the rows it has, the searcher and ASHA ignore repeats).
-            for past in (state or {}).get("history", []):
-                tune.report({**past, **node, **first, "replayed": True, "resumed_from_epoch": 0, "threads": threads})
-                first = {}
-            if state and state["history"] and state["history"][-1].get("diverged"):
-                return  # it ended in that epoch; nothing follows a diverged one
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        start["restore_s"] = time.perf_counter() - started
+        first = {"resume_note": note} if note else {}
+        # The driver may have died before it recorded the epochs this checkpoint holds: send them again
+        # (marked replayed; the driver keeps the rows it has, the searcher and ASHA ignore repeats).
+        for past in (state or {}).get("history", []):
+            tune.report({**past, **node, **first, "replayed": True, "resumed_from_epoch": 0, "threads": threads})
+            first = {}
+        if state and state["history"] and state["history"][-1].get("diverged"):
+            return  # it ended in that epoch; nothing follows a diverged one
 
-            def on_epoch(metrics, save) -> None:
-                with tempfile.TemporaryDirectory() as directory:
-                    save(directory)
-                    tune.report({**metrics.as_dict(), **node, **first, "resumed_from_epoch": resumed, "threads": threads},
-                                checkpoint=tune.Checkpoint.from_directory(directory))
-                first.clear()
-                if watchdog is not None:
-                    watchdog.progress()
-                hang_for_tests(key, metrics.epoch)
+        phases = RunPhases()
+        checkpointer = Checkpointer(cfg.epochs)
+        waits: list[float] = []  # how long each report of this run kept it waiting for the study
 
-            from trainable.loop import train
+        def on_epoch(metrics, save) -> None:
+            folder, epoch = checkpointer.take()
+            result = {**metrics.as_dict(), **node, **first, "resumed_from_epoch": resumed, "threads": threads,
+                      "checkpoint_s": checkpointer.spent(), "report_s_before": waits[-1] if waits else math.nan}
+            if not waits:  # the run's first report: where its start went
+                result.update(start, **phases.as_dict())
+            last = metrics.epoch >= cfg.epochs or metrics.diverged
+            carried = folder if folder is not None and not last else None  # the last report needs none: nothing resumes after it
+            t0 = time.perf_counter()
+            tune.report({**result, "checkpoint_epoch": epoch if carried else None},
+                        checkpoint=tune.Checkpoint.from_directory(carried) if carried else None)
+            waits.append(time.perf_counter() - t0)
+            first.clear()
+            checkpointer.after_report(save, metrics.epoch, metrics.diverged)
+            if watchdog is not None:
+                watchdog.progress()
+            hang_for_tests(key, metrics.epoch)
 
-            train(cfg, data, on_epoch=on_epoch, resume_from=state)
+        train(cfg, fold, on_epoch=on_epoch, resume_from=state, warm=warm_state(), phases=phases)
     except Exception as exc:  # reported once, not retried: rerunning the same configuration would fail the same way
         tune.report({"val_acc": math.nan, "trial_error": failure_message(exc, cfg), "trial_traceback": traceback.format_exc(),
                      "disk_full": disk_full(exc), **node})
     finally:
+        if checkpointer is not None:
+            checkpointer.close()
         if watchdog is not None:
             watchdog.stop()
 

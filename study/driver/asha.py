@@ -52,7 +52,11 @@ class ResumableASHA(ASHAScheduler):
                 decisions[number] = decisions_now
         return decisions
 
+    # A confirmation run (the stage runs in the trials' Tune run: study.driver.searcher.StagedSearcher) trains every
+    # epoch: ASHA neither judges nor records it.
     def on_trial_add(self, tune_controller, trial):
+        if "job" in trial.config:
+            return
         super().on_trial_add(tune_controller, trial)
         old = replay_key(trial.config.get("optuna_trial"))
         for bracket in self._brackets:
@@ -63,10 +67,19 @@ class ResumableASHA(ASHAScheduler):
     # A diverged epoch reports NaN accuracy; in the rungs it counts as the worst result, not as a hole
     # (NaN would make ASHA's percentile of an all-NaN rung warn and compare as nothing).
     def on_trial_result(self, tune_controller, trial, result):
+        if "job" in trial.config:
+            return TrialScheduler.CONTINUE
         return super().on_trial_result(tune_controller, trial, _nan_as_worst(result))
 
     def on_trial_complete(self, tune_controller, trial, result):
+        if "job" in trial.config:
+            return
         return super().on_trial_complete(tune_controller, trial, _nan_as_worst(result))
+
+    def on_trial_remove(self, tune_controller, trial):
+        if "job" in trial.config:
+            return
+        return super().on_trial_remove(tune_controller, trial)
 
 
 def _nan_as_worst(result: dict | None) -> dict | None:

@@ -1,7 +1,10 @@
 """The Tune callback that keeps the study's parquet tables, logs and console in step with the trials.
 
-It runs in the driver. Every event is written to the tables at once (atomically), so a driver killed at any
-moment leaves tables that a resume can reconcile. A trial's failure becomes one console line with the
+It runs in the driver, and a trial waits in its report until the driver has taken the result, so its work per
+event is small and does not grow with the study: every event goes to the tables' journal at once
+(``StudyTables.record``), so a driver killed at any moment leaves tables that a resume can reconcile, and the
+parquet files follow every couple of seconds. It also times each trial's hold on its slot (``slot_s``: from its
+start to its end as the driver sees them). A trial's failure becomes one console line with the
 exception's last line and the path of a log file holding the whole traceback. A full disk (a trial's
 checkpoint, or the tables themselves) stops the study cleanly, as Ctrl-C does, so it can resume once space
 is freed.
@@ -49,20 +52,27 @@ class StudyCallback(tune.Callback):
         self.progress = progress or Progress(samples)
         self.disk_full: str | None = None  # which disk filled up and what could not be written, once one has
         self._errors: dict[int, dict] = {}  # sample -> its trial_error result
+        self._started: dict[int, float] = {}  # sample -> when this driver run saw it start (Unix time)
         self._stopping = False
+        self.confirmation = None  # the confirmation stage's Tune hooks, once it began in this Tune run (its runs go there)
 
     def __getstate__(self):  # Ray pickles the run config: the live tables and console stay in this process
-        return {**self.__dict__, "tables": None, "progress": None, "clock": None}
+        return {**self.__dict__, "tables": None, "progress": None, "clock": None, "confirmation": None}
 
-    # --- Tune's hooks ------------------------------------------------------------------------------------
+    # --- Tune's hooks (a confirmation run's go to the stage's own) ----------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info):
+        if "job" in trial.config:
+            return self.confirmation.on_trial_start(iteration, trials, trial, **info)
         number = trial.config["optuna_trial"]
+        self._started[number] = time.time()
         self.tables.on_start(number, trial.trial_id, trial.config, trial_dir=trial_location(trial, self.storage))
         self._write()
         self.progress.update(self.tables)
         faults.at("trial_started")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if "job" in trial.config:
+            return self.confirmation.on_trial_result(iteration, trials, trial, result, **info)
         number = trial.config["optuna_trial"]
         if result.get("trial_error") is not None:
             self._errors[number] = result
@@ -75,8 +85,9 @@ class StudyCallback(tune.Callback):
             return  # an epoch the table already holds, re-sent by a resumed trial: keep the original row
         if result.get("resume_note"):
             self.progress.note(f"trial {number}: {result['resume_note']}")
-        previous = self.tables.on_result(number, trial.trial_id, trial.config, {**result, "ended_at": time.time()},
-                                         trial_dir=trial_location(trial, self.storage))
+        # the trial's checkpoints moved to this Ray trial's folder once a result carries one there
+        moved = trial_location(trial, self.storage) if result.get("checkpoint_epoch") is not None else None
+        previous = self.tables.on_result(number, trial.trial_id, trial.config, {**result, "ended_at": time.time()}, trial_dir=moved)
         if self.clock is not None and not result.get("replayed") and result.get("seconds"):
             self.clock.on_epoch(float(result["seconds"]))
         self._write()
@@ -85,6 +96,8 @@ class StudyCallback(tune.Callback):
         faults.at("result")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        if "job" in trial.config:
+            return self.confirmation.on_trial_complete(iteration, trials, trial, **info)
         number = trial.config["optuna_trial"]
         failed = self._errors.pop(number, None)
         if failed is not None and failed.get("disk_full"):
@@ -97,6 +110,8 @@ class StudyCallback(tune.Callback):
             self._end(trial, None, None)
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        if "job" in trial.config:
+            return self.confirmation.on_trial_error(iteration, trials, trial, **info)
         text = ""
         try:
             text = Path(trial.error_file).read_text() if trial.error_file else ""
@@ -108,7 +123,7 @@ class StudyCallback(tune.Callback):
         self._end(trial, error_message(trial), text or error_message(trial))
 
     def on_experiment_end(self, trials, **info):
-        self._write()
+        self._write(whole=True)
         self.progress.stop()
 
     # --- helpers -----------------------------------------------------------------------------------------
@@ -129,15 +144,19 @@ class StudyCallback(tune.Callback):
                 if disk_full(exc):
                     self._stop_for_disk(str(self.folder), "a log could not be written")
         self.tables.on_end(number, trial.trial_id, trial.config, error, timed_out=timed_out)
+        if number in self._started:
+            self.tables.held_slot(number, self._started.pop(number), time.time())
         self._write()
         self._drop_checkpoints(trial)
+        drop_checkpoints(self.tables.trials[number].get("trial_dir"))  # an earlier run's folder it never checkpointed past
         self.progress.finished(self.tables, number, self.params, log)
         faults.at("trial_ended")
 
-    def _write(self) -> None:
-        """Write the tables; on a full disk keep them in memory (the files keep their last complete version)."""
+    def _write(self, whole: bool = False) -> None:
+        """Record the changes (``whole``: rewrite the files); on a full disk keep them in memory (the files keep their
+        last complete version)."""
         try:
-            self.tables.write()
+            self.tables.write() if whole else self.tables.record()
         except OSError as exc:
             if not disk_full(exc):
                 raise

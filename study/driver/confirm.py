@@ -31,7 +31,7 @@ from study.values import isnan, typed
 
 CONFIRM_TYPES = {"optuna_trial": "int64", "baseline": "bool", "fold": "int64", "cv_folds": "int64", "seed": "int64", "status": "str",
                  "val_acc": "float64", "val_loss": "float64", "epochs": "int64", "seconds": "float64", "images_per_s": "float64",
-                 "trial_id": "str", "trial_dir": "str", "error": "str"}
+                 "trial_id": "str", "trial_dir": "str", "error": "str", "worker_pid": "Int64", "warm_runs": "Int64"}
 DONE = ("completed", "diverged", "errored", "timed_out")
 
 
@@ -156,17 +156,6 @@ def confirm_dirname(trial) -> str:
     return f"confirm_{trial.trial_id}"
 
 
-def run_confirm(config: dict, data, base: dict, clock: str | None = None) -> None:
-    """A Ray Tune function trainable: one configuration on one fold (the study's trainable on that fold's split)."""
-    from trainable.data import split_fold
-
-    from study.driver.adapter import run_trial
-
-    job = dict(config["job"])
-    fold_data = split_fold(data, base["val_fraction"], base["split_seed"], job["val_fold"], job["cv_folds"])
-    run_trial(job, fold_data, base, clock)
-
-
 class ConfirmCallback:
     """Keeps confirm.parquet (and the trials table's confirmation columns) in step with the runs."""
 
@@ -196,7 +185,7 @@ class ConfirmCallback:
         row.update(status="running", trial_id=trial.trial_id)
         if isnan(row.get("trial_dir")):
             row["trial_dir"] = where  # a resumed run keeps its earlier folder until it checkpoints in the new one
-        self._write()
+        self._write(trials_too=False)
         faults.at("confirm_started")
 
     def on_result(self, trial, result: dict, where: str | None) -> None:
@@ -210,11 +199,14 @@ class ConfirmCallback:
             return
         self._epochs.setdefault(key, {})[int(result["epoch"])] = result
         row = self._row(trial)
-        if not result.get("replayed") and where and row.get("trial_dir") != where:
+        for name in ("worker_pid", "warm_runs"):  # which worker process ran it, and how many runs it had trained before
+            if result.get(name) is not None:
+                row[name] = int(result[name])
+        if result.get("checkpoint_epoch") is not None and where and row.get("trial_dir") != where:
             previous, row["trial_dir"] = row.get("trial_dir"), where  # its newest checkpoint is there now
             drop_checkpoints(previous)
         self._summarise(key)
-        self._write()
+        self._write(trials_too=False)
 
     def on_end(self, trial, error: str | None) -> None:
         key = self.key(trial)
@@ -238,6 +230,9 @@ class ConfirmCallback:
         self.progress.note(f"confirmation: trial {number} fold {fold}: {row['status']}"
                            + (f", val acc {row['val_acc']:.3f}" if row["status"] == "completed" else f" ({error})" if error else ""))
         drop_checkpoints(row.get("trial_dir"))  # a finished run never resumes
+        from study.driver.callback import trial_location
+
+        drop_checkpoints(trial_location(trial, self.callback.storage))  # nor from this attempt's folder, if it checkpointed there
         faults.at("confirm_ended")
 
     def _summarise(self, key: tuple[int, int]) -> None:
@@ -249,13 +244,16 @@ class ConfirmCallback:
                 seconds=float(sum(h.get("seconds") or 0 for h in history)),
                 images_per_s=float(sum(h.get("images_per_s") or 0 for h in history) / len(history)))
 
-    def _write(self) -> None:
+    def _write(self, trials_too: bool = True) -> None:
+        """confirm.parquet (a row per run: small) after every event; the trials table's confirmation columns when a
+        run ends."""
         from study.driver.adapter import disk_full
 
         try:
-            record(self.tables, self.table, self.numbers, None)
             self.table.write()
-            self.tables.write()
+            if trials_too:
+                record(self.tables, self.table, self.numbers, None)
+                self.tables.write()
         except OSError as exc:
             if not disk_full(exc):
                 raise
@@ -305,64 +303,102 @@ class _TuneHooks(_tune_callback_base()):
         self.outer.on_end(trial, error_message(trial))
 
 
-def run_stage(folder: StudyFolder, settings: StudySettings, tables: StudyTables, all_data, resources: dict, slots: int,
+class ConfirmStage:
+    """The confirmation stage of one driver run: ``begin`` (the candidates and the runs still to do, once every trial
+    has ended), the ``callback`` that records its runs as they go, and ``end`` (the decision).
+
+    Its runs go in the trials' own Tune run when this driver run trained trials (``study.driver.tuner``: the runs then
+    land on the trials' worker processes, warm), else in a Tune run of their own (``run_stage``: a resume that finds
+    every trial done)."""
+
+    def __init__(self, folder: StudyFolder, settings: StudySettings, tables: StudyTables, progress, clock=None):
+        self.folder, self.settings, self.tables, self.progress, self.clock = folder, settings, tables, progress, clock
+        self.began_at: float | None = None  # time.perf_counter() at begin
+        self.callback: ConfirmCallback | None = None
+        self.numbers: list[int] = []
+        self.table: ConfirmTable | None = None
+
+    @property
+    def folds(self) -> int:
+        return int(self.settings.confirm["folds"])
+
+    def begin(self, slots: int) -> list[dict]:
+        """The Tune configs of the runs still to do (none: nothing to run, or no usable trial to confirm)."""
+        import time
+
+        self.began_at = time.perf_counter()
+        if self.clock is not None:
+            self.clock.for_confirmation()
+        settings, tables = self.settings, self.tables
+        self.table = ConfirmTable(self.folder, self.folds)
+        if self.table.note:
+            self.progress.note(self.table.note)
+        self.numbers = candidates(tables, settings.confirm["top"])
+        if not self.numbers:
+            return []
+        settings.confirm["candidates"] = self.numbers
+        jobs = pending_jobs(tables, self.table, self.numbers, self.folds, list(settings.space), settings.base["seed"])
+        record(tables, self.table, self.numbers, None)
+        self.table.write()
+        tables.write()
+        if jobs:
+            concurrent = max(1, min(settings.max_concurrent or slots, slots, len(jobs)))
+            self.progress.note(f"confirmation: {len(self.numbers)} configuration(s) (trials {', '.join(map(str, self.numbers))}) "
+                               f"on {self.folds} fold(s): {len(jobs)} run(s) to go, {concurrent} at a time")
+            self.callback = ConfirmCallback(self.folder.path, tables, self.table, self.numbers, settings.storage, self.progress,
+                                            self.clock)
+        return [job.tune_config(self.folds) for job in jobs]
+
+    def end(self, stopped: str | None) -> tuple[str | None, list[str], bool]:
+        """The decision; returns (why it stopped early or None, the lines to print, whether every run is in)."""
+        if not self.numbers:
+            return None, ["confirmation: no usable trial to confirm (every trial diverged or failed)"], True
+        if self.callback is not None and self.callback.disk_full:
+            stopped = f"{self.callback.disk_full}; free space there first"
+        settings, tables, table, numbers, folds = self.settings, self.tables, self.table, self.numbers, self.folds
+        baseline = next((n for n in numbers if tables.trials[n].get("baseline")), None)
+        result = decision(table, numbers, folds, baseline)
+        record(tables, table, numbers, result)
+        table.write()
+        tables.write()
+        if result is None:
+            missing = len(numbers) * folds - sum(len(table.finished(n)) for n in numbers)
+            return stopped or "interrupted", [f"confirmation: {missing} run(s) unfinished"], False
+        w, versus = result.row(result.winner), result.versus_baseline
+        settings.summary["confirmation"] = {
+            "winner": int(result.winner), "one_se_pick": int(result.one_se_pick), "folds": folds, "candidates": numbers,
+            "winner_mean": float(w["mean"]), "winner_ci": [float(w["ci_low"]), float(w["ci_high"])],
+            "gain": None if versus is None else {"mean": versus.mean, "ci": [versus.ci_low, versus.ci_high], "df": versus.df,
+                                                 "beyond_noise": versus.beyond_noise},
+            "lines": result.lines()}
+        return stopped, result.lines(), True
+
+
+def run_stage(folder: StudyFolder, settings: StudySettings, tables: StudyTables, data, resources: dict, slots: int,
               run_index: int, progress, clock=None) -> tuple[str | None, list[str], bool]:
-    """Run what is left of the confirmation stage; returns (why it stopped early or None, the lines to print,
-    whether every run is in)."""
+    """What is left of the confirmation stage, in a Tune run of its own (``confirm-<run_index>``); returns (why it
+    stopped early or None, the lines to print, whether every run is in)."""
     from ray import tune
 
-    from study.driver.adapter import disk_full
+    from study.driver.adapter import disk_full, run_trial
 
-    top, folds = settings.confirm["top"], settings.confirm["folds"]
-    params = list(settings.space)
-    table = ConfirmTable(folder, folds)
-    if table.note:
-        progress.note(table.note)
-    numbers = candidates(tables, top)
-    if not numbers:
-        return None, ["confirmation: no usable trial to confirm (every trial diverged or failed)"], True
-    settings.confirm["candidates"] = numbers
-    jobs = pending_jobs(tables, table, numbers, folds, params, settings.base["seed"])
-    record(tables, table, numbers, None)
-    table.write()
-    tables.write()
-    baseline = next((n for n in numbers if tables.trials[n].get("baseline")), None)
-    stopped = None
-    if jobs:
-        concurrent = max(1, min(settings.max_concurrent or slots, slots, len(jobs)))
-        progress.note(f"confirmation: {len(numbers)} configuration(s) (trials {', '.join(map(str, numbers))}) on {folds} fold(s): "
-                      f"{len(jobs)} run(s) to go, {concurrent} at a time")
-        callback = ConfirmCallback(folder.path, tables, table, numbers, settings.storage, progress, clock)
-        job_configs = [job.tune_config(folds) for job in jobs]
-        trainable = tune.with_resources(tune.with_parameters(run_confirm, data=all_data, base=settings.base,
+    stage = ConfirmStage(folder, settings, tables, progress, clock)
+    configs = stage.begin(slots)
+    if configs:
+        concurrent = max(1, min(settings.max_concurrent or slots, slots, len(configs)))
+        trainable = tune.with_resources(tune.with_parameters(run_trial, data=data, base=settings.base,
                                                              clock=clock.name if clock else None), resources)
         tuner = tune.Tuner(
-            trainable, param_space={"job": tune.grid_search(job_configs)},
+            trainable, param_space={"job": tune.grid_search(configs)},
             tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, reuse_actors=not settings.fresh_actors,
                                         trial_dirname_creator=confirm_dirname),
             run_config=tune.RunConfig(name=f"confirm-{run_index}", storage_path=settings.experiment_path, verbose=0,
-                                      callbacks=[callback.callback], checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                      callbacks=[stage.callback.callback], checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                       failure_config=tune.FailureConfig(max_failures=2)))
         try:
             tuner.fit()
         except Exception as exc:
             if not disk_full(exc):
                 raise
-            callback.disk_full = callback.disk_full or "no space left on a disk Ray writes to"
-        if callback.disk_full:
-            stopped = f"{callback.disk_full}; free space there first"
-    result = decision(table, numbers, folds, baseline)
-    record(tables, table, numbers, result)
-    table.write()
-    tables.write()
-    if result is None:
-        missing = len(numbers) * folds - sum(len(table.finished(n)) for n in numbers)
-        return stopped or "interrupted", [f"confirmation: {missing} run(s) unfinished"], False
-    w, versus = result.row(result.winner), result.versus_baseline
-    settings.summary["confirmation"] = {
-        "winner": int(result.winner), "one_se_pick": int(result.one_se_pick), "folds": folds, "candidates": numbers,
-        "winner_mean": float(w["mean"]), "winner_ci": [float(w["ci_low"]), float(w["ci_high"])],
-        "gain": None if versus is None else {"mean": versus.mean, "ci": [versus.ci_low, versus.ci_high], "df": versus.df,
-                                             "beyond_noise": versus.beyond_noise},
-        "lines": result.lines()}
-    return stopped, result.lines(), True
+            stage.callback.disk_full = stage.callback.disk_full or "no space left on a disk Ray writes to"
+    return stage.end(None)

@@ -1,10 +1,12 @@
 """The study's console output: one line per finished trial, a live status line on a terminal, and an ETA.
 
-The ETA is an estimate, and says so: the epochs still to train times the median seconds an epoch has taken,
-spread over the trials that run at once. The epochs still to train count what ASHA will likely stop: a
-trial at epoch k goes on past each rung with the share of trials that did so far (before any did, the share
-ASHA keeps, 1 / reduction factor, weighted as two trials), so the many trials stopped after a rung or two
-are not counted as if they ran every epoch. The confirmation stage's runs, when it is on, are added.
+The ETA is an estimate, and says so: the work still to do, spread over the trials that run at once. A trial
+still to start costs its fixed cost (the median of the finished trials' hold on their slot less their epochs),
+a first epoch (the median first epoch: it pays for set-up a later one does not) and its later epochs (the
+median later epoch each). The epochs still to train count what ASHA will likely stop: a trial at epoch k goes
+on past each rung with the share of trials that did so far (before any did, the share ASHA keeps,
+1 / reduction factor, weighted as two trials), so the many trials stopped after a rung or two are not counted
+as if they ran every epoch. The confirmation stage's runs, when it is on, are added.
 """
 
 from __future__ import annotations
@@ -32,11 +34,12 @@ def duration(seconds: float) -> str:
 
 class Progress:
     def __init__(self, samples: int, max_epochs: int = 1, concurrent: int = 1, grace: int = 1, reduction_factor: float = 3,
-                 extra_epochs: float = 0.0):
+                 extra_epochs: float = 0.0, extra_runs: int = 0):
         self.samples, self.max_epochs, self.concurrent = samples, max_epochs, max(1, concurrent)
         self.milestones = sorted(r for r in asha_rungs(grace, max_epochs, reduction_factor) if r < max_epochs)  # where ASHA decides
         self.keep = 1 / reduction_factor
         self.extra_epochs = extra_epochs  # the confirmation stage's runs, in epochs
+        self.extra_runs = extra_runs  # and how many runs they are (each with its fixed cost and first epoch)
         self.console = Console(highlight=False, soft_wrap=True)
         self.started = time.monotonic()
         self._status = None
@@ -67,19 +70,30 @@ class Progress:
 
     def eta(self, tables) -> float | None:
         """Seconds left (an estimate), or None before any epoch has been timed."""
-        seconds = [r.get("seconds") for r in tables.epochs.values() if r.get("seconds") and not math.isnan(r["seconds"])]
-        if not seconds:
+        timed = [r for r in tables.epochs.values() if r.get("seconds") and not math.isnan(r["seconds"])]
+        if not timed:
             return None
-        per_epoch = statistics.median(seconds)
-        left = self.extra_epochs
+        first = statistics.median(r["seconds"] for r in timed if r["epoch"] == 1) if any(r["epoch"] == 1 for r in timed) else None
+        later_rows = [r["seconds"] for r in timed if r["epoch"] > 1]
+        later = statistics.median(later_rows) if later_rows else first or statistics.median(r["seconds"] for r in timed)
+        first = first or later
+        held = [t["slot_s"] - (t.get("seconds") or 0.0) for t in tables.trials.values()
+                if t.get("status") != "running" and t.get("slot_s") and not math.isnan(t["slot_s"])]
+        fixed = max(0.0, statistics.median(held)) if held else 0.0
+
+        def new_run(epochs: float) -> float:  # a run not yet started: its fixed cost, a first epoch, the later ones
+            return fixed + first + max(0.0, epochs - 1) * later
+
+        fresh = self.expected_epochs(tables, 0)
+        left = self.extra_epochs * later + self.extra_runs * (fixed + first - later)
         started = 0
         for trial in tables.trials.values():
             started += 1
             if trial.get("status") == "running":
-                left += self.expected_epochs(tables, int(trial.get("epochs_run") or 0))
-        left += max(0, self.samples - started) * self.expected_epochs(tables, 0)
-        return left * per_epoch / self.concurrent
-
+                done = int(trial.get("epochs_run") or 0)
+                left += new_run(fresh) - fixed if done == 0 else self.expected_epochs(tables, done) * later
+        left += max(0, self.samples - started) * new_run(fresh)
+        return left / self.concurrent
     def status_text(self, tables) -> str:
         counts = tables.counts()
         running = counts.get("running", 0)

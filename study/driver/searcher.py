@@ -97,7 +97,7 @@ def handle(study: optuna.Study, number: int) -> optuna.Trial:
 class AskTellOptunaSearch(Searcher):
     def __init__(self, space: dict, storage: str, study_name: str, max_epochs: int, seed: int = 0,
                  baseline: dict | None = None, fixed: dict | None = None, unfinished: list[Unfinished] | None = None,
-                 clock=None):
+                 clock=None, study: optuna.Study | None = None):
         super().__init__(metric=METRIC, mode=MODE)
         self._space = space
         self._storage = storage
@@ -111,7 +111,7 @@ class AskTellOptunaSearch(Searcher):
         self._trials: dict[str, optuna.Trial] = {}
         self._reported: dict[int, set[int]] = {}  # Optuna number -> steps with an intermediate value
         self._diverged: set[int] = set()
-        self._study: optuna.Study | None = None
+        self._study: optuna.Study | None = study  # open_study's, where the caller opened it already
         self._clock = clock  # study.run's DriverClock: says when the time budget leaves no room for another trial
 
     # --- the Optuna study, opened lazily (it holds a DB connection and is not pickled) ------------------
@@ -200,3 +200,60 @@ class AskTellOptunaSearch(Searcher):
 
     def _frozen(self, number: int) -> optuna.trial.FrozenTrial:
         return self.study.get_trials(deepcopy=False)[number]
+
+
+class StagedSearcher(Searcher):
+    """The study's trials, then its confirmation stage's runs, from one searcher: one Tune run for both, so the
+    confirmation's runs land on the worker processes the trials warmed (torch imported; the model, its starting
+    weights and the images on the device: ``trainable.warm``).
+
+    It hands out ``trials`` (``AskTellOptunaSearch``) until ``to_run`` trials were proposed (or the searcher says the
+    time budget leaves no room), waits while any still runs (the candidates are the finished trials' best), then, where
+    ``may_confirm()``, hands out the configs ``begin_confirmation()`` returns, and then no more."""
+
+    def __init__(self, trials: AskTellOptunaSearch, to_run: int, may_confirm, begin_confirmation):
+        super().__init__(metric=METRIC, mode=MODE)
+        self.trials, self.to_run = trials, to_run
+        self.may_confirm, self.begin_confirmation = may_confirm, begin_confirmation
+        self._proposed = 0
+        self._running: set[str] = set()  # the trials proposed and not yet ended
+        self._jobs: list[dict] | None = None  # the confirmation's configs, once it began
+
+    def __getstate__(self):  # Ray pickles the searcher with the experiment: the driver's live hooks stay here
+        return {**self.__dict__, "may_confirm": None, "begin_confirmation": None}
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True
+
+    def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
+        pass  # the study's own state (optuna.db, the tables, confirm.parquet) is what resumes it
+
+    def restore_from_dir(self, checkpoint_dir: str) -> None:
+        pass
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if self._jobs is None:
+            if self._proposed < self.to_run:
+                config = self.trials.suggest(trial_id)
+                if config is Searcher.FINISHED:
+                    self.to_run = self._proposed  # the time budget: no more trials, the stage confirms what finished
+                elif config is not None:
+                    self._proposed += 1
+                    self._running.add(trial_id)
+                    return config
+                else:
+                    return None
+            if self._running:
+                return None  # the last trials still run: the candidates are not known yet
+            self._jobs = list(self.begin_confirmation()) if self.may_confirm() else []
+        return {"job": self._jobs.pop(0)} if self._jobs else Searcher.FINISHED
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._running:
+            self.trials.on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._running:
+            self._running.discard(trial_id)
+            self.trials.on_trial_complete(trial_id, result, error)
+

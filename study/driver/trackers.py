@@ -36,7 +36,59 @@ def _importable(name: str) -> bool:
 
 
 def tracker_callbacks(trackers: dict, study_name: str) -> list:
-    """The Tune callbacks for the trackers stored in study.json (``{"tensorboard": bool, "mlflow": uri}``)."""
+    """The Tune callbacks for the trackers stored in study.json (``{"tensorboard": bool, "mlflow": uri}``), for the
+    study's trials only (the confirmation's runs share their Tune run: ``study.driver.searcher.StagedSearcher``)."""
+    return [_trials_only(callback) for callback in _tracker_callbacks(trackers, study_name)]
+
+
+def _trials_only(callback):
+    """``callback`` as Tune sees it, told of the study's trials and never of a confirmation run (config ``{"job": ...}``)."""
+    from ray.tune import Callback
+
+    class TrialsOnly(Callback):
+        def __init__(self, inner):
+            self.inner = inner
+
+        def setup(self, **info):
+            return self.inner.setup(**info)
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            if "job" not in trial.config:
+                self.inner.on_trial_start(iteration, trials, trial, **info)
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if "job" not in trial.config:
+                self.inner.on_trial_result(iteration, trials, trial, result, **info)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            if "job" not in trial.config:
+                self.inner.on_trial_complete(iteration, trials, trial, **info)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            if "job" not in trial.config:
+                self.inner.on_trial_error(iteration, trials, trial, **info)
+
+        def on_trial_restore(self, iteration, trials, trial, **info):
+            if "job" not in trial.config:
+                self.inner.on_trial_restore(iteration, trials, trial, **info)
+
+        def on_trial_save(self, iteration, trials, trial, **info):
+            if "job" not in trial.config:
+                self.inner.on_trial_save(iteration, trials, trial, **info)
+
+        def on_experiment_end(self, trials, **info):
+            self.inner.on_experiment_end([t for t in trials if "job" not in t.config], **info)
+
+        def get_state(self):
+            return self.inner.get_state()
+
+        def set_state(self, state):
+            self.inner.set_state(state)
+
+    return TrialsOnly(callback)
+
+
+def _tracker_callbacks(trackers: dict, study_name: str) -> list:
     callbacks = []
     if trackers.get("tensorboard"):
         from ray.tune.logger import TBXLoggerCallback
