@@ -97,16 +97,11 @@ def _model(cfg: TrainConfig, classes: int, channels_last: bool, device):
 
 
 def _step(model, optimizer, x, y, bf16: bool) -> None:
-    """One SGD step as ``trainable.loop`` takes it (autocast on the batch's device); nothing waits for the device."""
-    import torch
-    from torch import nn
+    """One SGD step: the product's own (``trainable.loop.forward`` and ``descend``, a full batch); nothing waits for the device."""
+    from trainable.loop import descend, forward
 
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
-        logits = model(x)
-    loss = nn.functional.cross_entropy(logits.float(), y)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    _, summed = forward(model, x, y, bf16)
+    descend(optimizer, summed, len(y))
 
 
 def _use_threads(cfg: TrainConfig) -> None:
@@ -117,12 +112,12 @@ def _use_threads(cfg: TrainConfig) -> None:
 
 
 def _on_device(cfg: TrainConfig):
-    """The run's device, with cuDNN's benchmark mode on where it is CUDA (as ``trainable.loop`` sets it)."""
+    """The run's device, with cuDNN's benchmark mode off where it is CUDA (as ``trainable.loop`` sets it)."""
     import torch
 
     device = resolve_device(cfg.device)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = False
     return device
 
 

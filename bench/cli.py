@@ -19,8 +19,8 @@ all three alike, and each keeps its best window (other work on the machine only 
 a, b and c run on ``--device`` (cpu, the default, or cuda) at the trainable's ``--precision`` (auto: bf16
 where the device has it natively); a and b channels_last, c fp32 and contiguous (on a GPU its DataLoader
 decodes on the CPU into pinned memory and the batch moves with ``non_blocking``, as the tutorial does).
-On a GPU the clock is read after ``torch.cuda.synchronize()``; cuDNN's benchmark mode is on for all three
-(the trainable turns it on, process-wide).
+On a GPU the clock is read after ``torch.cuda.synchronize()``; cuDNN's benchmark mode is off for all three
+(the trainable turns it off, process-wide: docs/speed.md says why).
 
 ``--scaling`` instead times whole studies (``python -m study.run``) of ``--scaling-samples`` trials on a
 stratified ``--scaling-images`` subset of the data (symlinks in a temporary folder), splits each wall time

@@ -17,6 +17,7 @@ PARSERS = {
     "python -m study.run": "study.options",
     "python -m study.analyze": "study.analyze",
     "python -m study.rerun": "study.rerun",
+    "python -m study.compare": "study.compare",
     "python -m bench": "bench.cli",
 }
 BLOCK = re.compile(r"(<!-- options: (?P<command>[^>]+?) -->\n)(?P<table>.*?)(<!-- /options -->)", re.S)

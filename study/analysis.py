@@ -29,9 +29,11 @@ from study.values import FAILED, fmt, fmt_acc, plain
 class Confirmation:
     """The confirmation stage as far as it got: per candidate its folds, mean, sd and 95% interval; the decision once complete."""
 
-    table: pd.DataFrame  # optuna_trial, folds, mean, sd, ci_low, ci_high, seconds_per_epoch, recommended (best mean first)
+    table: pd.DataFrame  # optuna_trial, folds, mean, sd, ci_low, ci_high, seconds_per_epoch, seconds_per_run, front,
+    #                      within_noise, recommended (best mean first)
     folds: int  # the stage's folds per configuration
     lines: list[str]  # the decision (winner, vs the book's recipe, one-SE pick), or what is missing
+    cheapest: str = ""  # the cheapest configuration within noise of the winner, in a line ("" until the stage is complete)
 
 
 def confirmation(data: StudyData) -> Confirmation | None:
@@ -49,15 +51,20 @@ def confirmation(data: StudyData) -> Confirmation | None:
                           "val_acc": done["val_acc"].where(done["status"] == "completed"),
                           "seconds_per_epoch": done["seconds"] / done["epochs"].where(done["epochs"] > 0)})
     baseline = baseline_number(data)
-    result = decide(frame, baseline if baseline in set(frame["config"]) else None)
+    result = decide(frame, baseline if baseline in set(frame["config"]) else None, data.settings.training_images())
     folds = int(settings.get("folds") or frame.groupby("config").size().max())
     table = result.table.rename(columns={"config": "optuna_trial"})
+    per_run = done.groupby("optuna_trial")["seconds"].mean().to_dict()  # a run's training and its validation: the cost
+    table["seconds_per_run"] = [per_run.get(n, math.nan) for n in table["optuna_trial"]]
+    table["front"] = table["optuna_trial"].isin(result.front)
+    table["within_noise"] = [result.within_noise(n) for n in table["optuna_trial"]]
     recommended = dict(zip(data.trials["optuna_trial"], data.trials.get("recommended", pd.Series(dtype=str))))
     table["recommended"] = [plain(recommended.get(n)) or "" for n in table["optuna_trial"]]
     complete = len(done) == runs["optuna_trial"].nunique() * folds and (table["folds"] == folds).all()
     lines = result.lines() if complete else [f"confirmation stage unfinished: {len(done)} of {runs['optuna_trial'].nunique() * folds} "
                                               "run(s) in; python -m study.run --resume finishes it"]
-    return Confirmation(table, folds, lines)
+    cheapest = result.cheapest_line(per_run, "s of training a run") if complete else ""
+    return Confirmation(table, folds, lines, cheapest)
 
 
 def winner_row(data: StudyData) -> tuple[pd.Series | None, str]:
@@ -81,6 +88,7 @@ class RerunResult:
     accs: dict[int, float]  # seed -> test accuracy (diverged seeds left out)
     epochs: int
     comparable_to_book: bool
+    test_images: int | None = None  # the test split's images (None: a rerun.parquet from before it was kept)
 
     @property
     def mean(self) -> float:
@@ -103,8 +111,9 @@ def reruns_on_test(data: StudyData) -> list[RerunResult]:
     out = []
     for (rank, number), group in rerun.groupby(["rank", "optuna_trial"], sort=True):
         good = group[group["test_acc"].notna()]
+        images = int(group["test_images"].max()) if "test_images" in group and group["test_images"].notna().any() else None
         out.append(RerunResult(int(number), int(rank), bool(group["baseline"].any()), dict(zip(good["seed"].astype(int), good["test_acc"].astype(float))),
-                           int(group["epochs"].max()), "comparable_to_book" in group and bool(group["comparable_to_book"].all())))
+                               int(group["epochs"].max()), "comparable_to_book" in group and bool(group["comparable_to_book"].all()), images))
     return out
 
 
@@ -116,7 +125,7 @@ def versus_book_on_test(runs: list[RerunResult], number: int):
     book = next((r for r in runs if r.baseline), None)
     if mine is None or book is None or mine is book:
         return None
-    return paired_by_seed(mine.accs, book.accs)
+    return paired_by_seed(mine.accs, book.accs, mine.test_images or book.test_images)
 
 
 def answer_lines(analysis: "Analysis") -> list[str]:
@@ -130,10 +139,11 @@ def answer_lines(analysis: "Analysis") -> list[str]:
     lines = []
     conf = analysis.confirmation
     if what == "confirmed winner" and conf is not None:
-        lines += conf.lines[:2]
+        lines += conf.lines[:2] + ([conf.cheapest] if conf.cheapest else [])
     else:
-        lines.append(f"best: trial {number}, val acc {row['best_val_acc']:.3f} on the study's one validation split "
-                     f"(no confirmation stage named a winner)")
+        why = ("no confirmation stage" if not data.settings.confirm else
+               "the confirmation stage has not named a winner yet" if data.state() else "the confirmation stage named no winner")
+        lines.append(f"best: trial {number}, val acc {row['best_val_acc']:.3f} on the study's one validation split ({why})")
     runs = reruns_on_test(data)
     mine = next((r for r in runs if r.optuna_trial == number), None)
     if mine is not None:
@@ -155,6 +165,20 @@ def answer_lines(analysis: "Analysis") -> list[str]:
                      + ("(the same configuration)" if int(b["optuna_trial"]) == number else "(not the answer: one split of "
                         f"{data.settings.val_images or '?'} images is a noisy judge, which the confirmation stage corrects)"))
     return lines
+
+
+def describe_warm_start(settings) -> list[str]:
+    """What a study began from (``--warm-start``), in a line: nothing for a study that began on its own."""
+    warm = settings.warm_start or {}
+    if not warm:
+        return []
+    firsts = ", ".join(f"trial {f['source_trial']}" for f in warm.get("first", [])) or "none"
+    if warm.get("kind") == "observations":
+        carried = f"{warm.get('observations', 0)} of its trials as observations for the searcher"
+        carried += f" ({len(warm.get('left_out', []))} outside this study's space left out)" if warm.get("left_out") else ""
+    else:
+        carried = f"a transfer start ({'; '.join(warm.get('differences', []))}): no observation"
+    return [f"began from study {warm.get('name')!r} ({warm.get('source')}): {carried}; its {firsts} ran first after the book's recipe"]
 
 
 # --- tables ------------------------------------------------------------------------------------------
@@ -196,7 +220,7 @@ def analyze(folder: StudyFolder, importance: str = "ped-anova") -> Analysis:
                     range_warnings(data))
 
 
-CONFIRM_COLUMNS = ["trial", "folds", "mean val acc", "sd", "95% CI", "s/epoch", "recommended"]
+CONFIRM_COLUMNS = ["trial", "folds", "mean val acc", "sd", "95% CI", "s a run", "vs the winner", "front", "recommended"]
 
 
 def confirmation_rows(conf: Confirmation, baseline: int | None) -> list[list[str]]:
@@ -204,8 +228,10 @@ def confirmation_rows(conf: Confirmation, baseline: int | None) -> list[list[str
     for _, r in conf.table.iterrows():
         ci = f"{r['ci_low']:.3f} - {r['ci_high']:.3f}" if r["folds"] > 1 else "-"
         tag = " *" if baseline is not None and int(r["optuna_trial"]) == baseline else ""
+        winner = int(r["optuna_trial"]) == int(conf.table["optuna_trial"].iloc[0])  # best mean first
+        versus = "the winner" if winner else "within noise" if r["within_noise"] else "worse"
         rows.append([f"{int(r['optuna_trial'])}{tag}", str(int(r["folds"])), fmt_acc(r["mean"]), fmt(r["sd"]), ci,
-                     fmt(r["seconds_per_epoch"]), r["recommended"]])
+                     fmt(r["seconds_per_run"], ".3g"), versus, "yes" if r["front"] else "", r["recommended"]])
     return rows
 
 

@@ -16,7 +16,8 @@ import sys
 from trainable import UserError
 from trainable.cli import run_main
 
-from study.analysis import CONFIRM_COLUMNS, Analysis, analyze, answer_lines, confirmation_rows, top_table_rows
+from study.analysis import (CONFIRM_COLUMNS, Analysis, analyze, answer_lines, confirmation_rows, describe_warm_start,
+                            top_table_rows)
 from study.datacheck import describe_accepted
 from study.folder import find_study
 from study.importance import describe_check
@@ -38,7 +39,11 @@ def print_analysis(analysis: Analysis, top: int) -> None:
                   f"{base.get('image_size')}px, weights {base.get('weights')}, data {base.get('data_dir') or 'the book hotdog set'}",
                   markup=False)
 
+    if state := data.state():  # running, or stopped unfinished: said before anything that is not final
+        console.print(f"note: {state}", markup=False)
     for line in answer_lines(analysis):  # the answer first: the confirmed winner, its gain, its test result
+        console.print(line, markup=False)
+    for line in describe_warm_start(s):
         console.print(line, markup=False)
     for line in describe_accepted(s):
         console.print(f"warning: {line}", markup=False)

@@ -42,6 +42,8 @@ def t975(df: float) -> float:
     df 1..30 from the table; above 30 the Cornish-Fisher expansion around the normal quantile (4 terms: it
     gives 2.0423 at df 30 against the exact 2.0423, and tends to 1.960).
     """
+    if df == math.inf:
+        return Z975
     if df is None or not math.isfinite(df) or df < 1:
         return math.nan
     if int(df) == df and int(df) in T975:
@@ -53,6 +55,18 @@ def t975(df: float) -> float:
     z = Z975
     return (z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
             + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3))
+
+
+def binomial_se(accuracy: float, images: int) -> float:
+    """The standard error of an accuracy measured on ``images`` images: the binomial one with Agresti and Coull's two
+    successes and two failures added (sqrt(q(1-q)/(n+4)), q = (pn+2)/(n+4)), which is never 0, even for an accuracy
+    of 1.0 on a handful of images. No interval of this module is narrower than the images it rests on allow."""
+    q = (accuracy * images + 2) / (images + 4)
+    return math.sqrt(q * (1 - q) / (images + 4))
+
+
+CHEAPER = 0.9  # "cheaper" than the winner: at most this share of its cost (two runs' clocks differ by a few percent)
+BOUNDS_NOTHING = 0.5  # a 95% half-width this wide or wider spans most of what an accuracy (or a difference) can be
 
 
 # --- the decision from confirmation runs -----------------------------------------------------------------
@@ -72,14 +86,24 @@ class Paired:
     folds: list = field(default_factory=list)
     df: int = 0  # n - 1 paired; (configurations - 1) x (folds - 1) pooled
     pooled: bool = False
-    se: float = math.nan  # sd / sqrt(n) paired, sqrt(2 * pooled variance / n) pooled
+    se: float = math.nan  # sd / sqrt(n) paired, sqrt(2 * pooled variance / n) pooled (with the images' own error: ``paired``)
+    images_se: float = 0.0  # the sampling error of the images the runs were judged on, included in se (``paired``)
 
+    @property
+    def bounded(self) -> bool:
+        """Whether the interval says something: narrower than most of the -1 to +1 a difference of accuracies can be."""
+        return self.n >= 2 and self.t_crit * self.se < BOUNDS_NOTHING
 
     def describe(self, unit: str = "fold") -> str:
         """``+0.038 over 3 paired seeds (sd 0.014, 95% CI +0.003 to +0.073): beyond noise (|t| 4.70 > 4.303)``."""
         if self.n < 2:
             return f"{self.mean:+.3f} over {self.n} {unit}: no interval (one {unit})"
         how = f"se {self.se:.3f} pooled, {self.df} df" if self.pooled else f"sd {self.sd:.3f}"
+        if self.images_se:
+            how += f", the images' own {self.images_se:.3f}"
+        if not self.bounded:
+            return (f"{self.mean:+.3f} over {self.n} paired {unit}s ({how}): {self.n} {unit}s bound nothing here (a 95% interval "
+                    f"would span {self.ci_low:+.3f} to {self.ci_high:+.3f}); more {unit}s would narrow it")
         verdict = (f"beyond noise (|t| {abs(self.t):.2f} > {self.t_crit:.3f})" if self.beyond_noise
                    else f"within noise (|t| {abs(self.t):.2f} <= {self.t_crit:.3f})")
         return f"{self.mean:+.3f} over {self.n} paired {unit}s ({how}, 95% CI {self.ci_low:+.3f} to {self.ci_high:+.3f}): {verdict}"
@@ -87,13 +111,35 @@ class Paired:
 
 @dataclass
 class Decision:
-    table: pd.DataFrame  # config, folds, failed, mean, sd, se, ci_low, ci_high, seconds_per_epoch (best mean first)
+    table: pd.DataFrame  # config, folds, failed, mean, sd, se, half (of the 95% interval), ci_low, ci_high, seconds_per_epoch
+    #                      (best mean first)
     winner: Hashable
     versus_baseline: Paired | None
     one_se_pick: Hashable
     baseline: Hashable | None = None
     notes: list[str] = field(default_factory=list)
     pooled: tuple[float, int] | None = None  # (residual variance, df) of the configuration x fold table, where used
+    versus_winner: dict = field(default_factory=dict)  # config -> Paired (config minus the winner over their shared folds)
+    front: list = field(default_factory=list)  # configurations no other beats on both mean accuracy and cost
+    cheapest: Hashable | None = None  # the cheapest configuration the paired test cannot tell from the winner (the winner itself: none cheaper)
+
+    def within_noise(self, config: Hashable) -> bool:
+        """Whether the paired test cannot tell ``config`` from the winner (the winner itself: yes)."""
+        if config == self.winner:
+            return True
+        versus = self.versus_winner.get(config)
+        return versus is not None and versus.n >= 2 and not versus.beyond_noise
+
+    def cheapest_line(self, cost: dict | None = None, unit: str = "s/epoch") -> str:
+        """``cheapest within noise of the winner: trial 4, ...``; ``cost``: config -> what to show as its cost."""
+        cost = cost or dict(zip(self.table["config"], self.table["seconds_per_epoch"]))
+        w = cost.get(self.winner)
+        if self.cheapest is None or self.cheapest == self.winner:
+            return ("cheapest within noise of the winner: the winner itself (no configuration the paired test cannot tell from it "
+                    f"costs {1 - CHEAPER:.0%} less)")
+        versus = self.versus_winner[self.cheapest]
+        return (f"cheapest within noise of the winner: trial {self.cheapest}, {versus.mean:+.3f} (95% CI {versus.ci_low:+.3f} to "
+                f"{versus.ci_high:+.3f}), {fmt(cost.get(self.cheapest), '.3g')} {unit} against the winner's {fmt(w, '.3g')}")
 
     def row(self, config: Hashable) -> pd.Series:
         return self.table.loc[self.table["config"].map(lambda c: c == config)].iloc[0]
@@ -102,8 +148,13 @@ class Decision:
         """Three lines for a summary: the winner, the winner against the book's recipe, the one-SE pick."""
         w = self.row(self.winner)
         failed = f", {int(w['failed'])} failed run(s) counted as 0" if w["failed"] else ""
-        ci = (f" (95% CI {w['ci_low']:.3f} to {w['ci_high']:.3f}, sd {w['sd']:.3f})" if w["folds"] > 1
-              else " (one fold: no interval)")
+        if w["folds"] < 2:
+            ci = " (one fold: no interval)"
+        elif not w["half"] < BOUNDS_NOTHING:
+            ci = (f" (sd {w['sd']:.3f}; {int(w['folds'])} folds bound nothing here: a 95% interval would span {w['ci_low']:.3f} "
+                  f"to {w['ci_high']:.3f}; more folds would narrow it)")
+        else:
+            ci = f" (95% CI {w['ci_low']:.3f} to {w['ci_high']:.3f}, sd {w['sd']:.3f})"
         first = f"winner: trial {self.winner}, mean val acc {w['mean']:.3f} over {int(w['folds'])} fold(s){ci}{failed}"
         if self.baseline is None:
             second = "vs the book's recipe: none in the confirmation (no baseline given)"
@@ -115,6 +166,8 @@ class Decision:
             p = self.versus_baseline
             if p.n < 2:
                 verdict = "one shared fold: no test"
+            elif not p.bounded:
+                verdict = f"{p.n} folds bound nothing here (more folds would narrow it)"
             else:
                 verdict = (f"beyond noise (|t| {abs(p.t):.2f} > {p.t_crit:.3f})" if p.beyond_noise
                            else f"within noise (|t| {abs(p.t):.2f} <= {p.t_crit:.3f})")
@@ -137,13 +190,15 @@ class Decision:
 REQUIRED = ("config", "fold", "val_acc", "seconds_per_epoch")
 
 
-def decide(rows: pd.DataFrame, baseline: Hashable | None = None) -> Decision:
+def decide(rows: pd.DataFrame, baseline: Hashable | None = None, images: int | None = None) -> Decision:
     """The confirmation stage's decision from its runs: one row per (configuration, fold).
 
     ``rows`` columns: ``config`` (a hashable key, e.g. the Optuna trial number), ``fold`` (int),
     ``val_acc`` (float; NaN for a diverged or failed run, counted as 0, the worst accuracy, and said so in
     ``notes`` and in the winner's line), ``seconds_per_epoch`` (float, the cost; averaged per configuration).
-    ``baseline`` is the config key of the book's recipe, or None.
+    ``baseline`` is the config key of the book's recipe, or None. ``images``: the images each configuration was
+    judged on over all its folds (the whole train split); no se is then smaller than their sampling error
+    (``binomial_se``), however alike the folds came out.
 
     - table: per configuration its folds, failed runs, mean, sd (ddof 1), se and the 95% t-interval
       mean +- t_{0.975, df} se (clipped to [0, 1]); best mean first. Where three or more configurations ran
@@ -190,9 +245,11 @@ def decide(rows: pd.DataFrame, baseline: Hashable | None = None) -> Decision:
         mean = float(values.mean())
         sd = float(values.std(ddof=1)) if n > 1 else math.nan
         se, df = (math.sqrt(pooled[0] / n), pooled[1]) if pooled else (sd / math.sqrt(n), n - 1)  # NaN, 0 with one fold
+        if images and n > 1:
+            se = max(se, binomial_se(mean, images))
         half = t975(df) * se
         cost = group["seconds_per_epoch"].mean()  # NaN-skipping
-        records.append(dict(config=config, folds=n, failed=int(group["failed"].sum()), mean=mean, sd=sd, se=se,
+        records.append(dict(config=config, folds=n, failed=int(group["failed"].sum()), mean=mean, sd=sd, se=se, half=half,
                             ci_low=float(np.clip(mean - half, 0, 1)), ci_high=float(np.clip(mean + half, 0, 1)),  # NaN stays NaN
                             seconds_per_epoch=float(cost) if pd.notna(cost) else math.nan, _order=order[config]))
     table = pd.DataFrame(records)
@@ -216,11 +273,33 @@ def decide(rows: pd.DataFrame, baseline: Hashable | None = None) -> Decision:
         b = data[data["config"] == baseline].set_index("fold")["val_acc"]
         shared = sorted(set(a.index) & set(b.index))
         if shared:
-            versus = paired(a.loc[shared].to_numpy(float) - b.loc[shared].to_numpy(float), folds=shared, pooled=pooled)
+            versus = paired(a.loc[shared].to_numpy(float) - b.loc[shared].to_numpy(float), folds=shared, pooled=pooled,
+                            images_se=_images_se(a, b, images))
         else:
             notes.append("the winner and the book's recipe share no fold: no paired comparison")
-    return Decision(table=table, winner=winner, versus_baseline=versus, one_se_pick=one_se, baseline=baseline, notes=notes,
-                    pooled=pooled)
+    by_fold = {c: g.set_index("fold")["val_acc"] for c, g in data.groupby("config", sort=False)}
+    versus_winner = {}
+    for config, accs in by_fold.items():
+        shared = sorted(set(accs.index) & set(by_fold[winner].index))
+        if config != winner and shared:
+            versus_winner[config] = paired(accs.loc[shared].to_numpy(float) - by_fold[winner].loc[shared].to_numpy(float),
+                                           folds=shared, pooled=pooled, images_se=_images_se(accs, by_fold[winner], images))
+    costs = dict(zip(table["config"], table["seconds_per_epoch"].fillna(math.inf)))
+    means = dict(zip(table["config"], table["mean"]))
+    front = [c for c in table["config"]  # nobody is at least as good on both and better on one
+             if not any((means[o] >= means[c] and costs[o] <= costs[c]) and (means[o] > means[c] or costs[o] < costs[c])
+                        for o in table["config"] if o != c)]
+    decision = Decision(table=table, winner=winner, versus_baseline=versus, one_se_pick=one_se, baseline=baseline, notes=notes,
+                        pooled=pooled, versus_winner=versus_winner, front=front)
+    inside = [c for c in table["config"]
+              if c == winner or (decision.within_noise(c) and costs[c] <= CHEAPER * costs[winner])]
+    decision.cheapest = min(inside, key=lambda c: (costs[c], -means[c]))
+    return decision
+
+
+def _images_se(a: pd.Series, b: pd.Series, images: int | None) -> float:
+    """The sampling error of two configurations' mean accuracy on ``images`` images (0: unknown)."""
+    return binomial_se((float(a.mean()) + float(b.mean())) / 2, images) if images else 0.0
 
 
 def pooled_error(data: pd.DataFrame) -> tuple[float, int] | None:
@@ -252,9 +331,16 @@ def residual_variance(values: np.ndarray, valid: np.ndarray | None = None) -> tu
     return (residual**2).sum(axis=(-2, -1)) / np.maximum(df, 1), df
 
 
-def paired(diffs: Sequence[float], folds: list | None = None, pooled: tuple[float, int] | None = None) -> Paired:
-    """A t-test (95% two-sided) on per-fold differences: on their own spread, or with ``pooled`` = (s2, df) the
-    pooled error of the whole table (se of a difference of two means over n folds: sqrt(2 s2 / n))."""
+def paired(diffs: Sequence[float], folds: list | None = None, pooled: tuple[float, int] | None = None,
+           images_se: float = 0.0, same_images: bool = False) -> Paired:
+    """A t-test (95% two-sided) on per-run differences: on their own spread, or with ``pooled`` = (s2, df) the
+    pooled error of the whole table (se of a difference of two means over n folds: sqrt(2 s2 / n)).
+
+    ``images_se``: the sampling error of the images the runs were judged on (``binomial_se``). Runs judged on the
+    ``same_images`` (the seeds of a rerun, all on one test split) do not vary with them at all, so it is added:
+    se = sqrt(se_runs^2 + images_se^2), with Welch and Satterthwaite's degrees of freedom (the images' part known, not
+    estimated). Runs on different images (cross-validation folds) already vary with them: it is then a floor on se.
+    The interval is clipped to the -1 to +1 a difference of accuracies can be."""
     d = np.asarray(diffs, dtype=float)
     n = len(d)
     mean = float(d.mean()) if n else math.nan
@@ -263,17 +349,28 @@ def paired(diffs: Sequence[float], folds: list | None = None, pooled: tuple[floa
     sd = float(d.std(ddof=1))
     se = math.sqrt(2 * pooled[0] / n) if pooled else sd / math.sqrt(n)
     df = pooled[1] if pooled else n - 1
+    if images_se and same_images:
+        total = math.sqrt(se**2 + images_se**2)
+        df = math.inf if se == 0 else total**4 / (se**4 / df)
+        se = total
+    elif images_se:
+        se = max(se, images_se)
     crit = t975(df)
     if se > 0:
         t = mean / se
-    else:  # identical differences: no spread, a nonzero mean is as certain as it gets
+    else:  # identical differences, nothing known of the images: a nonzero mean is as certain as it gets
         t = math.copysign(math.inf, mean) if mean != 0 else 0.0
-    return Paired(mean, sd, n, t, crit, mean - crit * se, mean + crit * se, bool(abs(t) > crit), list(folds or []),
-                  df=df, pooled=bool(pooled), se=se)
+    return Paired(mean, sd, n, t, crit, max(-1.0, mean - crit * se), min(1.0, mean + crit * se), bool(abs(t) > crit),
+                  list(folds or []), df=df, pooled=bool(pooled), se=se, images_se=images_se)
 
 
-def paired_by_seed(mine: dict, theirs: dict) -> Paired | None:
-    """``mine`` minus ``theirs`` over the seeds both have (dicts seed -> accuracy), paired seed by seed; None when they
+def paired_by_seed(mine: dict, theirs: dict, images: int | None = None) -> Paired | None:
+    """``mine`` minus ``theirs`` over the seeds both have (dicts seed -> accuracy), paired seed by seed, every seed
+    judged on the same ``images`` test images (whose sampling error the interval then includes); None when they
     share no seed."""
     shared = sorted(set(mine) & set(theirs))
-    return paired([mine[s] - theirs[s] for s in shared], folds=shared) if shared else None
+    if not shared:
+        return None
+    p = (sum(mine[s] for s in shared) + sum(theirs[s] for s in shared)) / (2 * len(shared))
+    return paired([mine[s] - theirs[s] for s in shared], folds=shared, images_se=binomial_se(p, images) if images else 0.0,
+                  same_images=True)

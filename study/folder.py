@@ -16,7 +16,7 @@ from pathlib import Path
 from trainable import UserError
 from trainable.files import temps_beside, write_atomic
 
-from study.values import isnan
+from study.values import GPUS_PER_TRIAL, isnan
 
 # --- file names ----------------------------------------------------------------------------------------
 STUDY_FILE = "study.json"
@@ -73,18 +73,22 @@ def write_parquet_atomic(frame, path: Path) -> None:
 
 @dataclass
 class StudySettings:
+    """``study.json``: a study's settings, in two parts.
+
+    What the user asked for: set once from ``StudyOptions`` when the study is created (``StudyOptions.new_settings``),
+    and changed only by ``StudyOptions.merge_into`` on ``--resume`` (the run options it may change, ``--samples``
+    that grows) and by ``--retry-timed-out`` (more samples). What the study resolved and recorded: written by the
+    driver (``study.run``, the confirmation stage, the data check), never by the user's options.
+    """
+
+    # --- what the user asked for ------------------------------------------------------------------------------
     name: str
     base: dict  # TrainConfig fields shared by all trials (data, weights, epochs, image size, ...)
     space: dict
     samples: int
     seed: int
     experiment_path: str  # where Ray Tune keeps the trials' folders and checkpoints; each driver run is run-<k> in it
-    gpus_per_trial: float = 0.0  # what the trials got (0 where the cluster had no GPU)
-    cpus_per_trial: float = 1.0
-    created: str = ""
-    val_images: int | None = None  # validation images each trial scores on (the same split for all)
-    # --- what shapes the run: stored so that --resume runs the study as it was started -----------------------
-    gpus_requested: float = 0.25  # --gpus-per-trial as asked for
+    gpus_requested: float = GPUS_PER_TRIAL  # --gpus-per-trial as asked for
     cpus_requested: float | None = None  # --cpus-per-trial as asked for (None: the default for the machine)
     max_concurrent: int | None = None
     grace_epochs: int = 1
@@ -93,21 +97,36 @@ class StudySettings:
     address: str | None = None
     storage: str | None = None
     trackers: dict = field(default_factory=dict)  # {"tensorboard": bool, "mlflow": uri}
-    confirm: dict = field(default_factory=dict)  # {"top": K, "folds": F} or {} when off
+    confirm: dict = field(default_factory=dict)  # {"top": K, "folds": F} or {} when off (the stage adds "candidates")
     baseline: dict | None = None  # the book's recipe as searched (None: it lies outside the space)
     baseline_note: str = ""  # why there is no baseline
     trial_timeout: float | None = None  # --trial-timeout: seconds per trial; None: the automatic stall limit; 0: none
     time_budget: float | None = None  # --time-budget: seconds of the study's wall time, all driver runs together
     test_split: bool = True  # False: started with --no-test-split (study.rerun cannot measure test accuracy)
+    # --- what the study resolved and recorded (the driver writes these) ----------------------------------------
+    created: str = ""
+    gpus_granted: float = 0.0  # the GPU share each trial got (0 where the cluster had no GPU): resolved at each start
+    cpus_granted: float = 1.0  # the CPUs each trial got
+    val_images: int | None = None  # validation images each trial scores on (the same split for all)
     data_fingerprint: dict = field(default_factory=dict)  # trainable.fingerprint of the data as the study started (or last accepted)
     weights_fingerprint: dict | None = None  # of a weights file given by path
     data_changes: list = field(default_factory=list)  # changes gone on with (--accept-data-change): when, by whom, what
+    warm_start: dict = field(default_factory=dict)  # --warm-start: the study it began from and what it carried (study.driver.warmstart)
     runs: list = field(default_factory=list)  # one entry per driver run: its timings and outcome
     summary: dict = field(default_factory=dict)  # filled in when the study ends
+
+    def training_images(self) -> int | None:
+        """Every training image (its validation split included): what the confirmation stage judges each configuration on."""
+        for run in reversed(self.runs):
+            if run.get("train_images") is not None and run.get("val_images") is not None:
+                return int(run["train_images"]) + int(run["val_images"])
+        return None
 
     @classmethod
     def from_dict(cls, values: dict) -> "StudySettings":
         known = {f.name for f in fields(cls)}
+        renamed = {"gpus_per_trial": "gpus_granted", "cpus_per_trial": "cpus_granted"}  # a study.json from before the names said which
+        values = {renamed.get(k, k): v for k, v in values.items()}
         return cls(**{k: v for k, v in values.items() if k in known})
 
 
@@ -159,6 +178,25 @@ class StudyFolder:
                 tmp.unlink(missing_ok=True)
         return lock
 
+    def in_use(self) -> str | None:
+        """Whether a driver holds the study now (its lock taken), without writing anything to the folder: `` (pid N on
+        HOST, since ...)`` or ``""`` when it does, None when nobody does."""
+        import fcntl
+
+        try:
+            fd = os.open(self.path / LOCK_FILE, os.O_RDONLY)
+        except OSError:
+            return None  # never locked
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # filelock's own lock (flock) on Unix; a read-only descriptor may take it
+        except OSError:
+            return self._holder(wait_s=0.0)
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
     def _holder(self, wait_s: float = 2.0) -> str:
         """The lock holder for the refusal, ``" (pid N on HOST, since ...)"``, or ``""`` where it cannot be told.
 
@@ -178,6 +216,13 @@ class StudyFolder:
             if time.monotonic() > end:
                 return ""
             time.sleep(0.05)
+
+
+def resume_command(folder: StudyFolder) -> str:
+    """The command line that continues a stopped study."""
+    import shlex
+
+    return shlex.join(["python", "-m", "study.run", "--resume", "--name", folder.path.name, "--results-dir", str(folder.path.parent)])
 
 
 def newest_study(results_dir: Path) -> Path:

@@ -126,7 +126,7 @@ def _stored_trials(data: StudyData):
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
         study = optuna.load_study(study_name=data.settings.name, storage=storage_url(data.folder.optuna_db))
-        return study.get_trials(deepcopy=False)
+        return [t for t in study.get_trials(deepcopy=False) if "warm_start" not in t.user_attrs]  # the study's own, not --warm-start's
     except Exception:  # a damaged or foreign database: fall back on the table
         return None
 
@@ -181,8 +181,10 @@ def compute_importance(data: StudyData, method: str = "ped-anova") -> Importance
     if len(points) < MIN_TRIALS:
         return Importance(None, "not computable", f"too few trials with a validation accuracy ({len(points)}; {MIN_TRIALS} needed): run more --samples")
     if len({v for _, v in points}) == 1:
-        return Importance(None, "not computable", f"all {len(points)} trials reached the same validation accuracy ({points[0][1]:.3f}): "
-                                        "nothing tells the hyperparameters apart (more data, epochs or validation images would)")
+        others = len(data.trials) - len(points)
+        return Importance(None, "not computable", f"the {len(points)} trial(s) with a validation accuracy all reached "
+                                                  f"{points[0][1]:.3f}" + (f" ({others} other(s) have none yet, or failed)" if others else "")
+                                                  + ": nothing tells the hyperparameters apart (more data, epochs or validation images would)")
 
     study = optuna.create_study(direction="maximize")  # in memory: the trials as Optuna sees them
     for values, value in points:

@@ -17,7 +17,7 @@ from trainable.data import check_layout
 from study.decision import CONFIRM_FOLDS, CONFIRM_TOP
 from study.folder import StudySettings
 from study.space import baseline_params
-from study.values import fmt
+from study.values import GPUS_PER_TRIAL, fmt
 
 # Options that decide what a trial computes: fixed for the life of a study (--resume refuses a change).
 FIXED_ON_RESUME = ("data_dir", "weights", "epochs", "image_size", "batch_size", "val_fraction", "split_seed", "precision",
@@ -40,7 +40,7 @@ every trial finished (Ctrl-C, SIGTERM, a full disk, a crash of Ray): the line be
 """  # python -m study.run --help
 
 
-@dataclass
+@dataclass(frozen=True)
 class StudyOptions:
     # --- the study ---
     samples: int = 32  # trials; with --resume, more extends the study
@@ -50,6 +50,7 @@ class StudyOptions:
     seed: int = 0  # the TPE sampler's and every trial's training seed
     space: str | None = None  # a JSON search space (None: study.space.DEFAULT_SPACE)
     show_space: bool = False
+    warm_start: str | None = None  # a finished study's folder: this new study begins from it (study.driver.warmstart)
     # --- what every trial trains with (TrainConfig fields; fixed on resume) ---
     data_dir: str | None = None  # None: download the book's hotdog.zip
     weights: str = _BOOK.weights
@@ -63,7 +64,7 @@ class StudyOptions:
     augment_path: str = _BOOK.augment_path
     momentum: float = 0.0  # the book's SGD without momentum, unless searched
     # --- where and how many trials run (may change on resume) ---
-    gpus_per_trial: float = 0.25  # 4 trials per GPU
+    gpus_per_trial: float = GPUS_PER_TRIAL  # 4 trials per GPU
     cpus_per_trial: float | None = None  # None: 1 on CPU-only machines, CPUs / trials per GPU machine
     max_concurrent: int | None = None
     fresh_actors: bool = False
@@ -200,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=d.seed, help="seeds the TPE sampler and every trial's training (default: %(default)s)")
     parser.add_argument("--space", help="JSON file with the search space (see --show-space)")
     parser.add_argument("--show-space", action="store_true", help="print the search space as JSON and exit")
+    parser.add_argument("--warm-start", metavar="STUDY",
+                        help="a finished study's folder (e.g. results/A) this new study begins from: on the same data and settings "
+                             "its trials are observations for the searcher, else its best configurations run first; its confirmed "
+                             "winner runs right after the book's recipe either way. The study is only read")
     add_data_options(parser, folds=False)  # the study splits on its own: fold 0 for trials, k-fold for the confirmation
     parser.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum for every trial unless searched (default: the book's 0)")
     parser.add_argument("--gpus-per-trial", type=float, default=d.gpus_per_trial, help="GPU share per trial where there are GPUs (default: %(default)s: 4 trials per GPU); 0 trains on CPUs")

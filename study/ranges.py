@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 
 
+from trainable.config import FREEZE_DEPTHS
+
 from study.study_data import StudyData
 from study.values import FAILED, fmt
 
@@ -46,8 +48,8 @@ def best_ranges(data: StudyData) -> dict[str, BestRange]:
 
 
 # The furthest a searched bound may be widened: the hyperparameter's own domain (a bound already there says nothing).
-WIDEST = {"lr": (0.0, None), "head_lr_mult": (0.0, None), "weight_decay": (0.0, None), "momentum": (0.0, 0.99),
-          "freeze_depth": (0, 5), "batch_size": (2, None)}
+WIDEST = {"lr": (0.0, None), "head_lr_mult": (0.0, None), "weight_decay": (0.0, None), "momentum": (0.0, 0.99),  # momentum < 1
+          "freeze_depth": (FREEZE_DEPTHS[0], FREEZE_DEPTHS[-1]), "batch_size": (2, None)}  # TrainConfig.validate's bounds
 
 
 POSITIVE = ("lr", "head_lr_mult")  # never 0 itself

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from study.analysis import (CONFIRM_COLUMNS, Analysis, answer_lines, confirmation_rows, reruns_on_test, top_table_rows,
-                            versus_book_on_test, winner_row)
+from study.analysis import (CONFIRM_COLUMNS, Analysis, answer_lines, confirmation_rows, describe_warm_start, reruns_on_test,
+                            top_table_rows, versus_book_on_test, winner_row)
 from study.folder import FIGURES_DIR, REPORT_FILE, write_atomic, write_text_atomic
 from study.importance import describe_check
 from study.ranges import describe_range, describe_space
@@ -215,6 +215,23 @@ def plotly_figures(analysis: Analysis, curves: int) -> dict:
     fig.update_layout(height=420, xaxis_title="epoch", yaxis_title="validation accuracy", margin=dict(l=60, r=20, t=30, b=50),
                       xaxis=dict(dtick=1 if max_epoch <= 20 else None, range=[0.8, max_epoch + 0.2]))
     figures["curves"] = fig
+
+    # the confirmed configurations: accuracy against training time, the front of those nothing beats on both
+    conf = analysis.confirmation
+    if conf is not None and len(conf.table) > 1 and conf.table["seconds_per_run"].notna().all():
+        t = conf.table.sort_values("seconds_per_run")
+        front = t[t["front"]]
+        fig = go.Figure()
+        fig.add_trace(go.Scatter(
+            x=t["seconds_per_run"], y=t["mean"], mode="markers+text", name="confirmed configurations",
+            text=[f"trial {int(n)}" for n in t["optuna_trial"]], textposition="top center",
+            error_y=dict(type="data", symmetric=False, array=(t["ci_high"] - t["mean"]).fillna(0), arrayminus=(t["mean"] - t["ci_low"]).fillna(0)),
+            marker=dict(size=11, color=["#2ca02c" if w else "#7f7f7f" for w in t["within_noise"]])))
+        fig.add_trace(go.Scatter(x=front["seconds_per_run"], y=front["mean"], mode="lines", name="the front (nothing beats them on both)",
+                                 line=dict(color="#1f77b4", dash="dot")))
+        fig.update_layout(height=380, xaxis_title="training seconds a run (mean over folds)", yaxis_title="mean val acc over folds",
+                          margin=dict(l=60, r=20, t=30, b=50))
+        figures["cost"] = fig
     return figures
 
 
@@ -349,6 +366,23 @@ def write_pngs(analysis: Analysis, out: Path, curves: int) -> list[Path]:
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title(f"{title}: learning curves of the top {len(top)} trial(s)")
     save(fig, "curves.png")
+
+    conf = analysis.confirmation  # accuracy against training time, the front
+    if conf is not None and len(conf.table) > 1 and conf.table["seconds_per_run"].notna().all():
+        t = conf.table.sort_values("seconds_per_run")
+        fig, ax = plt.subplots(figsize=(6.4, 4.0))
+        err = np.vstack([(t["mean"] - t["ci_low"]).fillna(0), (t["ci_high"] - t["mean"]).fillna(0)])
+        ax.errorbar(t["seconds_per_run"], t["mean"], yerr=err, fmt="none", ecolor="#999", capsize=3)
+        ax.scatter(t["seconds_per_run"], t["mean"], c=["#2ca02c" if w else "#7f7f7f" for w in t["within_noise"]], s=50, zorder=3)
+        for _, r in t.iterrows():
+            ax.annotate(f"trial {int(r['optuna_trial'])}", (r["seconds_per_run"], r["mean"]), textcoords="offset points", xytext=(4, 6), fontsize=8)
+        front = t[t["front"]]
+        ax.plot(front["seconds_per_run"], front["mean"], ":", color="#1f77b4", label="the front")
+        ax.set_xlabel("training seconds a run (mean over folds)")
+        ax.set_ylabel("mean val acc over folds")
+        ax.set_title(f"{title}: accuracy against training time (green: within noise of the winner)", fontsize=9)
+        ax.legend(fontsize=8)
+        save(fig, "cost.png")
     return written
 
 
@@ -370,7 +404,7 @@ th { background: #f4f4f4; } td.l, th.l { text-align: left; }
 """
 
 
-def _table(columns: list[str], rows: list[list[str]], left: set[str] = frozenset()) -> str:
+def html_table(columns: list[str], rows: list[list[str]], left: set[str] = frozenset()) -> str:
     head = "".join(f'<th class="{"l" if c in left else ""}">{html.escape(c)}</th>' for c in columns)
     body = "".join("<tr>" + "".join(f'<td class="{"l" if c in left else ""}">{html.escape(str(v))}</td>' for c, v in zip(columns, row)) + "</tr>"
                    for row in rows)
@@ -394,7 +428,7 @@ def _rerun_section(data: StudyData) -> str:
         cols = ["seed", "test_acc", "test_loss", "epochs", "seconds", "status"]
         rows = [[fmt(r["seed"]), fmt_acc(r["test_acc"]), fmt(r["test_loss"]), fmt(r["epochs"]), f"{r['seconds']:.0f}", str(r["status"])]
                 for _, r in group.sort_values("seed").iterrows()]
-        parts.append(_table(cols, rows, {"status"}))
+        parts.append(html_table(cols, rows, {"status"}))
         versus = None if run.baseline else versus_book_on_test(runs, run.optuna_trial)
         if versus is not None:
             parts.append(f"<p><b>trial {run.optuna_trial} vs the book's recipe</b>, paired seed by seed: "
@@ -428,9 +462,9 @@ def _time_section(data: StudyData) -> str:
               f"{use.later_epoch_s:.3f} s.</p>")
     return (f"<h2>Where the time went</h2><p>{use.trials} trial(s) held {use.slot_s:.0f} slot-seconds (each driver run's trials' "
             f"stage times its slots); {_fmt_s(use.lost_per_trial)} a trial went elsewhere than its epochs.</p>"
-            + _table(["part", "slot-seconds", "share"], rows, {"part"}) + epochs
+            + html_table(["part", "slot-seconds", "share"], rows, {"part"}) + epochs
             + "<p class=\"muted\">Median seconds of each phase (a trial's start; an epoch's parts):</p>"
-            + _table(["phase", "seconds"], phases, {"phase"}))
+            + html_table(["phase", "seconds"], phases, {"phase"}))
 
 
 def _fmt_s(seconds: float) -> str:
@@ -445,9 +479,12 @@ def _confirmation_section(analysis: Analysis) -> str:
         return ""
     rows = confirmation_rows(conf, baseline_number(analysis.data))
     lines = "".join(f"<li>{html.escape(line)}</li>" for line in conf.lines)
+    lines += f"<li>{html.escape(conf.cheapest)}</li>" if conf.cheapest else ""
     return (f"<h2>Confirmation stage</h2><p>The top configurations and the book's recipe (*) cross-validated on {conf.folds} "
-            f"stratified folds of the train split: mean validation accuracy with its 95% t-interval.</p>"
-            f"{_table(CONFIRM_COLUMNS, rows, {'recommended'})}<ul>{lines}</ul>")
+            f"stratified folds of the train split: mean validation accuracy with its 95% t-interval, the training seconds a run "
+            f"costs, whether the paired test can tell it from the winner, and whether it is on the front (no other configuration "
+            f"both more accurate and cheaper).</p>"
+            f"{html_table(CONFIRM_COLUMNS, rows, {'recommended', 'vs the winner'})}<ul>{lines}</ul>")
 
 
 def build_html(analysis: Analysis, figures: dict, top: int = 10) -> str:
@@ -500,20 +537,22 @@ weights {html.escape(str(base.get('weights')))}, batch {html.escape(str(base.get
 created {html.escape(s.created or '?')}; report written {dt.datetime.now():%Y-%m-%d %H:%M}.</p>
 <h2>The answer</h2>
 <ul>{answer}</ul>
+{"".join(f'<p class="muted">{html.escape(line)}</p>' for line in describe_warm_start(s))}
 {warnings}
 <p class="muted">{len(data.trials)} trial(s) ({counts}); {best_text}.</p>
 
 <h2>Top trials</h2>
-{_table(columns, rows, {"status", *[p for p in data.params if data.is_categorical(p)]})}
+{html_table(columns, rows, {"status", *[p for p in data.params if data.is_categorical(p)]})}
 
 {_confirmation_section(analysis)}
+{plot("cost")}
 
 <h2>How much each hyperparameter matters</h2>
 <p>{html.escape(imp.method)}: each hyperparameter's share in telling the best trials from the rest, the median and a 90% interval
 over drawing the trials again (bootstrap); beside it, without a model, whether the top trials differ from the others in it (a
 permutation test, p); and the range where the best trials lie.</p>
 {note}{disagreements}
-{_table(["hyperparameter", "importance (90% interval)", where, "top vs the rest (p)", "searched"], imp_rows,
+{html_table(["hyperparameter", "importance (90% interval)", where, "top vs the rest (p)", "searched"], imp_rows,
         {"hyperparameter", where, "top vs the rest (p)", "searched"})}
 {plot("importance")}
 
@@ -533,7 +572,7 @@ permutation test, p); and the range where the best trials lie.</p>
 
 {_time_section(data)}
 
-<p class="muted">The same figures as PNG files: {", ".join(f"{FIGURES_DIR}/{n}" for n in PNG_NAMES)}.
+<p class="muted">The same figures as PNG files: {", ".join(f"{FIGURES_DIR}/{n}" for n in PNG_NAMES + (("cost.png",) if "cost" in figures else ()))}.
 Tables: trials.parquet, epochs.parquet; Optuna storage: optuna.db.</p>
 </body></html>
 """

@@ -28,25 +28,21 @@ from study.values import PARAM_TYPES, FAILED, isnan
 # --- where a trial's time went (docs/results.md): per epoch, and per trial for its start ---------------------
 EPOCH_PHASES = ["train_s", "val_s", "checkpoint_s", "report_s"]
 START_PHASES = ["import_s", "data_wait_s", "restore_s", "build_s", "weights_s", "to_device_s", "first_step_s"]  # summed over its runs
-EPOCH_COLUMNS = [
-    "trial_id", "optuna_trial", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds",
-    "images_per_s", "diverged", "resumed_from_epoch", "ended_at", "node_id", "node_ip", "hostname", *EPOCH_PHASES,
-]
+# Each table's columns, in order, with their types: the one list of them (docs/results.md describes each).
 EPOCH_TYPES = {"trial_id": "str", "optuna_trial": "int64", "epoch": "int64", "train_loss": "float64", "train_acc": "float64",
                "val_loss": "float64", "val_acc": "float64", "seconds": "float64", "images_per_s": "float64", "diverged": "bool",
                "resumed_from_epoch": "int64", "ended_at": "float64", "node_id": "str", "node_ip": "str", "hostname": "str",
                **{c: "float64" for c in EPOCH_PHASES}}
-TRIAL_HEAD = ["rank", "trial_id", "optuna_trial", "baseline"]
-TRIAL_TAIL = ["best_val_acc", "best_epoch", "last_val_acc", "epochs_run", "status", "error", "seconds", "images_per_s",
-              "seed", "threads", "trial_dir", "node_id", "node_ip", "hostname", "slot_s", "started_at", "ended_at", *START_PHASES, "worker_pid", "warm_runs",
-              "confirm_mean", "confirm_sd", "confirm_folds", "recommended"]  # the confirmation stage's figures
-TRIAL_TYPES = {"rank": "int64", "trial_id": "str", "optuna_trial": "int64", "baseline": "bool", "best_val_acc": "float64",
-               "best_epoch": "Int64", "last_val_acc": "float64", "epochs_run": "int64", "status": "str", "error": "str",
-               "seconds": "float64", "images_per_s": "float64", "seed": "int64", "threads": "int64", "trial_dir": "str",
-               "node_id": "str", "node_ip": "str", "hostname": "str", "slot_s": "float64", "started_at": "float64", "ended_at": "float64",
-               **{c: "float64" for c in START_PHASES},
-               "worker_pid": "Int64", "warm_runs": "Int64",
-               "confirm_mean": "float64", "confirm_sd": "float64", "confirm_folds": "int64", "recommended": "str"}
+EPOCH_COLUMNS = list(EPOCH_TYPES)
+TRIAL_HEAD_TYPES = {"rank": "int64", "trial_id": "str", "optuna_trial": "int64", "baseline": "bool"}  # then the searched hyperparameters
+TRIAL_TAIL_TYPES = {"best_val_acc": "float64", "best_epoch": "Int64", "last_val_acc": "float64", "epochs_run": "int64", "status": "str",
+                    "error": "str", "seconds": "float64", "images_per_s": "float64", "seed": "int64", "threads": "int64",
+                    "trial_dir": "str", "node_id": "str", "node_ip": "str", "hostname": "str", "slot_s": "float64",
+                    "started_at": "float64", "ended_at": "float64", **{c: "float64" for c in START_PHASES}, "worker_pid": "Int64",
+                    "warm_runs": "Int64",
+                    "confirm_mean": "float64", "confirm_sd": "float64", "confirm_folds": "int64", "recommended": "str"}  # the confirmation's
+TRIAL_HEAD, TRIAL_TAIL = list(TRIAL_HEAD_TYPES), list(TRIAL_TAIL_TYPES)
+TRIAL_TYPES = {**TRIAL_HEAD_TYPES, **TRIAL_TAIL_TYPES}
 SNAPSHOT_EVERY_S = 2.0  # the parquet files are at most this old while trials run (the journal holds the rest)
 SNAPSHOT_SHARE = 0.1  # and rewriting them takes at most this share of the driver's time
 

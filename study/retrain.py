@@ -56,7 +56,7 @@ def trial_threads(row: dict, settings: StudySettings) -> int:
     threads = row.get("threads")
     if threads:
         return int(threads)
-    return max(1, int(settings.cpus_per_trial or 1))
+    return max(1, int(settings.cpus_granted or 1))
 
 
 def choose(folder: StudyFolder, rank: int | None, epochs: int | None, device: str | None = None, threads: int | None = None) -> Chosen:
@@ -76,6 +76,14 @@ def choose(folder: StudyFolder, rank: int | None, epochs: int | None, device: st
     if not 1 <= rank <= len(trials):
         raise UserError(f"--rank {rank} is beyond the table: study {settings.name!r} has {len(trials)} trial(s), ranks 1-{len(trials)}")
     row = {k: plain(v) for k, v in trials[trials["rank"] == rank].iloc[0].to_dict().items()}
+    if isnan(row.get("best_val_acc")):
+        from study.folder import resume_command
+
+        resume = resume_command(folder)
+        state = f"is {row.get('status')}" if row.get("status") in ("running", "errored", "timed_out", "diverged") else "has none"
+        raise UserError(f"rank {rank} (trial {row.get('optuna_trial')}) has no validation accuracy (it {state}): nothing was "
+                        f"learned to rerun" + (f"; finish the study first: {resume}" if row.get("status") == "running" else
+                                               "; pick a trial that trained with --rank"))
     return _chosen(settings, row, epochs, device, threads, why)
 
 
@@ -97,7 +105,9 @@ def read_trials(folder: StudyFolder) -> tuple[StudySettings, pd.DataFrame]:
     settings = folder.read_settings()
     if not folder.trials.is_file():
         raise UserError(f"study {settings.name!r} in {folder.path} has no trials yet (no trials.parquet): nothing to rerun")
-    trials = pd.read_parquet(folder.trials)
+    from study.results import read_frames
+
+    trials, _ = read_frames(folder.path, list(settings.space), int(settings.base["epochs"]), settings.seed)
     if len(trials) == 0:
         raise UserError(f"study {settings.name!r} has no trials yet: nothing to rerun")
     return settings, trials
@@ -118,16 +128,17 @@ def _chosen(settings: StudySettings, row: dict, epochs: int | None, device: str 
 
 
 def comparable_to_book(cfg: TrainConfig, classes: list[str], train_images: int, test_images: int) -> str:
-    """"" when a run is the book's setting (its data, ImageNet weights, 224 px, 5 epochs), else why it is not."""
+    """"" when a run is the book's setting (its data and TrainConfig's defaults: ImageNet weights, 224 px, 5 epochs), else why it is not."""
     reasons = []
     if not (cfg.data_dir is None or (list(classes) == BOOK_CLASSES and train_images == BOOK_TRAIN_IMAGES and test_images == BOOK_TEST_IMAGES)):
         reasons.append("other data than the book's hotdog.zip")
-    if cfg.weights != "imagenet":
+    book = TrainConfig()  # the book's setting is TrainConfig's defaults: one home for it
+    if cfg.weights != book.weights:
         reasons.append(f"weights {cfg.weights} instead of ImageNet's")
-    if cfg.image_size != 224:
-        reasons.append(f"{cfg.image_size} px instead of 224")
-    if cfg.epochs != 5:
-        reasons.append(f"{cfg.epochs} epoch(s) instead of 5")
+    if cfg.image_size != book.image_size:
+        reasons.append(f"{cfg.image_size} px instead of {book.image_size}")
+    if cfg.epochs != book.epochs:
+        reasons.append(f"{cfg.epochs} epoch(s) instead of {book.epochs}")
     return ", ".join(reasons)
 
 
@@ -167,12 +178,22 @@ def export(chosen: Chosen, target: str) -> None:
 
 
 # --- retraining --------------------------------------------------------------------------------------
-def run_seed(cfg: TrainConfig, data, weights_path: str, report=None, label: str = "") -> dict:
+def run_seed(cfg: TrainConfig, data, weights_path: str, report=None, label: str = "", gpu_share: float = 0.0) -> dict:
     """Train ``cfg`` on ``data.train``, evaluate once on ``data.test``, save the weights; one result row.
 
-    ``report`` takes each epoch's progress line (``print`` here, a queue's ``put`` in a Ray task).
+    ``report`` takes each epoch's progress line (``print`` here, a queue's ``put`` in a Ray task). ``gpu_share``: the
+    fraction of a GPU Ray gave this task, which it is then held to (as a study's trials are), after checking that torch
+    sees the GPU at all.
     """
     import torch
+
+    if gpu_share:
+        import ray
+
+        from study.driver.adapter import cap_gpu_memory, check_gpu
+
+        check_gpu(ray.get_gpu_ids())
+        cap_gpu_memory(gpu_share)
 
     from trainable import evaluate, train
     from trainable.loop import resolve_device, use_bf16
@@ -188,7 +209,7 @@ def run_seed(cfg: TrainConfig, data, weights_path: str, report=None, label: str 
     row = {"seed": cfg.seed, "status": result.status, "test_acc": math.nan, "test_loss": math.nan,
            "train_loss": last.train_loss if last else math.nan, "train_acc": last.train_acc if last else math.nan,
            "epochs": len(result.history), "images_per_s": float(sum(m.images_per_s for m in result.history) / max(len(result.history), 1)),
-           "weights_file": None}
+           "weights_file": None, "test_images": len(data.test)}
     if result.status != "diverged":
         device = resolve_device(cfg.device)
         row["test_loss"], row["test_acc"] = evaluate(result.model, data.test, cfg, device, use_bf16(cfg.precision, device), True)
@@ -205,7 +226,7 @@ RERUN_TYPES = {"rank": "int64", "trial_id": "str", "optuna_trial": "int64", "bas
                "seed": "int64", "status": "str", "test_acc": "float64", "test_loss": "float64", "train_loss": "float64",
                "train_acc": "float64", "epochs": "int64", "images_per_s": "float64", "weights_file": "str", "seconds": "float64",
                **PARAM_TYPES, "image_size": "int64", "weights": "str", "data_dir": "str", "threads": "int64",
-               "comparable_to_book": "bool"}
+               "comparable_to_book": "bool", "test_images": "Int64"}
 
 
 def _row(chosen: Chosen, result: dict, comparable: bool) -> dict:
@@ -265,7 +286,9 @@ def paired_line(name: str, rows: list[dict], baseline_rows: list[dict]) -> str:
     """``name`` minus the book's recipe on the test split, paired seed by seed, with its 95% t-interval."""
     from study.decision import paired_by_seed
 
-    versus = paired_by_seed(*({r["seed"]: r["test_acc"] for r in side if not isnan(r["test_acc"])} for side in (rows, baseline_rows)))
+    images = max((int(r["test_images"]) for r in rows + baseline_rows if not isnan(r.get("test_images"))), default=None)
+    versus = paired_by_seed(*({r["seed"]: r["test_acc"] for r in side if not isnan(r["test_acc"])} for side in (rows, baseline_rows)),
+                            images=images)
     if versus is None:
         return f"{name} vs the book's recipe: no seed where both have a test accuracy"
     return f"{name} vs the book's recipe on the test split: " + versus.describe("seed")
@@ -326,15 +349,15 @@ def _retrain_ray(settings: StudySettings, data, jobs: list[tuple[Chosen, int, st
 
     from study.driver.session import start_ray
 
-    start_ray(None, log_to_driver=True)  # anything else a task prints (a warning) still reaches this console
+    print(start_ray(None, log_to_driver=True), flush=True)  # anything else a task prints (a warning) still reaches this console
     try:
         threads = max(run.config.threads for run, _, _ in jobs)
-        gpus = float(settings.gpus_per_trial or 0) if ray.cluster_resources().get("GPU", 0) else 0.0
+        gpus = float(settings.gpus_granted or 0) if ray.cluster_resources().get("GPU", 0) else 0.0
         task = ray.remote(num_cpus=threads, num_gpus=gpus)(run_seed)
         data_ref = ray.put(data)
         print(f"{len(jobs)} run(s) as Ray tasks, each with {threads} CPU(s)" + (f" and {gpus:g} GPU" if gpus else ""), flush=True)
         lines = Queue(actor_options={"num_cpus": 0})  # takes no CPU from the seeds
-        pending = {task.remote(run.config.replace(seed=s), data_ref, weights, lines.put, f"{label(run)} "): run
+        pending = {task.remote(run.config.replace(seed=s), data_ref, weights, lines.put, f"{label(run)} ", gpus): run
                    for run, s, weights in jobs}
         while pending:
             finished, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
@@ -342,7 +365,16 @@ def _retrain_ray(settings: StudySettings, data, jobs: list[tuple[Chosen, int, st
             for line in lines.get_nowait_batch(lines.qsize()):
                 print(line, flush=True)
             if finished:
-                done(pending.pop(finished[0]), ray.get(finished[0]))
+                run = pending.pop(finished[0])
+                try:
+                    result = ray.get(finished[0])
+                except ray.exceptions.RayTaskError as exc:  # a task that cannot train as asked: its one line, not Ray's traceback
+                    from study.driver.adapter import TrialError
+
+                    if isinstance(exc.cause, (TrialError, UserError)):
+                        raise UserError(str(exc.cause)) from None
+                    raise
+                done(run, result)
     finally:
         ray.shutdown()
 

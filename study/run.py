@@ -8,7 +8,7 @@ run them (``study.driver.tuner``), the confirmation stage (``study.driver.confir
 from __future__ import annotations
 
 import datetime as dt
-import shlex
+import os
 import shutil
 import signal
 import sys
@@ -23,7 +23,7 @@ from study.driver.resources import check_cluster_gpus, check_free_space, checkpo
 from study.driver.session import keep_ray_tracebacks_in, start_ray
 from study.driver.trackers import check_trackers
 from study.driver.tuner import fit, study_clock
-from study.folder import StudyFolder, StudySettings
+from study.folder import StudyFolder, StudySettings, resume_command
 from study.options import StudyOptions
 from study.space import load_space, show_space
 from study.values import isnan
@@ -34,10 +34,6 @@ EXIT_OK, EXIT_STOPPED, EXIT_BAD_INPUT, EXIT_NO_RESULT = 0, 1, 2, 3
 def default_name(data_dir: str | None) -> str:
     stem = Path(data_dir).resolve().name if data_dir else "hotdog"
     return f"{stem}-{dt.datetime.now():%Y%m%d-%H%M%S}"
-
-
-def resume_command(folder: StudyFolder) -> str:
-    return shlex.join(["python", "-m", "study.run", "--resume", "--name", folder.path.name, "--results-dir", str(folder.path.parent)])
 
 
 def _interrupted(folder: StudyFolder) -> int:
@@ -58,6 +54,12 @@ def main(argv: list[str] | None = None) -> int:
 
     check_trackers(opts.tensorboard, opts.mlflow)
     results_dir = Path(opts.results_dir).expanduser().resolve()
+    if opts.resume and opts.warm_start:
+        raise UserError("--warm-start begins a new study: a resumed study keeps how it began; leave --warm-start out")
+    if opts.warm_start:  # checked before anything is written: a study to begin from, finished, not running
+        from study.driver.warmstart import source_study
+
+        source_study(opts.warm_start)
     if opts.resume:
         if not opts.name:
             raise UserError("--resume needs --name: the study to continue (a folder under --results-dir)")
@@ -123,6 +125,16 @@ def run_study(opts: StudyOptions, folder: StudyFolder, settings: StudySettings, 
             print(f"going on with changed data ({datacheck.ACCEPT_FLAG}): {change}")
     else:
         datacheck.record(settings)
+        if opts.warm_start:
+            from study.driver.warmstart import plan, seed_study, source_study
+            from study.folder import storage_url
+
+            source, source_settings = source_study(opts.warm_start)
+            warm = plan(source, source_settings, settings)
+            settings.warm_start = warm.as_dict()
+            for line in warm.lines():
+                print(line)
+            seed_study(storage_url(folder.optuna_db), source, source_settings, settings, warm)
     from study.driver.checkpoints import sweep_scratch
 
     sweep_scratch()  # checkpoint scratch folders that trials killed on this machine left behind
@@ -159,7 +171,8 @@ def run_study(opts: StudyOptions, folder: StudyFolder, settings: StudySettings, 
 
         opening = Background(lambda: open_study(storage_url(folder.optuna_db), settings.name, settings.seed, settings.baseline))
     ray_started = time.perf_counter()
-    start_ray(settings.address)
+    print(start_ray(settings.address))
+    signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))  # ray.init put its own (an exit) in
     keep_ray_tracebacks_in(folder.logs / "ray.log")
     try:
         timings["ray_start_s"] = round(time.perf_counter() - ray_started, 2)
@@ -180,8 +193,8 @@ def run_study(opts: StudyOptions, folder: StudyFolder, settings: StudySettings, 
         resources, slots, message = share_resources(settings.gpus_requested, settings.cpus_requested, ray.cluster_resources())
         if message:
             print(message)
-        check_cluster_gpus(resources, local=not settings.address)
-        settings.gpus_per_trial, settings.cpus_per_trial = resources["gpu"], resources["cpu"]
+        check_cluster_gpus(resources, local=not (settings.address or os.environ.get("RAY_ADDRESS")))
+        settings.gpus_granted, settings.cpus_granted = resources["gpu"], resources["cpu"]
         concurrent = max(1, min(settings.max_concurrent or slots, slots, remaining or 1))
         check_free_space(folder, settings.experiment_path, concurrent, checkpoint_bytes(base, settings.space, len(data.classes)))
         run.update(concurrent=concurrent, resources=resources, train_images=len(data.train), val_images=len(data.val))
@@ -205,8 +218,9 @@ def run_study(opts: StudyOptions, folder: StudyFolder, settings: StudySettings, 
             print(f"{concurrent} trial(s) at a time, each with {resources['cpu']:g} CPU(s)"
                   + (f" and {resources['gpu']:g} GPU" if resources["gpu"] else ""))
 
-            def trials_done(seconds: float) -> None:  # a kill in the confirmation stage must not lose the trials' time
+            def trials_done(seconds: float) -> None:  # the trials' time so far, in study.json: a kill must not lose it
                 timings["fit_s"] = round(seconds, 2)
+                timings["wall_s"] = round(time.perf_counter() - t0, 2)  # finish() writes the whole; a killed run keeps this
                 try:
                     folder.write_settings(settings)
                 except OSError:

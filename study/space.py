@@ -15,13 +15,13 @@ from pathlib import Path
 import optuna
 
 from trainable import AUGMENT_POLICIES, TrainConfig, UserError
-from trainable.config import HYPERPARAMETERS
+from trainable.config import FREEZE_DEPTHS, HYPERPARAMETERS
 
 DEFAULT_SPACE: dict[str, dict] = {
     "lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},  # backbone lr (mean loss)
     "head_lr_mult": {"type": "float", "low": 1.0, "high": 100.0, "log": True},
     "weight_decay": {"type": "float", "low": 1e-6, "high": 1e-2, "log": True},
-    "freeze_depth": {"type": "int", "low": 0, "high": 5},  # 0 = all trains, 5 = head only
+    "freeze_depth": {"type": "int", "low": FREEZE_DEPTHS[0], "high": FREEZE_DEPTHS[-1]},  # 0 = all trains, 5 = head only
     "augment": {"type": "categorical", "choices": list(AUGMENT_POLICIES)},
 }
 
@@ -54,7 +54,24 @@ def to_distributions(space: dict[str, dict]) -> dict[str, optuna.distributions.B
         unknown = set(out["augment"].choices) - set(AUGMENT_POLICIES)
         if unknown:
             raise UserError(f"search space: unknown augmentation policies {sorted(unknown)}: use {list(AUGMENT_POLICIES)}")
+    _check_trainable(out)
     return out
+
+
+def _check_trainable(dists: dict[str, optuna.distributions.BaseDistribution]) -> None:
+    """Every value a space can propose must be one a trial can train with (``TrainConfig.validate``, the one home of
+    the bounds): checked before the first trial, not by failing trials one by one."""
+    for name, dist in dists.items():
+        whole = isinstance(getattr(_BOOK, name), int)
+        if whole and isinstance(dist, optuna.distributions.FloatDistribution):
+            raise UserError(f"search space entry {name!r} takes whole numbers: give it \"type\": \"int\" (see --show-space)")
+        ends = list(dist.choices) if isinstance(dist, optuna.distributions.CategoricalDistribution) else [dist.low, dist.high]
+        for value in ends:
+            try:
+                _BOOK.replace(**{name: value}).validate()
+            except (UserError, TypeError) as exc:
+                raise UserError(f"search space entry {name!r} reaches {value!r}, which no trial can train with ({exc}): "
+                                "narrow it in the --space file") from None
 
 
 def load_space(path: str | None) -> dict[str, dict]:
@@ -79,6 +96,12 @@ def baseline_params(space: dict[str, dict]) -> tuple[dict | None, str]:
         return None, (f"the book's recipe is not in the search space ({described} outside it): "
                       "the study runs without a baseline; widen the space (--space) to compare with it")
     return params, ""
+
+
+def outside(space: dict[str, dict], params: dict) -> list[str]:
+    """The searched parameters whose value in ``params`` the space could not propose (or that ``params`` lacks)."""
+    dists = to_distributions(space)
+    return [name for name, dist in dists.items() if name not in params or not _contains(dist, params[name])]
 
 
 def _contains(dist: optuna.distributions.BaseDistribution, value) -> bool:

@@ -9,7 +9,7 @@ import pandas as pd
 
 from trainable import UserError
 
-from study.folder import RERUN_FILE, StudyFolder, StudySettings
+from study.folder import RERUN_FILE, StudyFolder, StudySettings, resume_command
 from study.results import read_frames
 
 
@@ -20,6 +20,20 @@ class StudyData:
     trials: pd.DataFrame  # ranked, as study.run wrote it
     epochs: pd.DataFrame
     params: list[str]  # the searched hyperparameters, in the space's order
+    running: str | None = None  # who runs the study now (" (pid N on HOST, since ...)", or "") or None: nobody
+
+    def state(self) -> str:
+        """Where the study stands, in a line: running, stopped unfinished, or finished ("")."""
+        counts = self.trials["status"].value_counts().to_dict()
+        done = len(self.trials) - counts.get("running", 0)
+        if self.running is not None:
+            return (f"the study is running now{self.running}: {done} of {self.settings.samples} trial(s) finished, "
+                    f"{counts.get('running', 0)} running; nothing below is final")
+        last = self.settings.runs[-1] if self.settings.runs else {}
+        if last.get("outcome") != "finished":
+            return (f"the study stopped unfinished ({done} of {self.settings.samples} trial(s) finished): nothing below is final; "
+                    f"continue it with {resume_command(self.folder)}")
+        return ""
 
     def is_log(self, param: str) -> bool:
         return bool(self.settings.space.get(param, {}).get("log", False))
@@ -63,11 +77,18 @@ def baseline_acc(data: StudyData) -> float | None:
     return None if value is None or pd.isna(value) else float(value)
 
 
+def _no_trials_yet(settings: StudySettings, folder: StudyFolder, what: str) -> UserError:
+    if folder.in_use() is not None:
+        return UserError(f"study {settings.name!r} in {folder.path} has no trials yet ({what}): it is running; wait until its first "
+                         "trial has a result")
+    return UserError(f"study {settings.name!r} in {folder.path} has no trials yet ({what}) and nothing runs it: "
+                     f"continue it with {resume_command(folder)}")
+
+
 def read_study(folder: StudyFolder) -> StudyData:
     settings = folder.read_settings()
     if not folder.trials.is_file():
-        raise UserError(f"study {settings.name!r} in {folder.path} has no trials yet (no trials.parquet): "
-                        "wait until python -m study.run has started a trial, or resume it with --resume")
+        raise _no_trials_yet(settings, folder, "no trials.parquet")
     try:
         if folder.epochs.is_file():  # the files, and what the journal holds beyond them (a driver killed a moment ago)
             trials, epochs = read_frames(folder.path, list(settings.space), int(settings.base["epochs"]), settings.seed)
@@ -78,6 +99,6 @@ def read_study(folder: StudyFolder) -> StudyData:
         raise UserError(f"cannot read the tables of {folder.path} ({str(exc).splitlines()[0]}): "
                         "they were not written by python -m study.run") from None
     if trials.empty:
-        raise UserError(f"study {settings.name!r} in {folder.path} has no trials yet: wait until python -m study.run has started one")
+        raise _no_trials_yet(settings, folder, "no row in trials.parquet")
     params = [p for p in settings.space if p in trials.columns]
-    return StudyData(folder, settings, trials.reset_index(drop=True), epochs, params)
+    return StudyData(folder, settings, trials.reset_index(drop=True), epochs, params, folder.in_use())

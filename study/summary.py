@@ -95,6 +95,9 @@ def print_summary(folder: StudyFolder, settings: StudySettings, tables, fit_s: f
         console.print(f"{label}: trial {best['optuna_trial']}, val acc {best['best_val_acc']:.3f}{versus} with {best['params']}", markup=False)
         if note := noise_note(best["best_val_acc"], base, settings.val_images, bool(answer)):
             console.print(f"note: {note}", markup=False)
+    elif summary["status_counts"].get("running"):  # stopped (Ctrl-C, SIGTERM, a full disk) before any trial had a result
+        console.print(f"no trial has a validation accuracy yet: the study stopped while {summary['status_counts']['running']} "
+                      "trial(s) ran; none failed", markup=False)
     else:
         console.print("no usable trial: every trial diverged or failed (see the lines above); "
                       "for divergence lower the learning-rate range (--space)", markup=False)

@@ -12,6 +12,7 @@ from trainable.config import HYPERPARAMETERS, TrainConfig
 
 # Each hyperparameter's column type in the study's tables, from its TrainConfig field's type.
 PARAM_TYPES = {p: {float: "float64", int: "int64", str: "str"}[type(getattr(TrainConfig(), p))] for p in HYPERPARAMETERS}
+GPUS_PER_TRIAL = 0.25  # --gpus-per-trial's default: four trials share a GPU
 INT_HYPERPARAMETERS = tuple(p for p, kind in PARAM_TYPES.items() if kind == "int64")
 METRIC, MODE = "val_acc", "max"
 FINISHED = ("completed", "stopped early", "diverged", "errored", "timed_out")

@@ -73,11 +73,15 @@ CASES = [
     Case("unusual-image-modes", "trainable", [*TRAIN, "--data-dir", "{in}/modes"], code=0,
          says="converted 6 image(s) to 8-bit RGB from other modes (1 x1, CMYK x1, I;16 x1, L x1, P x1, RGBA x1)"),
     # --- weights files --------------------------------------------------------------------------------------
-    Case("weights-random-bytes", "study.run", [*STUDY, "--weights", "{in}/random.pt"], "weights file {in}/random.pt is not a PyTorch state dict"),
+    # the study's driver never loads torch: its trials find a bad weights file, once Ray has started (the slow set)
+    Case("weights-random-bytes", "study.run", [*STUDY, "--weights", "{in}/random.pt"], "weights file {in}/random.pt is not a PyTorch state dict",
+         marks=(pytest.mark.slow,)),
     Case("weights-json-file", "trainable", [*TRAIN, "--weights", "{in}/config.json"], "weights file {in}/config.json is not a PyTorch state dict"),
-    Case("weights-tiny-linear", "study.run", [*STUDY, "--weights", "{in}/linear.pt"], "weights file {in}/linear.pt does not fit ResNet18 (missing"),
+    Case("weights-tiny-linear", "study.run", [*STUDY, "--weights", "{in}/linear.pt"], "weights file {in}/linear.pt does not fit ResNet18 (missing",
+         marks=(pytest.mark.slow,)),
     Case("weights-resnet34", "trainable", [*TRAIN, "--weights", "{in}/resnet34.pt"], "weights file {in}/resnet34.pt does not fit ResNet18 (unexpected"),
-    Case("weights-malicious-torch-save", "study.run", [*STUDY, "--weights", "{in}/evil.pt"], "refused by the safe loader"),
+    Case("weights-malicious-torch-save", "study.run", [*STUDY, "--weights", "{in}/evil.pt"], "refused by the safe loader",
+         marks=(pytest.mark.slow,)),
     Case("weights-malicious-pickle", "trainable", [*TRAIN, "--weights", "{in}/evil.pkl"], "weights file {in}/evil.pkl is not a PyTorch state dict"),
     # --- where results go ------------------------------------------------------------------------------------
     Case("results-dir-under-a-file", "study.run", [*STUDY, "--results-dir", "{in}/afile/results"],
@@ -96,7 +100,7 @@ CASES = [
     Case("confirm-folds-1", "study.run", [*STUDY, "--confirm-folds", "1"], "--confirm-folds 1 must be 2 or more: cross-validation needs a part"),
     Case("confirm-folds-more-than-the-classes-allow", "study.run", [*CONFIRMED, "--confirm-folds", "5"],
          "--confirm-folds 5 is more than the smallest class's 4 training images allow (every fold needs an image of each class): "
-         "ask for at most 4"),
+         "ask for at most 4", marks=(pytest.mark.slow,)),  # known once the images are decoded, as Ray starts
     # share_resources falls back to CPU slots where the cluster has no GPU (a real, 1-trial study on Ray)
     Case("gpus-per-trial-3-without-a-gpu", "study.run", [*STUDY, "--gpus-per-trial", "3"], code=0,
          says="no GPU in the Ray cluster: running trials on CPU slots instead of 3 GPU each", marks=(pytest.mark.slow,)),

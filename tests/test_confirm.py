@@ -16,7 +16,8 @@ from tests.test_study import assert_exact, make_images, run_study, study_args
 pytestmark = pytest.mark.slow
 CONFIRM_TYPES = {"optuna_trial": "int64", "baseline": "bool", "fold": "int64", "cv_folds": "int64", "seed": "int64", "status": "large_string",
                  "val_acc": "double", "val_loss": "double", "epochs": "int64", "seconds": "double", "images_per_s": "double",
-                 "trial_id": "large_string", "trial_dir": "large_string", "error": "large_string"}
+                 "trial_id": "large_string", "trial_dir": "large_string", "error": "large_string", "worker_pid": "int64",
+                 "warm_runs": "int64"}
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,11 @@ def test_a_study_confirms_its_top_trials_and_the_baseline(images, tmp_path):
     out = run_study(study_args(images, results, "c", 4, 2, "--confirm-top", "2", "--confirm-folds", "3", confirm=True))
     assert out.returncode == 0, out.stdout + out.stderr
     folder = results / "c"
-    check_confirmation(folder, top=2, folds=3)
+    confirm = check_confirmation(folder, top=2, folds=3)
+    # the stage ran in the trials' own Tune run: on the worker processes the trials had warmed, none started for it
+    trials = pd.read_parquet(folder / "trials.parquet")
+    assert (confirm["warm_runs"] >= 1).all() and set(confirm["worker_pid"]) <= set(trials["worker_pid"])
+    assert not list((folder / "ray").glob("confirm-*"))  # no Tune run of its own
     for start in ("answer: winner: trial ", "vs the book's recipe", "one-SE pick: "):
         assert sum(line.startswith(start) for line in out.stdout.splitlines()) == 1, out.stdout
     settings = json.loads((folder / "study.json").read_text())
@@ -69,7 +74,7 @@ def test_a_study_confirms_its_top_trials_and_the_baseline(images, tmp_path):
     # analyze shows the confirmation table with its intervals; rerun picks the confirmed winner by default
     winner = pd.read_parquet(folder / "trials.parquet").query("recommended.str.contains('winner', na=False)").iloc[0]
     analyzed = run_module("study.analyze", [str(folder), "--no-report"])
-    assert "confirmation stage" in analyzed and "95% CI" in analyzed, analyzed
+    assert "confirmation stage" in analyzed and "95% CI" in analyzed and "cheapest within noise of the winner" in analyzed, analyzed
     printed = run_module("study.rerun", [str(folder), "--print-command"])
     assert f"--lr {float(winner['lr'])!r}" in printed
     from study.folder import StudyFolder as Folder
@@ -109,6 +114,21 @@ def test_a_kill_during_confirmation_loses_and_doubles_nothing(images, tmp_path):
         again = after[(after["optuna_trial"] == row["optuna_trial"]) & (after["fold"] == row["fold"])].iloc[0]
         assert again["trial_id"] == row["trial_id"] and again["val_acc"] == row["val_acc"]
     assert StudyFolder(folder).read_settings().runs[-1]["outcome"] == "finished"
+
+
+def test_sigterm_during_confirmation_says_it_stopped_and_how_to_resume(images, tmp_path):
+    """Ray's own SIGTERM handler (installed by ray.init) must not replace the study's: a preempted job in the
+    confirmation stage ends like one in the trials, with its line, the resume hint and an outcome in study.json."""
+    results = tmp_path / "r"
+    argv = study_args(images, results, "t", 2, 1, "--confirm-top", "1", "--confirm-folds", "3", "--max-concurrent", "1", confirm=True)
+    stopped = run_study(argv, env={"HOTDOG_TUNE_FAULT": "confirm_ended:1:term"})
+    assert stopped.returncode == 1, stopped.stdout + stopped.stderr
+    assert "Traceback" not in stopped.stderr
+    assert "the study stopped with its confirmation stage unfinished: stopped by SIGTERM; continue it with:" in stopped.stdout
+    assert StudyFolder(results / "t").read_settings().runs[-1]["outcome"] == "stopped"
+    resumed = run_study(["--resume", "--name", "t", "--results-dir", str(results)])
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    check_confirmation(results / "t", top=1, folds=3)
 
 
 def test_runs_on_other_folds_are_set_aside_not_mixed(tmp_path):

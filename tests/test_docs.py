@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from scripts import cli_docs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,6 +86,7 @@ def docs_table(header: str, labels: dict) -> list[tuple[str, list[str], dict]]:
     return out
 
 
+@pytest.mark.slow  # 7 simulations of 10,000 studies each
 def test_the_selection_table_is_what_the_simulation_gives():
     from bench.selection import simulate
 
@@ -101,6 +104,7 @@ GAIN_ROWS = {"from scratch, the model above": {}, "from scratch, the noise measu
              "pretrained backbone": PRETRAINED}
 
 
+@pytest.mark.slow  # 6 simulations of 10,000 studies each
 def test_the_gain_interval_table_is_what_the_simulation_gives():
     from bench.selection import simulate
 

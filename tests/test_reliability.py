@@ -29,10 +29,12 @@ def test_a_killed_trial_worker_is_retried_from_its_checkpoint(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "study.run", *study_args(data, tmp_path / "r", "w", 1, 3, "--batch-size", "4")],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
-    def first_epoch_done() -> bool:
-        return (pd.read_parquet(folder / "epochs.parquet")["epoch"] >= 1).any()
+    def second_epoch_done() -> bool:  # its report carried the first epoch's checkpoint (study.driver.checkpoints)
+        from study.results import read_frames
 
-    assert _wait_for(first_epoch_done, 300, proc)
+        return (read_frames(folder, ["lr", "head_lr_mult", "weight_decay", "freeze_depth", "augment"], 3, 0)[1]["epoch"] >= 2).any()
+
+    assert _wait_for(second_epoch_done, 300, proc)
     # Ray retitles a trial's actor process "ray::<trainable>.train()" (e.g. ray::ImplicitFunc.train)
     workers = [p for p in _ray_processes_of(proc.pid) if " ".join(p.cmdline()).startswith("ray::") and ".train" in " ".join(p.cmdline())]
     assert workers, [p.cmdline() for p in _ray_processes_of(proc.pid)]

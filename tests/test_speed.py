@@ -5,7 +5,6 @@ behaviour (the same numbers, the same rows), never a timing."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -43,14 +42,14 @@ def test_a_warm_worker_trains_each_run_as_a_new_process_would(tiny_image_folder)
     all_data = prepare_data(tiny_image_folder, 32, 0.0, 0, min_per_class=2)
     fold = split_fold(all_data, 0.1, 0, 0)  # views of the decoded set, as a study's worker gets them
     warm = WarmState()
-    for freeze in (1, 0, 1, 5):  # the same instance reset between runs, a stage frozen in one and trained in the next
-        cfg = tiny_cfg(tiny_image_folder, freeze_depth=freeze, augment="flip")
+    for freeze in (1, 0, 5):  # the same instance reset between runs, a stage frozen in one and trained in the next
+        cfg = tiny_cfg(tiny_image_folder, freeze_depth=freeze, augment="flip", batch_size=8)  # a short last batch of 2
         cold = train(cfg, data_for(cfg))  # a copy of the split, a model built from scratch
         phases = RunPhases()
         again = train(cfg, fold, warm=warm, phases=phases)
         assert history(again) == history(cold)
         assert all(torch.equal(a, b) for a, b in zip(again.model.state_dict().values(), cold.model.state_dict().values()))
-    assert warm.runs == 4 and phases.warm_runs == 3 and phases.weights_s == 0.0  # the last run found everything made
+    assert warm.runs == 3 and phases.warm_runs == 2 and phases.weights_s == 0.0  # the last run found everything made
 
 
 def test_a_warm_worker_reads_a_weights_file_once_and_again_when_it_changes(tiny_image_folder, tmp_path):
@@ -234,5 +233,5 @@ def test_a_gpu_pads_its_short_batches_and_scores_the_same(image_folder_factory):
     cpu = evaluate(model.to(memory_format=torch.channels_last), data.train, cfg, torch.device("cpu"), False, True)
     gpu = evaluate(model.cuda().to(memory_format=torch.channels_last), data.train, cfg, torch.device("cuda"), False, True)
     assert gpu[1] == pytest.approx(cpu[1], abs=1 / 300) and gpu[0] == pytest.approx(cpu[0], rel=1e-3)
-    result = train(cfg.replace(epochs=1, device="cuda", batch_size=64), data)  # 300 = 4 x 64 + 44: a short batch, heuristics
-    assert result.status == "completed" and torch.backends.cudnn.benchmark
+    result = train(cfg.replace(epochs=1, device="cuda", batch_size=64), data)  # 300 = 4 x 64 + 44: a short batch
+    assert result.status == "completed" and not torch.backends.cudnn.benchmark  # heuristics: no tuning to pay for

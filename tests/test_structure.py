@@ -1,11 +1,11 @@
 """The house and its layering rule (docs/design.md), checked on the source:
 
-    bench  ->  entry points (study.run, study.analyze, study.rerun, study.api)
+    bench  ->  entry points (study.run, study.analyze, study.rerun, study.compare, study.api)
            ->  services (study.analysis with study.study_data, study.importance and study.ranges; study.summary,
-               study.report, study.retrain)
+               study.report, study.retrain, study.comparison)
            ->  study.driver.*  (what runs inside a Tune run)
            ->  the study's model (study.values, study.folder, study.space, study.results, study.decision,
-               study.datacheck, study.options)
+               study.datacheck, study.options, study.timing)
            ->  trainable
 
 A module imports only from its own layer or the layers below it; no entry point imports another; nothing imports
@@ -24,8 +24,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("trainable", "study", "bench")
-ENTRY_POINTS = {"study.run", "study.analyze", "study.rerun", "study.api", "study.__main__"}
-SERVICES = {"study.analysis", "study.study_data", "study.importance", "study.ranges", "study.summary", "study.report", "study.retrain"}
+ENTRY_POINTS = {"study.run", "study.analyze", "study.rerun", "study.compare", "study.api", "study.__main__"}
+SERVICES = {"study.analysis", "study.study_data", "study.importance", "study.ranges", "study.summary", "study.report", "study.retrain",
+            "study.comparison"}
 
 
 def module_name(path: Path) -> str:

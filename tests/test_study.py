@@ -263,6 +263,7 @@ def test_gpu_fallback_message_in_a_real_study(tmp_path):
     out = run_study(study_args(data, tmp_path / "r", "g", 1, 1, "--gpus-per-trial", "1"))
     assert out.returncode == 0, out.stderr
     assert "no GPU in the Ray cluster: running trials on CPU slots" in out.stdout
+    assert "Ray: a local instance started for this run (1 node(s), " in out.stdout  # said every time
     assert len(pd.read_parquet(tmp_path / "r" / "g" / "trials.parquet")) == 1
 
 
@@ -280,20 +281,17 @@ def test_the_baseline_is_trial_0_when_batch_size_is_searched(tmp_path):
 @pytest.mark.slow
 def test_a_raising_trial_runs_once_says_one_line_and_the_study_exits_3(tmp_path):
     data = make_images(tmp_path / "data", per_class=6)
-    space = tmp_path / "space.json"
-    space.write_text(json.dumps({"batch_size": {"type": "categorical", "choices": [1]}}))
-    out = run_study(study_args(data, tmp_path / "r", "e", 2, 1, "--space", str(space)))
+    out = run_study(study_args(data, tmp_path / "r", "e", 2, 2), env={"HOTDOG_TUNE_FAIL": "a bug in the run"})
     text = out.stdout + out.stderr
     assert out.returncode == 3, text  # no trial produced a validation accuracy
     assert "Traceback" not in text and "RayTaskError" not in text
-    assert "the book's recipe is not in the search space (batch_size 128 outside it)" in text
-    lines = [line for line in text.splitlines() if "error: --batch-size 1 must be 2 or more" in line]
+    lines = [line for line in text.splitlines() if "error: RuntimeError: a bug in the run" in line]
     assert len(lines) == 2, text  # one line per failed trial: each ran once
     log = Path(lines[0].split("(log: ")[1].rstrip(")"))
-    assert log.is_file() and "Traceback" in log.read_text() and "UserError" in log.read_text()
+    assert log.is_file() and "Traceback" in log.read_text() and "RuntimeError" in log.read_text()
     trials = pd.read_parquet(tmp_path / "r" / "e" / "trials.parquet")
-    assert (trials["status"] == "errored").all() and trials["error"].str.contains("--batch-size 1").all()
-    assert "no baseline" in text and "no usable trial: every trial diverged or failed" in text
+    assert (trials["status"] == "errored").all() and trials["error"].str.contains("a bug in the run").all()
+    assert "no usable trial: every trial diverged or failed" in text
     assert all(t.state == optuna.trial.TrialState.FAIL for t in optuna_trials(tmp_path / "r" / "e", "e"))
 
 

@@ -18,7 +18,6 @@ import pytest
 import torch
 from torch import nn
 
-import trainable
 from trainable import AUGMENT_POLICIES, Checkpoint, TrainConfig, UserError, prepare_data, train
 from trainable.augment import IMAGENET_MEAN, IMAGENET_STD, augment_batch, eval_transform, normalize, train_transform
 from trainable.cli import run_main

@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .config import AUGMENT_PATHS, AUGMENT_POLICIES, TrainConfig
+from .config import AUGMENT_PATHS, AUGMENT_POLICIES, STAGES, TrainConfig
 from .errors import UserError
 
 
@@ -51,7 +51,7 @@ def add_hyperparameter_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--head-lr-mult", type=float, default=d.head_lr_mult, help="head lr = lr x this (default: %(default)s)")
     parser.add_argument("--weight-decay", type=float, default=d.weight_decay, help="SGD weight decay (default: %(default)s, the book's 1e-3 on a summed loss)")
     parser.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum (default: %(default)s, as the book)")
-    parser.add_argument("--freeze-depth", type=int, default=d.freeze_depth, help="frozen leading stages of stem, layer1-4; 5 = head only (default: %(default)s)")
+    parser.add_argument("--freeze-depth", type=int, default=d.freeze_depth, help=f"frozen leading stages of {', '.join(STAGES)}; {len(STAGES)} = head only (default: %(default)s)")
     parser.add_argument("--augment", default=d.augment, choices=AUGMENT_POLICIES,
                         help="augmentation policy; d2l = the book's RandomResizedCrop + flip (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=d.seed, help="model init, batch order and augmentation (default: %(default)s)")

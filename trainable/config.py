@@ -22,6 +22,8 @@ from .errors import UserError
 # The TrainConfig fields a study may search (study.space), in the order the study's tables show them.
 HYPERPARAMETERS = ("lr", "head_lr_mult", "weight_decay", "momentum", "freeze_depth", "augment", "batch_size")
 AUGMENT_POLICIES = ("none", "flip", "d2l", "trivialaugment", "randaugment", "autoaugment")
+STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")  # ResNet18's stages: freeze depth k freezes the first k of them
+FREEZE_DEPTHS = range(len(STAGES) + 1)  # 0 (everything trains) to 5 (only the new head trains)
 AUGMENT_PATHS = ("auto", "per-image", "batched")
 BOOK_BATCH = 128
 
@@ -38,7 +40,7 @@ class TrainConfig:
     val_last_only: bool = False  # validate after the last epoch only: a run scored by its end need not pay for the others
     # --- model ------------------------------------------------------------------------------------
     weights: str = "imagenet"  # "imagenet" (torchvision IMAGENET1K_V1), "none" (from scratch) or a state-dict path
-    freeze_depth: int = 0  # leading stages frozen, of stem, layer1, layer2, layer3, layer4 (5: only the head trains)
+    freeze_depth: int = 0  # leading STAGES frozen (stem, layer1, layer2, layer3, layer4; 5: only the head trains)
     # --- optimisation: the book's update in the mean-loss convention (see module docstring) ---------
     lr: float = 5e-5 * BOOK_BATCH  # backbone lr = 6.4e-3
     head_lr_mult: float = 10.0  # the new head's lr = lr * head_lr_mult
@@ -63,7 +65,7 @@ class TrainConfig:
             (self.cv_folds == 0 or self.cv_folds >= 2, f"--cv-folds {self.cv_folds} must be 0 (a held-out split) or 2 or more"),
             (not self.cv_folds or self.val_fold < self.cv_folds,
              f"--val-fold {self.val_fold} does not exist in {self.cv_folds}-fold cross-validation: use 0 to {self.cv_folds - 1}"),
-            (0 <= self.freeze_depth <= 5, f"--freeze-depth {self.freeze_depth} must be 0-5"),
+            (self.freeze_depth in FREEZE_DEPTHS, f"--freeze-depth {self.freeze_depth} must be {FREEZE_DEPTHS[0]}-{FREEZE_DEPTHS[-1]}"),
             (self.lr > 0, f"--lr {self.lr} must be positive"),
             (self.head_lr_mult > 0, f"--head-lr-mult {self.head_lr_mult} must be positive"),
             (self.weight_decay >= 0, f"--weight-decay {self.weight_decay} must be 0 or more"),

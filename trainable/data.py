@@ -158,13 +158,32 @@ class PreparedData:
     root: str = ""
 
 
+def visible_files(folder: Path) -> list[os.DirEntry]:
+    """Every file under ``folder`` a run reads from, sorted by path: a hidden file, and everything under a hidden
+    folder (a thumbnail cache, ``.ipynb_checkpoints``), is left out. The loader and the data fingerprint
+    (``trainable.fingerprint``) both walk with this, so they always see the same files."""
+    found, stack = [], [folder]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir():
+                    stack.append(Path(entry.path))
+                elif entry.is_file():
+                    found.append(entry)
+    return sorted(found, key=lambda e: e.path)
+
+
+def is_image(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+
+
 def _class_folders(split_dir: Path) -> dict[str, list[Path]]:
     classes = {}
     for entry in sorted(split_dir.iterdir()):
         if entry.is_dir() and not entry.name.startswith("."):
-            classes[entry.name] = sorted(
-                p for p in entry.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-            )
+            classes[entry.name] = [Path(f.path) for f in visible_files(entry) if is_image(f.name)]
     return classes
 
 
@@ -251,9 +270,8 @@ def _decode_all(files: list[tuple[Path, int]], size: int, skipped: list[str], mo
 
 
 def _not_images(split_dir: Path, classes: list[str]) -> list[Path]:
-    """Files in the class folders that are left out for their suffix (hidden files aside)."""
-    return sorted(p for name in classes for p in (split_dir / name).rglob("*")
-                  if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES and not p.name.startswith("."))
+    """Files in the class folders that are left out for their suffix (hidden ones aside)."""
+    return sorted(Path(f.path) for name in classes for f in visible_files(split_dir / name) if not is_image(f.name))
 
 
 def _files(split_dir: Path, classes: list[str]) -> list[tuple[Path, int]]:

@@ -15,27 +15,21 @@ must not pass.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
-from .data import IMAGE_SUFFIXES
+from .data import is_image, visible_files
 
 SPLITS = ("train", "test")
 
 
 def _images(folder: Path, root: Path) -> list[tuple[str, int, int]]:
-    """(path relative to root, size, mtime_ns) of every image under ``folder``, sorted: one scandir stat per file."""
-    found, stack = [], [folder]
-    while stack:
-        with os.scandir(stack.pop()) as entries:
-            for entry in entries:
-                if entry.name.startswith("."):
-                    continue
-                if entry.is_dir():
-                    stack.append(Path(entry.path))
-                elif entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
-                    info = entry.stat()
-                    found.append((Path(entry.path).relative_to(root).as_posix(), info.st_size, info.st_mtime_ns))
+    """(path relative to root, size, mtime_ns) of every image under ``folder`` the loader reads (``visible_files``),
+    sorted: one scandir stat per file."""
+    found = []
+    for entry in visible_files(folder):
+        if is_image(entry.name):
+            info = entry.stat()
+            found.append((Path(entry.path).relative_to(root).as_posix(), info.st_size, info.st_mtime_ns))
     return sorted(found)
 
 

@@ -318,7 +318,9 @@ def _train(cfg: TrainConfig, data: PreparedData, device: torch.device, on_epoch,
     channels_last = True  # pays on CPU (1.2x here) and GPU alike
     cuda = device.type == "cuda"
     if cuda:
-        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
+        # cuDNN's heuristics, not its benchmark mode: measured on one H200 (docs/speed.md), tuning cost each worker
+        # process's first step 8.2 s against 0.8 s, and no later epoch ran faster for it
+        torch.backends.cudnn.benchmark = False
 
     t0 = time.perf_counter()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -376,20 +378,14 @@ def _train(cfg: TrainConfig, data: PreparedData, device: torch.device, on_epoch,
                 batch = augment_batch(images, transform)
             x = normalize(batch, device, channels_last)
             y = y.to(device, non_blocking=True)
-            # A short batch (an epoch's last) would make cuDNN tune every kernel again for its shape: heuristics instead
-            with _no_tuning(cuda and len(positions) != cfg.batch_size):
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                    logits = model(x)
-                summed = nn.functional.cross_entropy(logits.float(), y, reduction="sum")
-                bad |= ~torch.isfinite(summed)
-                # On a CPU reading the flag costs nothing: stop before a bad step touches the weights. On a GPU
-                # read it every few steps (a bad step then leaves NaN weights, and the run ends all the same).
-                if (device.type == "cpu" or step % SYNC_EVERY == 0) and bad.item():
-                    diverged = True
-                    break
-                optimizer.zero_grad(set_to_none=True)
-                (summed / cfg.batch_size).backward()
-                optimizer.step()
+            logits, summed = forward(model, x, y, bf16)
+            bad |= ~torch.isfinite(summed)
+            # On a CPU reading the flag costs nothing: stop before a bad step touches the weights. On a GPU
+            # read it every few steps (a bad step then leaves NaN weights, and the run ends all the same).
+            if (device.type == "cpu" or step % SYNC_EVERY == 0) and bad.item():
+                diverged = True
+                break
+            descend(optimizer, summed, cfg.batch_size)
             loss_sum += summed.detach()
             correct += (logits.argmax(1) == y).sum()
             seen += len(positions)
@@ -428,12 +424,18 @@ def _train(cfg: TrainConfig, data: PreparedData, device: torch.device, on_epoch,
     return RunResult(status, history, model)
 
 
-@contextmanager
-def _no_tuning(active: bool):
-    """cuDNN without its benchmark mode inside (where ``active``): a shape seen once is not worth tuning for."""
-    if not active:
-        yield
-        return
-    cudnn = torch.backends.cudnn
-    with cudnn.flags(enabled=cudnn.enabled, benchmark=False, deterministic=cudnn.deterministic, allow_tf32=cudnn.allow_tf32):
-        yield
+def forward(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """A training step's forward pass (bf16 autocast where asked) and the batch's loss *summed* (float32)."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        logits = model(x)
+    return logits, nn.functional.cross_entropy(logits.float(), y, reduction="sum")
+
+
+def descend(optimizer: torch.optim.Optimizer, summed: torch.Tensor, batch_size: int) -> None:
+    """The book's update: the summed loss divided by the *configured* batch size (a short batch moves the weights in
+    proportion to its size), backward, one SGD step."""
+    optimizer.zero_grad(set_to_none=True)
+    (summed / batch_size).backward()
+    optimizer.step()
+
+

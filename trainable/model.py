@@ -14,9 +14,9 @@ import torch
 from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18
 
+from .config import STAGES  # noqa: F401  (freeze depth k freezes the first k of them: stage_modules lists them in order)
 from .errors import UserError
 
-STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")  # freeze depth k freezes the first k of these
 
 
 def stage_modules(model: nn.Module) -> list[list[nn.Module]]:
@@ -50,6 +50,9 @@ def _load_error_reason(exc: BaseException) -> str:
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from a file, loaded with ``weights_only=True`` (no arbitrary code from pickles)."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise UserError(f"--weights {path} is a folder, not a file: pass the path of a ResNet18 state dict file (e.g. resnet18-f37072fd.pth), "
+                        "or imagenet, or none")
     if not path.is_file():
         raise UserError(f"weights file {path} does not exist: pass --weights imagenet, none, or the path of a ResNet18 state dict")
     try:

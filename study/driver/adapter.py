@@ -178,6 +178,13 @@ def failure_message(exc: BaseException, cfg: TrainConfig | None) -> str:
     return (text[-1] if text else type(exc).__name__)[:500]
 
 
+def fail_for_tests() -> None:
+    """``HOTDOG_TUNE_FAIL=<message>``: every run raises RuntimeError(message) after its first epoch, as a run that
+    meets a bug or a device error would. Tests only."""
+    if message := os.environ.get("HOTDOG_TUNE_FAIL"):
+        raise RuntimeError(message)
+
+
 def hang_for_tests(key: str, epoch: int) -> None:
     """``HOTDOG_TUNE_HANG=<key>:<epoch>:<fifo>``: this run blocks for good after that epoch, reading a FIFO nobody
     writes (as a read from a dead network file system would), its pid written beside the FIFO. Tests only."""
@@ -267,6 +274,7 @@ def run_trial(config: dict, data: SharedData, base: dict, clock: str | None = No
             if watchdog is not None:
                 watchdog.progress()
             hang_for_tests(key, metrics.epoch)
+            fail_for_tests()
 
         train(cfg, fold, on_epoch=on_epoch, resume_from=state, warm=warm_state(), phases=phases)
     except Exception as exc:  # reported once, not retried: rerunning the same configuration would fail the same way

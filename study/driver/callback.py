@@ -26,6 +26,9 @@ from study.folder import LOGS_DIR, drop_checkpoints, write_text_atomic
 from study.results import StudyTables
 
 
+HEARTBEAT_S = 5.0  # how often the driver run's time so far is written to study.json while trials run
+
+
 def error_message(trial) -> str:
     """The last line of a Ray-level error (a worker that died, or a trainable that could not start)."""
     text = trial.get_error() if hasattr(trial, "get_error") else None
@@ -55,6 +58,8 @@ class StudyCallback(tune.Callback):
         self._started: dict[int, float] = {}  # sample -> when this driver run saw it start (Unix time)
         self._stopping = False
         self.confirmation = None  # the confirmation stage's Tune hooks, once it began in this Tune run (its runs go there)
+        self.heartbeat = None  # set by fit: records the driver run's time so far in study.json (a kill loses at most HEARTBEAT_S)
+        self._beat = time.monotonic()
 
     def __getstate__(self):  # Ray pickles the run config: the live tables and console stay in this process
         return {**self.__dict__, "tables": None, "progress": None, "clock": None, "confirmation": None}
@@ -155,6 +160,9 @@ class StudyCallback(tune.Callback):
     def _write(self, whole: bool = False) -> None:
         """Record the changes (``whole``: rewrite the files); on a full disk keep them in memory (the files keep their
         last complete version)."""
+        if self.heartbeat is not None and time.monotonic() - self._beat >= HEARTBEAT_S:
+            self._beat = time.monotonic()
+            self.heartbeat()
         try:
             self.tables.write() if whole else self.tables.record()
         except OSError as exc:

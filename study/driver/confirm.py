@@ -19,12 +19,14 @@ one-standard-error pick. ``trials.parquet`` gets each candidate's ``confirm_mean
 from __future__ import annotations
 
 import math
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from study.driver import faults
+from study.driver.warmstart import carried_trial
 from study.folder import StudyFolder, StudySettings, drop_checkpoints, set_aside, write_parquet_atomic
 from study.results import StudyTables
 from study.values import isnan, typed
@@ -96,11 +98,15 @@ class ConfirmTable:
         return [r for (n, _), r in sorted(self.rows.items()) if n == number and r["status"] in DONE]
 
 
-def candidates(tables: StudyTables, top: int) -> list[int]:
-    """The top ``top`` usable configurations by the study's ranking, and the book's recipe (always, where the study ran it)."""
+def candidates(tables: StudyTables, top: int, carried: int | None = None) -> list[int]:
+    """The top ``top`` usable configurations by the study's ranking, then the configuration a warm start carried
+    (``carried``: the study it began from named it the winner, so it is judged again) and the book's recipe, each
+    always where the study ran it with a result."""
     trials, _ = tables.frames()
     usable = trials[trials["status"].isin(["completed", "stopped early"]) & trials["best_val_acc"].notna()]
     chosen = [int(n) for n in usable["optuna_trial"].head(top)]
+    if carried is not None and carried in set(usable["optuna_trial"]) and carried not in chosen:
+        chosen.append(int(carried))
     baseline = trials[trials["baseline"]]
     if len(baseline) and int(baseline.iloc[0]["optuna_trial"]) not in chosen:
         chosen.append(int(baseline.iloc[0]["optuna_trial"]))
@@ -123,7 +129,7 @@ def pending_jobs(tables: StudyTables, table: ConfirmTable, numbers: list[int], f
     return jobs
 
 
-def decision(table: ConfirmTable, numbers: list[int], folds: int, baseline: int | None):
+def decision(table: ConfirmTable, numbers: list[int], folds: int, baseline: int | None, images: int | None = None):
     """``study.decision.decide`` on the finished runs of ``numbers`` (None until every run is in)."""
     from study.decision import decide
 
@@ -134,7 +140,7 @@ def decision(table: ConfirmTable, numbers: list[int], folds: int, baseline: int 
         "config": [r["optuna_trial"] for r in rows], "fold": [r["fold"] for r in rows],
         "val_acc": [math.nan if r["status"] != "completed" else r["val_acc"] for r in rows],
         "seconds_per_epoch": [r["seconds"] / r["epochs"] if r["epochs"] else math.nan for r in rows]})
-    return decide(frame, baseline if baseline in numbers else None)
+    return decide(frame, baseline if baseline in numbers else None, images)
 
 
 def record(tables: StudyTables, table: ConfirmTable, numbers: list[int], result) -> None:
@@ -333,7 +339,7 @@ class ConfirmStage:
         self.table = ConfirmTable(self.folder, self.folds)
         if self.table.note:
             self.progress.note(self.table.note)
-        self.numbers = candidates(tables, settings.confirm["top"])
+        self.numbers = candidates(tables, settings.confirm["top"], carried_trial(tables.trials, settings.warm_start))
         if not self.numbers:
             return []
         settings.confirm["candidates"] = self.numbers
@@ -357,21 +363,23 @@ class ConfirmStage:
             stopped = f"{self.callback.disk_full}; free space there first"
         settings, tables, table, numbers, folds = self.settings, self.tables, self.table, self.numbers, self.folds
         baseline = next((n for n in numbers if tables.trials[n].get("baseline")), None)
-        result = decision(table, numbers, folds, baseline)
+        result = decision(table, numbers, folds, baseline, settings.training_images())
         record(tables, table, numbers, result)
         table.write()
         tables.write()
         if result is None:
             missing = len(numbers) * folds - sum(len(table.finished(n)) for n in numbers)
             return stopped or "interrupted", [f"confirmation: {missing} run(s) unfinished"], False
+        per_run = {n: sum(r["seconds"] for r in table.finished(n)) / max(1, len(table.finished(n))) for n in numbers}
+        lines = [*result.lines(), result.cheapest_line(per_run, "s of training a run")]
         w, versus = result.row(result.winner), result.versus_baseline
         settings.summary["confirmation"] = {
             "winner": int(result.winner), "one_se_pick": int(result.one_se_pick), "folds": folds, "candidates": numbers,
             "winner_mean": float(w["mean"]), "winner_ci": [float(w["ci_low"]), float(w["ci_high"])],
             "gain": None if versus is None else {"mean": versus.mean, "ci": [versus.ci_low, versus.ci_high], "df": versus.df,
                                                  "beyond_noise": versus.beyond_noise},
-            "lines": result.lines()}
-        return stopped, result.lines(), True
+            "lines": lines}
+        return stopped, lines, True
 
 
 def run_stage(folder: StudyFolder, settings: StudySettings, tables: StudyTables, data, resources: dict, slots: int,
@@ -395,10 +403,17 @@ def run_stage(folder: StudyFolder, settings: StudySettings, tables: StudyTables,
             run_config=tune.RunConfig(name=f"confirm-{run_index}", storage_path=settings.experiment_path, verbose=0,
                                       callbacks=[stage.callback.callback], checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                       failure_config=tune.FailureConfig(max_failures=2)))
+        from study.driver.tuner import sigterm_as_interrupt
+
+        interrupted: list[str] = []
+        previous = sigterm_as_interrupt(interrupted)
         try:
             tuner.fit()
         except Exception as exc:
             if not disk_full(exc):
                 raise
             stage.callback.disk_full = stage.callback.disk_full or "no space left on a disk Ray writes to"
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        return stage.end(interrupted[0] if interrupted else None)
     return stage.end(None)

@@ -25,6 +25,7 @@ from optuna.trial import TrialState
 from trainable import UserError
 
 from study.driver.searcher import Unfinished, handle, tell_finished
+from study.driver.warmstart import is_observation
 from study.folder import StudyFolder, StudySettings, set_aside, storage_url
 from study.results import StudyTables
 from study.space import to_distributions
@@ -103,7 +104,7 @@ def _renumber(tables: StudyTables, renumber: dict[int, int]) -> None:
 def rebuild_trials(tables: StudyTables, study: optuna.Study) -> None:
     """Trial rows from Optuna (parameters, how each ended) and the epoch rows (everything measured)."""
     for ft in study.get_trials(deepcopy=False):
-        if ft.state == TrialState.WAITING:
+        if ft.state == TrialState.WAITING or is_observation(ft):
             continue
         config = {**ft.params, "baseline": bool(ft.user_attrs.get("baseline", False))}
         tables.on_start(ft.number, str(ft.user_attrs.get("ray_trial_id", "")), config)
@@ -113,6 +114,8 @@ def rebuild_trials(tables: StudyTables, study: optuna.Study) -> None:
 def rebuild_epochs(tables: StudyTables, study: optuna.Study) -> None:
     """Epoch rows from Optuna's intermediate values: validation accuracy only (losses and times are lost)."""
     for ft in study.get_trials(deepcopy=False):
+        if is_observation(ft):
+            continue
         for epoch, value in ft.intermediate_values.items():
             tables.epochs[(ft.number, int(epoch))] = {"trial_id": str(ft.user_attrs.get("ray_trial_id", "")), "optuna_trial": ft.number,
                                                      "epoch": int(epoch), "val_acc": float(value), "diverged": False}
@@ -173,8 +176,8 @@ def prepare(folder: StudyFolder, settings: StudySettings, params: list[str], dec
     state = StudyState(tables=tables, notes=notes)
     frozen = study.get_trials(deepcopy=False)
     for ft in frozen:
-        if ft.state == TrialState.WAITING:
-            continue  # the enqueued baseline, not yet asked for: the next ask takes it
+        if ft.state == TrialState.WAITING or is_observation(ft):
+            continue  # the enqueued baseline (not yet asked for: the next ask takes it); another study's trial (--warm-start)
         row = tables.trials.get(ft.number)
         if ft.state.is_finished():
             if row is None:
@@ -203,7 +206,7 @@ def prepare(folder: StudyFolder, settings: StudySettings, params: list[str], dec
             continue
         state.unfinished.append(Unfinished(ft.number, dict(ft.params), bool(ft.user_attrs.get("baseline", False)),
                                           None if row is None or isnan(row.get("trial_dir")) else str(row.get("trial_dir"))))
-    known = {ft.number for ft in frozen}
+    known = {ft.number for ft in frozen if not is_observation(ft)}
     for number in [n for n in tables.trials if n not in known]:  # rows Optuna never had (cannot happen but by hand)
         tables.forget(number)
         notes.append(f"dropped trial {number} from the tables: optuna.db has no such trial")

@@ -42,6 +42,17 @@ def study_clock(settings: StudySettings, run: dict, concurrent: int, run_started
                        spent, int(settings.base["epochs"]), confirm_study_epochs(settings), concurrent, run_started)
 
 
+def sigterm_as_interrupt(interrupted: list[str]):
+    """SIGTERM (preemption: Slurm, Kubernetes) handled as Ctrl-C while a Tune run goes, its reason noted in
+    ``interrupted``; returns the handler it replaced (``signal.signal(signal.SIGTERM, previous)`` puts it back)."""
+
+    def on_sigterm(signum, frame):
+        interrupted.append("stopped by SIGTERM")
+        signal.raise_signal(signal.SIGINT)
+
+    return signal.signal(signal.SIGTERM, on_sigterm)
+
+
 @dataclass
 class Fitted:
     """What one driver run's Tune run did: its trials' stage, and the confirmation stage where it began there."""
@@ -60,8 +71,8 @@ def fit(folder: StudyFolder, settings: StudySettings, data, state, scheduler, re
     """Run the trials still to run (``settings.samples`` less those ``state`` counts finished) as this driver run's
     Tune experiment, ``run-<k>`` for the k-th entry of ``settings.runs``, and then, where ``stage`` (a
     ``study.driver.confirm.ConfirmStage``) is given and every trial finished, the confirmation stage's runs in the
-    same Tune run: they land on the worker processes the trials warmed. ``trials_done(seconds)`` is called as the
-    trials' stage ends there. ``optuna_study``: the study's Optuna study, opened already (else the searcher opens it)."""
+    same Tune run: they land on the worker processes the trials warmed. ``trials_done(seconds)`` records the trials'
+    stage's time so far: every few seconds while trials run, and as the stage ends. ``optuna_study``: the study's Optuna study, opened already (else the searcher opens it)."""
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
@@ -118,11 +129,10 @@ def fit(folder: StudyFolder, settings: StudySettings, data, state, scheduler, re
         ),
     )
 
-    def on_sigterm(signum, frame):  # preemption (Slurm, Kubernetes) is handled as Ctrl-C: state kept, resumable
-        interrupted.append("stopped by SIGTERM")
-        signal.raise_signal(signal.SIGINT)
+    if trials_done is not None:  # every few seconds while the trials run (not once the confirmation stage began)
+        callback.heartbeat = lambda: None if stage is not None and stage.began_at is not None else trials_done(time.perf_counter() - start)
 
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    previous = sigterm_as_interrupt(interrupted)
     start = time.perf_counter()
     try:
         tuner.fit()
