@@ -290,7 +290,8 @@ def overhead(args: argparse.Namespace, log) -> int:
     """``--overhead``: one whole study, what its trials cost besides their epochs, printed and in ``--json``."""
     import shlex
 
-    from bench.overhead import print_overhead, run_overhead, write_json
+    from bench.flow import write_json
+    from bench.overhead import print_overhead, run_overhead
 
     if args.overhead_samples < 1 or args.overhead_epochs < 1 or args.overhead_size < 32:
         raise UserError("--overhead-samples and --overhead-epochs must be 1 or more, --overhead-size 32 or more")

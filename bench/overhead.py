@@ -95,6 +95,3 @@ def print_overhead(result: dict, log) -> None:
     if gpu.get("gpu_util_mean") is not None:
         log(f"GPU busy {gpu['gpu_util_mean']}% on average during the trials' stage ({gpu['gpu_samples']} samples)")
 
-
-def write_json(path: str, report: dict) -> None:
-    Path(path).write_text(json.dumps(report, indent=2))

@@ -23,7 +23,7 @@ import pandas as pd
 from trainable import TrainConfig, UserError
 
 from study.analysis import Analysis, analyze, answer_lines, winner_row
-from study.decision import CONFIRM_FOLDS, Paired, binomial_se, paired
+from study.decision import CONFIRM_FOLDS, Paired, images_se_of, paired
 from study.folder import StudyFolder, StudySettings, write_parquet_atomic
 from study.values import HYPERPARAMETERS, fmt, isnan, typed
 
@@ -226,7 +226,7 @@ def compare(paths: list[str], parallel: bool = False, log=print) -> Comparison:
             shared = sorted(set(mine.index) & set(theirs.index))
             trained = sum(1 for e, _, _ in todo if e is entry or e is first)
             images = first.settings.training_images()  # every fold's runs together judged on each training image once
-            floor = binomial_se((theirs[shared].mean() + mine[shared].mean()) / 2, images) if images else 0.0
+            floor = images_se_of(theirs[shared], mine[shared], images)
             comparison.pairs.append(PairedWinners(first, entry, folds, seeds, paired([theirs[k] - mine[k] for k in shared], shared,
                                                                                      images_se=floor), trained=trained))
     elif sharing:

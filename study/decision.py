@@ -274,7 +274,7 @@ def decide(rows: pd.DataFrame, baseline: Hashable | None = None, images: int | N
         shared = sorted(set(a.index) & set(b.index))
         if shared:
             versus = paired(a.loc[shared].to_numpy(float) - b.loc[shared].to_numpy(float), folds=shared, pooled=pooled,
-                            images_se=_images_se(a, b, images))
+                            images_se=images_se_of(a, b, images))
         else:
             notes.append("the winner and the book's recipe share no fold: no paired comparison")
     by_fold = {c: g.set_index("fold")["val_acc"] for c, g in data.groupby("config", sort=False)}
@@ -283,7 +283,7 @@ def decide(rows: pd.DataFrame, baseline: Hashable | None = None, images: int | N
         shared = sorted(set(accs.index) & set(by_fold[winner].index))
         if config != winner and shared:
             versus_winner[config] = paired(accs.loc[shared].to_numpy(float) - by_fold[winner].loc[shared].to_numpy(float),
-                                           folds=shared, pooled=pooled, images_se=_images_se(accs, by_fold[winner], images))
+                                           folds=shared, pooled=pooled, images_se=images_se_of(accs, by_fold[winner], images))
     costs = dict(zip(table["config"], table["seconds_per_epoch"].fillna(math.inf)))
     means = dict(zip(table["config"], table["mean"]))
     front = [c for c in table["config"]  # nobody is at least as good on both and better on one
@@ -297,7 +297,7 @@ def decide(rows: pd.DataFrame, baseline: Hashable | None = None, images: int | N
     return decision
 
 
-def _images_se(a: pd.Series, b: pd.Series, images: int | None) -> float:
+def images_se_of(a: pd.Series, b: pd.Series, images: int | None) -> float:
     """The sampling error of two configurations' mean accuracy on ``images`` images (0: unknown)."""
     return binomial_se((float(a.mean()) + float(b.mean())) / 2, images) if images else 0.0
 
