@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--gpu-worker", action="store_true", help=argparse.SUPPRESS)  # one process of --trials-per-gpu
     mode.add_argument("--selection", action="store_true",
                       help="simulate whole studies (no training) with known true accuracies: the expected regret of picking by one "
-                           "validation accuracy against the confirmation stage, and the stage's extra compute (study.decision)")
+                           "validation accuracy against the confirmation stage, and the stage's extra compute (study.core.decision)")
     mode.add_argument("--flow", action="store_true",
                       help="the whole used-by flow as a user runs it (study.run, study.rerun of the winner and the book's recipe, "
                            "study.analyze) per --flow-seeds: wall time per phase, the confirmation's gain over the book's recipe "

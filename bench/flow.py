@@ -38,10 +38,10 @@ def run_command(module: str, argv: list[str], log) -> float:
 
 def flow_result(folder: Path, walls: dict) -> dict:
     """The figures of one finished flow from its study folder: phases, the confirmation's gain, the test's gain."""
-    from study.analysis import reruns_on_test, versus_book_on_test
-    from study.folder import StudyFolder
-    from study.study_data import read_study
-    from study.values import plain
+    from study.findings.analysis import reruns_on_test, versus_book_on_test
+    from study.core.folder import StudyFolder
+    from study.findings.reading import read_study
+    from study.core.values import plain
 
     data = read_study(StudyFolder(folder))
     settings, trials = data.settings, data.trials

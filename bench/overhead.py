@@ -3,7 +3,7 @@
 Runs ``python -m study.run`` as a user would (by default the tiny study: 32 trials on the 64-photo mini set at
 32 px, 1 epoch each, weights none, no confirmation stage, the machine's default slots), samples the GPU's
 utilisation every 0.5 s where ``nvidia-smi`` is present, and reports from the study's own tables and
-``study.json`` (``study.timing``):
+``study.json`` (``study.core.timing``):
 
 - ``slot_s_per_trial``: the trials' stage's wall time x its slots / trials (all a trial costs, on average);
 - ``lost_per_trial_s``: of it, what was not spent in epochs (training and validation): the fixed cost;
@@ -29,9 +29,9 @@ from trainable import UserError
 def run_overhead(data_dir: Path, samples: int, epochs: int, image_size: int, confirm: bool, extra: list[str], log) -> dict:
     from bench.scaling import run_study_timed
     from bench.share import GpuSampler
-    from study.folder import StudyFolder
-    from study.study_data import read_study
-    from study.timing import time_use
+    from study.core.folder import StudyFolder
+    from study.findings.reading import read_study
+    from study.core.timing import time_use
 
     with tempfile.TemporaryDirectory(prefix="bench-overhead-") as results:
         argv = ["--samples", str(samples), "--data-dir", str(data_dir), "--weights", "none", "--image-size", str(image_size),

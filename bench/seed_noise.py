@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from study.values import HYPERPARAMETERS
+from study.core.vocabulary import HYPERPARAMETERS
 from trainable.cli import run_main
 from trainable.config import TrainConfig
 from trainable.errors import UserError

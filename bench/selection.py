@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from study.decision import CONFIRM_FOLDS, CONFIRM_TOP, residual_variance, t975
+from study.core.decision import CONFIRM_FOLDS, CONFIRM_TOP, residual_variance, t975
 from study.driver.rungs import asha_rungs
-from study.values import fmt
+from study.core.values import fmt
 
 
 def nan_percentile_rows(values: np.ndarray, q: float) -> np.ndarray:
@@ -265,7 +265,7 @@ def run_stage(s: Scenario, pop: Population, study: StudyRun, rng: np.random.Gene
     """The confirmation stage on the study's top ``top_k`` and the book's recipe: fresh runs on every fold (a seed
     effect per run, or per configuration without ``fold_seeds``), each fold scored by its last (or best) epoch;
     the winner is the best mean over the folds (ties to the cheaper), the one-SE pick the cheapest within one se
-    of it (the se pooled from the configuration x fold table, as ``study.decision.decide`` does)."""
+    of it (the se pooled from the configuration x fold table, as ``study.core.decision.decide`` does)."""
     R, E, F = s.repeats, s.epochs, s.folds
     rows = np.arange(R)
     _, fold_val = s.fold_images()

@@ -16,14 +16,13 @@ import sys
 from trainable import UserError
 from trainable.cli import run_main
 
-from study.analysis import (CONFIRM_COLUMNS, Analysis, analyze, answer_lines, confirmation_rows, describe_warm_start,
-                            top_table_rows)
-from study.datacheck import describe_accepted
-from study.folder import find_study
-from study.importance import describe_check
-from study.ranges import describe_range, describe_space
-from study.study_data import baseline_acc, baseline_number
-from study.summary import noise_note
+from study.core.datacheck import describe_accepted
+from study.core.folder import find_study
+from study.findings.analysis import (CONFIRM_COLUMNS, Analysis, analyze, answer_lines, confirmation_rows, describe_warm_start,
+                                     noise_note, top_table_rows)
+from study.findings.importance import describe_check
+from study.findings.ranges import describe_range, describe_space
+from study.findings.reading import baseline_acc, baseline_number
 
 
 def print_analysis(analysis: Analysis, top: int) -> None:
@@ -86,7 +85,7 @@ def print_analysis(analysis: Analysis, top: int) -> None:
         console.print(table)
         for line in conf.lines:
             console.print(line, markup=False)
-    from study.timing import time_use
+    from study.core.timing import time_use
 
     if (use := time_use(data.trials, data.epochs, s.runs)) is not None:
         console.print(use.line(), markup=False)
@@ -132,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     analysis = analyze(folder, args.importance)
     print_analysis(analysis, args.top)
     if not args.no_report:
-        from study.report import write_report
+        from study.findings.report import write_report
 
         html, pngs = write_report(analysis, curves=args.curves, top=args.top)
         print(f"report: {html}")

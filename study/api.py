@@ -18,7 +18,8 @@ import pandas as pd
 
 from trainable import TrainConfig
 
-from study.folder import StudyFolder, StudySettings, find_study
+from study.core.folder import StudyFolder, find_study
+from study.core.settings import StudySettings
 
 
 @dataclass
@@ -55,7 +56,7 @@ class Study:
     def config(self, rank: int | None = None) -> TrainConfig:
         """A trial as it ran in the study (rank None: the confirmed winner, else rank 1): ``trainable.train(cfg)``
         trains it again with the same numbers."""
-        from study.retrain import choose
+        from study.findings.retrain import choose
 
         return choose(self.folder, rank, None).trial
 
@@ -64,7 +65,7 @@ class Study:
 
     def analysis(self, importance: str = "ped-anova"):
         """What ``python -m study.analyze`` prints, as objects (importance, best ranges, confirmation)."""
-        from study.analysis import analyze
+        from study.findings.analysis import analyze
 
         return analyze(self.folder, importance)
 
@@ -72,7 +73,7 @@ class Study:
               threads: int | None = None, baseline: bool = True) -> pd.DataFrame:
         """Retrain a configuration on train + validation with each seed and test it once, and the book's recipe on the
         same seeds unless ``baseline=False``: ``python -m study.rerun``. Rows of both (``baseline`` tells them apart)."""
-        from study.retrain import choose, choose_baseline, retrain
+        from study.findings.retrain import choose, choose_baseline, retrain
 
         chosen = choose(self.folder, rank, epochs, threads=threads)
         book = choose_baseline(self.folder, chosen, epochs, threads=threads)[0] if baseline else None

@@ -4,15 +4,15 @@ Prints each study's answer (its confirmed winner, the gain over the book's recip
 result where it was rerun), the winners' hyperparameters, which hyperparameters mattered, wall time and trials'
 seconds, and whether each study's data and weights are the first's. Where a study shares the first study's data,
 its winner and the first study's are compared paired on the first study's folds and seeds (runs the confirmation
-stages already made are reused; the others are trained: ``--parallel`` as Ray tasks), with a 95% interval.
-Writes ``compare.html`` (self-contained) and ``compare.parquet`` (the paired runs) to ``--out``.
+stages (or an earlier comparison in the same ``--out``) already made are reused; the others are trained: ``--parallel``
+as Ray tasks, with the same numbers), with a 95% interval. Writes ``compare.html`` (self-contained) and
+``compare.parquet`` (the paired runs) to ``--out``, which is checked before anything trains.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from trainable import UserError
 from trainable.cli import run_main
@@ -34,10 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     if len(args.studies) < 2:
         raise UserError("compare needs two or more studies: python -m study.compare results/A results/B")
-    from study.comparison import answers, compare, importance_rows, overview_rows, params_rows, write_html, write_runs
+    from study.findings.comparison import answers, compare, importance_rows, overview_rows, params_rows, write_html
 
     console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
-    comparison = compare(args.studies, parallel=args.parallel, log=lambda line: console.print(line, markup=False))
+    comparison = compare(args.studies, args.out, parallel=args.parallel, log=lambda line: console.print(line, markup=False))
 
     def table(title: str, columns: list[str], rows: list[list[str]]) -> None:
         shown = Table(title=title, title_justify="left")
@@ -56,12 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     table("how much each hyperparameter mattered (each study's own importance)", *importance_rows(comparison))
     for pair in comparison.pairs:
         console.print(pair.line(), markup=False)
-    first = comparison.entries[0].folder.path
-    out = Path(args.out).expanduser() if args.out else first.parent / ("compare-" + "-".join(e.name for e in comparison.entries))
-    if (runs := write_runs(comparison, out)) is not None:
-        console.print(f"paired runs: {runs}", markup=False)
+    if comparison.runs is not None:
+        console.print(f"paired runs: {comparison.out / 'compare.parquet'}", markup=False)
     if not args.no_report:
-        console.print(f"report: {write_html(comparison, out / 'compare.html')}", markup=False)
+        console.print(f"report: {write_html(comparison, comparison.out / 'compare.html')}", markup=False)
     return 0
 
 

@@ -1,31 +1,32 @@
-"""The options of ``python -m study.run`` as one dataclass: parsed once (``StudyOptions.parse``), checked in one
-table (``check``), turned into the study's settings (``new_settings``, stored in ``study.json``), and merged into
-the stored settings on ``--resume`` (``merge_into``: what may change is taken and said, the rest refused).
+"""The options of ``python -m study.run`` as one dataclass: parsed once (``StudyOptions.parse``), their bounds checked
+by the request they make (``study.core.settings.StudyRequest.check``), and turned into that request: a new study's
+(``request``), or a resumed study's with the options given again (``ask_anew``; what may change is
+``study.core.settings.resume``'s to say). The command line's only job: no rule of the study lives here.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainable import TrainConfig, UserError
+from trainable import TrainConfig
 from trainable.cli import add_data_options
-from trainable.data import check_layout
+from trainable.config import weights_file
 
-from study.decision import CONFIRM_FOLDS, CONFIRM_TOP
-from study.folder import StudySettings
-from study.space import baseline_params
-from study.values import GPUS_PER_TRIAL, fmt
+from study.core.decision import CONFIRM_FOLDS, CONFIRM_TOP
+from study.core.settings import GPUS_PER_TRIAL, StudyRequest, thaw
+from study.driver.clock import STALL_RULE
 
-# Options that decide what a trial computes: fixed for the life of a study (--resume refuses a change).
-FIXED_ON_RESUME = ("data_dir", "weights", "epochs", "image_size", "batch_size", "val_fraction", "split_seed", "precision",
-                   "device", "augment_path", "momentum", "seed", "space", "grace_epochs", "reduction_factor", "storage", "no_test_split")
-# Options that decide only where and how many trials run: kept from study.json unless given again.
-RUN_OPTIONS = {"gpus_per_trial": "gpus_requested", "cpus_per_trial": "cpus_requested", "max_concurrent": "max_concurrent",
-               "fresh_actors": "fresh_actors", "address": "address", "trial_timeout": "trial_timeout", "time_budget": "time_budget"}
 _BOOK = TrainConfig()
+# The options that set a TrainConfig field of every trial (the request's ``base``).
+BASE_OPTIONS = ("data_dir", "weights", "epochs", "image_size", "batch_size", "val_fraction", "split_seed", "precision", "device",
+                "augment_path", "momentum", "seed")
+# The options that set a field of the request of their own, and which.
+REQUEST_FIELDS = {"samples": "samples", "seed": "seed", "gpus_per_trial": "gpus_requested", "cpus_per_trial": "cpus_requested",
+                  "max_concurrent": "max_concurrent", "fresh_actors": "fresh_actors", "address": "address", "storage": "storage",
+                  "trial_timeout": "trial_timeout", "time_budget": "time_budget", "grace_epochs": "grace_epochs",
+                  "reduction_factor": "reduction_factor", "space": "space", "no_test_split": "test_split"}
 
 HELP = """``python -m study.run``: the hyperparameter study.
 
@@ -48,9 +49,9 @@ class StudyOptions:
     results_dir: str = "results"
     resume: bool = False
     seed: int = 0  # the TPE sampler's and every trial's training seed
-    space: str | None = None  # a JSON search space (None: study.space.DEFAULT_SPACE)
+    space: str | None = None  # a JSON search space (None: study.core.space.DEFAULT_SPACE)
     show_space: bool = False
-    warm_start: str | None = None  # a finished study's folder: this new study begins from it (study.driver.warmstart)
+    warm_start: str | None = None  # a finished study's folder: this new study begins from it (study.stages.warm_start)
     # --- what every trial trains with (TrainConfig fields; fixed on resume) ---
     data_dir: str | None = None  # None: download the book's hotdog.zip
     weights: str = _BOOK.weights
@@ -90,104 +91,43 @@ class StudyOptions:
     def parse(cls, argv: list[str]) -> "StudyOptions":
         parser = build_parser()
         options = cls(**vars(parser.parse_args(argv)), given=frozenset(given_options(parser, argv)))
-        options.check()
+        if not options.show_space:  # every bound, in one line, before anything starts (the stage's too where it is off)
+            options.request(options.name or "study").replace(confirm={"top": options.confirm_top, "folds": options.confirm_folds}).check()
         return options
 
-    def check(self) -> None:
-        """Every option's own bounds, in one table: the first one broken is one UserError line."""
-        checks = [
-            (self.samples >= 1, f"--samples {self.samples} must be 1 or more"),
-            (self.gpus_per_trial >= 0, f"--gpus-per-trial {self.gpus_per_trial} must be 0 or more"),
-            (self.gpus_per_trial <= 1 or float(self.gpus_per_trial).is_integer(), f"--gpus-per-trial {self.gpus_per_trial}: above 1 it must be a whole number"),
-            (self.cpus_per_trial is None or self.cpus_per_trial > 0, f"--cpus-per-trial {self.cpus_per_trial} must be positive"),
-            (self.max_concurrent is None or self.max_concurrent >= 1, f"--max-concurrent {self.max_concurrent} must be 1 or more"),
-            (self.grace_epochs >= 1, f"--grace-epochs {self.grace_epochs} must be 1 or more"),
-            (self.reduction_factor > 1, f"--reduction-factor {self.reduction_factor} must be above 1"),
-            (self.confirm_top >= 1, f"--confirm-top {self.confirm_top} must be 1 or more (--no-confirm skips the confirmation stage)"),
-            (self.confirm_folds >= 2, f"--confirm-folds {self.confirm_folds} must be 2 or more: cross-validation needs a part to train "
-                                      "on and a part to judge (--no-confirm skips the confirmation stage)"),
-            (self.trial_timeout is None or self.trial_timeout >= 0, f"--trial-timeout {fmt(self.trial_timeout)} must be 0 (no limit) or more"),
-            (self.time_budget is None or self.time_budget > 0, f"--time-budget {fmt(self.time_budget)} must be above 0"),
-            (self.name is None or (self.name.strip() and "/" not in self.name and self.name not in (".", "..")), f"--name {self.name!r} must be a plain folder name"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(message)
+    def request(self, name: str) -> StudyRequest:
+        """What these options ask of a new study named ``name`` (paths made absolute; the space read from its file)."""
+        from study.core.space import load_space
 
-    def base_config(self) -> TrainConfig:
-        """What every trial trains with, paths made absolute; a wrong --data-dir or weights file fails here."""
-        base = TrainConfig(
-            data_dir=str(Path(self.data_dir).expanduser().resolve()) if self.data_dir else None,
-            weights=self.weights if self.weights in ("imagenet", "none") else str(Path(self.weights).expanduser().resolve()),
-            epochs=self.epochs, image_size=self.image_size, batch_size=self.batch_size, val_fraction=self.val_fraction,
-            split_seed=self.split_seed, precision=self.precision, device=self.device, augment_path=self.augment_path,
-            momentum=self.momentum, seed=self.seed,
-        ).validate()
-        if base.val_fraction <= 0:
-            raise UserError("--val-fraction must be above 0 for a study: trials are compared on the validation split")
-        if base.data_dir is not None:  # a wrong --data-dir, test/ included, fails now, before a study folder is created
-            check_layout(base.data_dir, need_test=not self.no_test_split, no_test="pass --no-test-split")
-        if base.weights not in ("imagenet", "none"):
-            from trainable.model import build_model
-            build_model(base.weights, 2)  # a bad weights file fails now, not in every trial
-        return base
-
-    def storage_path(self) -> str | None:
-        """--storage made absolute where it is a local folder (a URI stays as given)."""
-        if self.storage and "://" not in self.storage:
-            return str(Path(self.storage).expanduser().resolve())
-        return self.storage
-
-    def new_settings(self, name: str, base: TrainConfig, space: dict, experiment: str) -> StudySettings:
-        """The settings of a new study, as study.json stores them."""
-        baseline, baseline_note = baseline_params(space)
-        return StudySettings(
-            name=name, base=base.to_dict(), space=space, samples=self.samples, seed=self.seed, experiment_path=experiment,
-            created=dt.datetime.now().isoformat(timespec="seconds"), gpus_requested=self.gpus_per_trial, cpus_requested=self.cpus_per_trial,
-            max_concurrent=self.max_concurrent, grace_epochs=self.grace_epochs, reduction_factor=float(self.reduction_factor),
-            fresh_actors=self.fresh_actors, address=self.address, storage=self.storage_path(), baseline=baseline, baseline_note=baseline_note,
+        base = _BOOK.replace(**{dest: getattr(self, dest) for dest in BASE_OPTIONS})
+        base = base.replace(data_dir=_absolute(base.data_dir),
+                            weights=base.weights if weights_file(base.weights) is None else _absolute(base.weights))
+        return StudyRequest(
+            name=name, base=base.to_dict(), space=load_space(self.space), samples=self.samples, seed=self.seed,
+            gpus_requested=self.gpus_per_trial, cpus_requested=self.cpus_per_trial, max_concurrent=self.max_concurrent,
+            grace_epochs=self.grace_epochs, reduction_factor=float(self.reduction_factor), fresh_actors=self.fresh_actors,
+            address=self.address, storage=self.storage if self.storage and "://" in self.storage else _absolute(self.storage),
+            trackers={"tensorboard": self.tensorboard, "mlflow": self.mlflow},
             confirm={} if self.no_confirm else {"top": self.confirm_top, "folds": self.confirm_folds},
-            trackers={"tensorboard": self.tensorboard, "mlflow": self.mlflow}, test_split=not self.no_test_split,
-            trial_timeout=self.trial_timeout, time_budget=self.time_budget)
+            trial_timeout=self.trial_timeout, time_budget=self.time_budget, test_split=not self.no_test_split)
 
-    def merge_into(self, settings: StudySettings) -> None:
-        """--resume runs the study with the options it was started with; only where and how many trials run may
-        change (said in one line), and --samples may grow. Anything else given again is refused."""
-        base = settings.base
-        stored = {**base, "space": settings.space, "grace_epochs": settings.grace_epochs, "reduction_factor": settings.reduction_factor,
-                  "storage": settings.storage, "seed": settings.seed, "no_test_split": not settings.test_split}
-        for dest in FIXED_ON_RESUME:
-            if dest in self.given and getattr(self, dest) != stored.get(dest) and not _same_path(getattr(self, dest), stored.get(dest)):
-                flag = "--" + dest.replace("_", "-")
-                raise UserError(f"{flag} cannot change when resuming: study {settings.name!r} runs with {stored.get(dest)!r}; "
-                                f"leave {flag} out, or start a new study under another --name")
-        for dest, key in RUN_OPTIONS.items():
-            if dest in self.given and getattr(self, dest) != getattr(settings, key):
-                print(f"--{dest.replace('_', '-')} {getattr(self, dest)} from now on (the study was started with {getattr(settings, key)})")
-                setattr(settings, key, getattr(self, dest))
+    def ask_anew(self, asked: StudyRequest) -> StudyRequest:
+        """--resume: the stored request with the options given again (the rest as the study was asked)."""
+        fresh = self.request(asked.name)
+        changes = {field: getattr(fresh, field) for dest, field in REQUEST_FIELDS.items() if dest in self.given}
+        changes["base"] = {**thaw(asked.base), **{dest: fresh.base[dest] for dest in BASE_OPTIONS if dest in self.given}}
         if self.given & {"tensorboard", "mlflow"}:
-            trackers = {"tensorboard": self.tensorboard or ("tensorboard" not in self.given and settings.trackers.get("tensorboard", False)),
-                        "mlflow": self.mlflow if "mlflow" in self.given else settings.trackers.get("mlflow")}
-            print(f"trackers from now on: {trackers}")
-            settings.trackers = trackers
+            changes["trackers"] = {**thaw(asked.trackers), **({"tensorboard": True} if self.tensorboard else {}),
+                                   **({"mlflow": self.mlflow} if "mlflow" in self.given else {})}
         if self.given & {"confirm_top", "confirm_folds", "no_confirm"}:
-            confirm = {} if self.no_confirm else {"top": self.confirm_top if "confirm_top" in self.given else settings.confirm.get("top", CONFIRM_TOP),
-                                                  "folds": self.confirm_folds if "confirm_folds" in self.given else settings.confirm.get("folds", CONFIRM_FOLDS)}
-            if confirm != {k: v for k, v in settings.confirm.items() if k in ("top", "folds")}:
-                stage = "off" if not confirm else f"top {confirm['top']}, {confirm['folds']} folds"
-                print(f"confirmation stage from now on: {stage}")
-                settings.confirm = confirm
-        if "samples" in self.given and self.samples != settings.samples:
-            print(f"--samples {self.samples}: the study grows from {settings.samples} trial(s)" if self.samples > settings.samples
-                  else f"--samples {self.samples}: fewer than the study's {settings.samples}")
-            settings.samples = self.samples
+            changes["confirm"] = {} if self.no_confirm else {
+                "top": self.confirm_top if "confirm_top" in self.given else asked.confirm.get("top", CONFIRM_TOP),
+                "folds": self.confirm_folds if "confirm_folds" in self.given else asked.confirm.get("folds", CONFIRM_FOLDS)}
+        return asked.replace(**changes)
 
 
-def _same_path(a, b) -> bool:
-    try:
-        return a is not None and b is not None and Path(str(a)).expanduser().resolve() == Path(str(b)).expanduser().resolve()
-    except (OSError, ValueError):
-        return False
+def _absolute(path: str | None) -> str | None:
+    return str(Path(path).expanduser().resolve()) if path else path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -228,8 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help='log every trial to MLflow at this tracking URI (e.g. sqlite:///results/mlflow.db); needs pip install -e ".[mlflow]"')
     parser.add_argument("--trial-timeout", type=float, default=d.trial_timeout, metavar="SECONDS",
                         help="stop a trial that runs longer than this (wall time; its process ends, recorded as timed_out, the study "
-                             "goes on); default: stop one that goes 10x the study's median epoch time + 60 s without finishing an "
-                             "epoch, once 3 epochs are known; 0: no limit")
+                             f"goes on); default: stop one that goes {STALL_RULE}; 0: no limit")
     parser.add_argument("--time-budget", type=float, default=d.time_budget, metavar="SECONDS",
                         help="the study's wall time: no trial is started that would end past it (the confirmation stage's time kept "
                              "in reserve), trials still running then are stopped (timed_out), and the confirmation stage runs on "

@@ -25,9 +25,11 @@ import sys
 from trainable import UserError
 from trainable.cli import run_main
 
-from study.folder import StudyFolder, StudySettings, find_study
-from study.retrain import choose, choose_baseline, command_line, export, retrain
-from study.values import FAILED, fmt, isnan
+from study.core.folder import StudyFolder, find_study
+from study.core.settings import StudySettings
+from study.core.values import fmt, isnan
+from study.core.vocabulary import FAILED
+from study.findings.retrain import choose, choose_baseline, command_line, export, retrain
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 def check_data(folder: StudyFolder, settings: StudySettings, accept: bool) -> None:
     """Before retraining: a test split to measure on, and the data and weights the study ran on (or the change
     accepted with --accept-data-change, recorded in study.json)."""
-    from study import datacheck
+    from study.core import datacheck
 
     root = datacheck.data_root(settings.base)
     if not (root / "test").is_dir():
@@ -129,13 +131,13 @@ def check_data(folder: StudyFolder, settings: StudySettings, accept: bool) -> No
 
 def refresh_report(folder: StudyFolder) -> None:
     """Where study.analyze already wrote report.html, write it again: its last section shows these reruns."""
-    from study.folder import REPORT_FILE
+    from study.core.folder import REPORT_FILE
 
     if not (folder.path / REPORT_FILE).is_file():
         print(f"python -m study.analyze {shlex.quote(str(folder.path))} writes the report with these results")
         return
-    from study.analysis import analyze
-    from study.report import write_report
+    from study.findings.analysis import analyze
+    from study.findings.report import write_report
 
     html, _ = write_report(analyze(folder))
     print(f"report: {html} (rewritten with these results)")

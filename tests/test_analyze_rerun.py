@@ -23,15 +23,16 @@ import pytest
 import torch
 from PIL import Image
 
-from study import analysis as analysis_mod
-from study import importance as importance_mod
-from study import ranges as ranges_mod
+from study.findings import analysis as analysis_mod
+from study.findings import importance as importance_mod
+from study.findings import ranges as ranges_mod
 from study import analyze as analyze_mod
 from study import rerun as rerun_mod
-from study import retrain as retrain_mod
-from study.folder import StudyFolder, StudySettings, storage_url
-from study.results import StudyTables
-from study.space import BASELINE, DEFAULT_SPACE, to_distributions
+from study.findings import retrain as retrain_mod
+from study.core.folder import StudyFolder, storage_url
+from study.core.settings import StudySettings
+from study.core.tables import StudyTables
+from study.core.space import BASELINE, DEFAULT_SPACE, to_distributions
 from trainable import TrainConfig, evaluate, prepare_data
 from trainable.cli import run_main
 from trainable.loop import resolve_device, use_bf16
@@ -80,8 +81,8 @@ def make_fake_study(folder: Path, data_dir: Path, n: int = 14, epochs: int = 3, 
     study_folder = StudyFolder(folder / name)
     study_folder.path.mkdir(parents=True)
     base = TrainConfig(data_dir=str(data_dir), weights="none", epochs=epochs, image_size=32, batch_size=8, val_fraction=0.25)
-    settings = StudySettings(name=name, base=base.to_dict(), space=DEFAULT_SPACE, samples=n, seed=0,
-                             experiment_path=str(study_folder.path / "ray"), created="2026-01-01T00:00:00")
+    settings = StudySettings.from_dict(dict(name=name, base=base.to_dict(), space=DEFAULT_SPACE, samples=n, seed=0,
+                             experiment_path=str(study_folder.path / "ray"), created="2026-01-01T00:00:00"))
     study_folder.write_settings(settings)
     dists = to_distributions(DEFAULT_SPACE)
     ostudy = optuna.create_study(study_name=name, storage=storage_url(study_folder.optuna_db), direction="maximize")
@@ -285,7 +286,7 @@ def test_importance_when_all_trials_tie(tmp_path, data_dir):
     folder = make_fake_study(tmp_path, data_dir, n=6, constant=0.5, failures=False)
     analysis = analysis_mod.analyze(folder)
     assert analysis.importance.values is None and "all reached 0.500" in analysis.importance.note
-    from study.report import write_report
+    from study.findings.report import write_report
 
     write_report(analysis)  # still writes every figure
     check_report(folder.path)
@@ -325,7 +326,7 @@ def test_analyze_an_empty_folder_is_one_error_line(tmp_path):
 
 
 @pytest.mark.parametrize("argv, words", [
-    (["{missing}"], "does not exist"),
+    (["{missing}"], "no such folder"),
     (["--results-dir", "{empty}"], "no study in"),
     (["{empty}", "--top", "0"], "--top 0"),
 ])
@@ -438,8 +439,8 @@ def test_rerun_trains_each_seed_and_saves_weights(fake, capsys):
 
 WRITE_RERUN_ROWS = """
 import sys, types
-from study.folder import StudyFolder
-from study.retrain import RERUN_TYPES, write_rerun
+from study.core.folder import StudyFolder
+from study.findings.retrain import RERUN_TYPES, write_rerun
 folder, trial = StudyFolder(sys.argv[1]), int(sys.argv[2])
 blank = {"int64": 1, "Int64": 400, "float64": 0.5, "bool": False, "str": "x"}
 rows = []
@@ -476,7 +477,7 @@ def test_book_figure_only_where_the_run_is_the_books_setting():
 
 
 def test_noise_note_says_when_a_lead_is_within_chance():
-    from study.summary import noise_note
+    from study.findings.analysis import noise_note
 
     close = noise_note(0.63, 0.57, 200)  # the real 16-trial study's best against the baseline
     assert "+-0.034" in close and "within chance" in close and "study.rerun --seeds 3" in close
@@ -575,7 +576,7 @@ def test_fanova_without_scikit_learn_is_refused_at_once(fake, capsys):
 # --- the range warning and the importance's cross-check ------------------------------------------------
 def fake_study_data(tmp_path, lr_values: list[float], space: dict | None = None, augments: list[str] | None = None):
     """A StudyData of ranked trials with the given learning rates (best first), without running anything."""
-    from study.study_data import StudyData
+    from study.findings.reading import StudyData
 
     space = space or {"lr": {"type": "float", "low": 1e-4, "high": 0.1, "log": True},
                       "freeze_depth": {"type": "int", "low": 0, "high": 5},
@@ -584,7 +585,7 @@ def fake_study_data(tmp_path, lr_values: list[float], space: dict | None = None,
     trials = pd.DataFrame({"rank": range(1, n + 1), "optuna_trial": range(n), "baseline": [False] * n, "lr": lr_values,
                            "freeze_depth": [i % 6 for i in range(n)], "augment": augments or ["none", "flip", "d2l"] * (n // 3) + ["none"] * (n % 3),
                            "best_val_acc": np.linspace(0.9, 0.6, n), "status": ["completed"] * n})
-    settings = StudySettings(name="s", base=TrainConfig().to_dict(), space=space, samples=n, seed=0, experiment_path=str(tmp_path))
+    settings = StudySettings.from_dict(dict(name="s", base=TrainConfig().to_dict(), space=space, samples=n, seed=0, experiment_path=str(tmp_path)))
     return StudyData(StudyFolder(tmp_path), settings, trials, pd.DataFrame(), [p for p in space if p in trials])
 
 
@@ -603,7 +604,7 @@ def test_range_warning_stays_quiet_inside_the_range_and_at_a_domain_limit(tmp_pa
     data = fake_study_data(tmp_path, middle)
     data.trials["freeze_depth"] = [5, 5, 5, 5] + [1] * 8
     assert ranges_mod.range_warnings(data) == []
-    data.settings.space["freeze_depth"] = {"type": "int", "low": 0, "high": 4}  # 4 is not the domain's end: 5 could be tried
+    data.settings.asked = data.settings.asked.replace(space={**data.settings.space, "freeze_depth": {"type": "int", "low": 0, "high": 4}})  # 4 is not the domain's end: 5 could be tried
     data.trials["freeze_depth"] = [4, 4, 4, 4] + [1] * 8
     (line,) = ranges_mod.range_warnings(data)
     assert line.startswith("freeze_depth: 3 of the top 3 trials lie at the high end") and '"high": 5' in line, line

@@ -35,8 +35,9 @@ from test_data import _hotdog_zip, _zip
 from test_study import TRIAL_COLUMNS, make_images, study_args
 from trainable import TrainConfig, UserError
 from trainable.data import fetch_hotdog
-from study.folder import StudyFolder, StudySettings
-from study.space import DEFAULT_SPACE
+from study.core.folder import StudyFolder
+from study.core.settings import StudySettings
+from study.core.space import DEFAULT_SPACE
 
 ROOT = Path(__file__).resolve().parents[1]
 PARALLEL = 3  # subprocesses at once: each spends most of its few seconds importing torch
@@ -170,8 +171,8 @@ def write_study(folder: Path, data: Path) -> None:
     """A finished two-trial study as study.run leaves it: study.json, trials.parquet, epochs.parquet."""
     folder.mkdir(parents=True)
     base = TrainConfig(data_dir=str(data), weights="none", epochs=1, image_size=32, batch_size=8).to_dict()
-    StudyFolder(folder).write_settings(StudySettings(name=folder.name, base=base, space=DEFAULT_SPACE, samples=2, seed=0,
-                                                     experiment_path=str(folder / "ray"), created="2026-01-01T00:00:00"))
+    StudyFolder(folder).write_settings(StudySettings.from_dict(dict(name=folder.name, base=base, space=DEFAULT_SPACE, samples=2, seed=0,
+                                                     experiment_path=str(folder / "ray"), created="2026-01-01T00:00:00")))
     rows = []
     for rank, (acc, lr) in enumerate([(0.75, 0.0064), (0.5, 0.02)], start=1):
         rows.append({**{c: None for c in TRIAL_COLUMNS}, "rank": rank, "trial_id": f"t{rank}", "optuna_trial": rank - 1,

@@ -10,7 +10,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from study.folder import StudyFolder
+from study.core.folder import StudyFolder
 from tests.test_study import assert_exact, make_images, run_study, study_args
 
 pytestmark = pytest.mark.slow
@@ -77,8 +77,8 @@ def test_a_study_confirms_its_top_trials_and_the_baseline(images, tmp_path):
     assert "confirmation stage" in analyzed and "95% CI" in analyzed and "cheapest within noise of the winner" in analyzed, analyzed
     printed = run_module("study.rerun", [str(folder), "--print-command"])
     assert f"--lr {float(winner['lr'])!r}" in printed
-    from study.folder import StudyFolder as Folder
-    from study.retrain import choose
+    from study.core.folder import StudyFolder as Folder
+    from study.findings.retrain import choose
 
     chosen = choose(Folder(folder), None, None)
     assert chosen.row["optuna_trial"] == winner["optuna_trial"] and chosen.why.startswith("the confirmed winner")
@@ -125,6 +125,8 @@ def test_sigterm_during_confirmation_says_it_stopped_and_how_to_resume(images, t
     assert stopped.returncode == 1, stopped.stdout + stopped.stderr
     assert "Traceback" not in stopped.stderr
     assert "the study stopped with its confirmation stage unfinished: stopped by SIGTERM; continue it with:" in stopped.stdout
+    assert "the confirmation stage above judges them" not in stopped.stdout  # it judged nothing: it stopped
+    assert "answer:" not in stopped.stdout
     assert StudyFolder(results / "t").read_settings().runs[-1]["outcome"] == "stopped"
     resumed = run_study(["--resume", "--name", "t", "--results-dir", str(results)])
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
@@ -132,7 +134,7 @@ def test_sigterm_during_confirmation_says_it_stopped_and_how_to_resume(images, t
 
 
 def test_runs_on_other_folds_are_set_aside_not_mixed(tmp_path):
-    from study.driver.confirm import ConfirmTable
+    from study.core.tables import ConfirmTable
 
     folder = StudyFolder(tmp_path / "s")
     folder.path.mkdir()
@@ -152,17 +154,19 @@ def test_runs_on_other_folds_are_set_aside_not_mixed(tmp_path):
 
 
 def test_a_confirmation_run_validates_after_its_last_epoch_only():
+    from study.core.vocabulary import is_confirmation, run_config
     from study.driver.adapter import trial_config
-    from study.driver.confirm import Job
+    from study.stages.confirmation import Job
 
     config = Job(3, 1, {"lr": 0.01, "freeze_depth": 2}, baseline=False, seed=8).tune_config(folds=2)
-    cfg = trial_config({"epochs": 4, "weights": "none", "seed": 7}, config, threads=1, gpus=[])
+    assert is_confirmation(config)
+    cfg = trial_config({"epochs": 4, "weights": "none", "seed": 7}, run_config(config), threads=1, gpus=[])
     assert (cfg.val_fold, cfg.cv_folds, cfg.val_last_only, cfg.lr, cfg.freeze_depth) == (1, 2, True, 0.01, 2)
     assert cfg.seed == 8  # the fold's seed, not the study's
 
 
 def test_drop_checkpoints_empties_a_local_trial_folder_only(tmp_path):
-    from study.folder import drop_checkpoints
+    from study.core.folder import drop_checkpoints
 
     trial = tmp_path / "trial"
     for name in ("checkpoint_000001", "checkpoint_000002"):

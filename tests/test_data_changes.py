@@ -211,8 +211,7 @@ def test_rays_snapshot_errors_go_to_the_study_log_not_the_console(tmp_path, capf
 def test_the_printed_next_commands_paste_back_whatever_the_path(tmp_path):
     import shlex
 
-    from study.folder import StudyFolder
-    from study.run import resume_command
+    from study.core.folder import StudyFolder, resume_command
 
     folder = StudyFolder(tmp_path / "my results" / "it's a study")
     argv = shlex.split(resume_command(folder))

@@ -49,7 +49,7 @@ def test_the_readme_is_a_front_page():
 
 
 def test_the_docs_list_confirm_parquets_columns_in_order():
-    from study.driver.confirm import CONFIRM_TYPES
+    from study.core.tables import CONFIRM_TYPES
 
     paragraph = (DOCS / "results.md").read_text().split("`confirm.parquet`: ", 1)[1].split("\n\n", 1)[0]
     listed = re.findall(r"`([a-z_]+)`", paragraph)

@@ -11,7 +11,7 @@ import pandas as pd
 import psutil
 import pytest
 
-from study.folder import storage_url
+from study.core.folder import storage_url
 from tests.test_study import ROOT, _wait_for, make_images, study_args
 
 
@@ -30,9 +30,11 @@ def test_a_killed_trial_worker_is_retried_from_its_checkpoint(tmp_path):
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     def second_epoch_done() -> bool:  # its report carried the first epoch's checkpoint (study.driver.checkpoints)
-        from study.results import read_frames
+        from study.core.folder import StudyFolder
+        from study.core.tables import read_tables
 
-        return (read_frames(folder, ["lr", "head_lr_mult", "weight_decay", "freeze_depth", "augment"], 3, 0)[1]["epoch"] >= 2).any()
+        study = StudyFolder(folder)
+        return study.epochs.is_file() and (read_tables(study, study.read_settings())[1]["epoch"] >= 2).any()
 
     assert _wait_for(second_epoch_done, 300, proc)
     # Ray retitles a trial's actor process "ray::<trainable>.train()" (e.g. ray::ImplicitFunc.train)

@@ -20,8 +20,8 @@ import pandas as pd
 import psutil
 import pytest
 
-from study.results import read_frames
-from study.space import DEFAULT_SPACE
+from study.core.folder import StudyFolder
+from study.core.tables import read_tables
 
 from tests.test_study import ROOT, assert_exact, make_images, optuna_trials, run_study, study_args
 
@@ -121,7 +121,7 @@ def test_the_refusal_names_the_live_holder_not_an_earlier_driver(tmp_path):
 
     from filelock import FileLock
 
-    from study.folder import DRIVER_FILE, LOCK_FILE, StudyFolder
+    from study.core.folder import DRIVER_FILE, LOCK_FILE, StudyFolder
     from trainable.errors import UserError
 
     folder = tmp_path / "s"
@@ -143,7 +143,7 @@ def test_the_refusal_names_the_live_holder_not_an_earlier_driver(tmp_path):
 
 
 def test_a_driver_clears_what_a_killed_driver_half_wrote_and_nothing_else(tmp_path):
-    from study.folder import StudyFolder
+    from study.core.folder import StudyFolder
     from trainable.files import temp_beside
 
     folder = StudyFolder(tmp_path / "s")
@@ -229,7 +229,7 @@ def test_a_damaged_checkpoint_is_passed_over_not_retried(images, tmp_path):
     # killed as the third epoch result is recorded: some trial's second epoch, whose report carried its first epoch's
     # checkpoint (a checkpoint goes with the report after its epoch: study.driver.checkpoints)
     folder = killed_study(images, tmp_path / "r", "c", "result:3", 2, 3)
-    trials, _ = read_frames(folder, list(DEFAULT_SPACE), 3, 0)
+    trials, _ = read_tables(StudyFolder(folder), StudyFolder(folder).read_settings())
     running = trials.query("status == 'running'")
     states = [s for d in running["trial_dir"] for s in Path(d).glob("checkpoint_*/state.pt")]
     assert 1 <= len(states) <= 2  # one or both running trials, as the order of their reports fell

@@ -11,7 +11,7 @@ import pytest
 
 from bench import selection as sel
 from bench.selection import nan_percentile_rows, run_asha, simulate
-from study.decision import decide, t975
+from study.core.decision import decide, t975
 from study.driver.rungs import asha_rungs
 
 
@@ -384,9 +384,10 @@ def test_run_selection_writes_json_and_prints(tmp_path):
     defaults = build_parser().parse_args([])  # the simulation runs at the study's own defaults
     assert written["inputs"]["top_k"] == defaults.confirm_top == 5 and written["inputs"]["folds"] == defaults.confirm_folds == 2
     assert written["inputs"]["scheme"] == "kfold" and defaults.grace_epochs == written["inputs"]["grace"]
-    from study.driver.confirm import Job  # the stage validates its runs as the simulation costs them
+    from study.core.vocabulary import run_config
+    from study.stages.confirmation import Job  # the stage validates its runs as the simulation costs them
 
-    assert written["inputs"]["confirm_val_last_only"] is Job(0, 0, {}, False).tune_config(2)["val_last_only"] is True
+    assert written["inputs"]["confirm_val_last_only"] is run_config(Job(0, 0, {}, False).tune_config(2))["val_last_only"] is True
     assert written["inputs"]["finalists"] is None  # the stage does not race
     assert result["regret_candidates_floor"] <= result["regret_confirmed"]  # no judge of the candidates beats a perfect one
     console = Console(record=True, width=200)

@@ -18,12 +18,12 @@ import torch
 
 from study.driver.checkpoints import SCRATCH_PREFIX, Checkpointer, sweep_scratch
 from study.driver.progress import Progress
-from study.results import StudyTables, read_frames
-from study.timing import time_use
+from study.core.tables import StudyTables, read_tables
+from study.core.timing import time_use
 from trainable import TrainConfig
 from trainable.data import Split, prepare_data, split_fold
 from trainable.loop import META_FILE, Checkpoint, RunPhases, SaveCheckpoint, data_for, train
-from trainable.warm import WarmState
+from trainable.worker_cache import WorkerCache
 
 PARAMS = ["lr", "freeze_depth"]
 
@@ -41,12 +41,12 @@ def history(result) -> list[tuple]:
 def test_a_warm_worker_trains_each_run_as_a_new_process_would(tiny_image_folder):
     all_data = prepare_data(tiny_image_folder, 32, 0.0, 0, min_per_class=2)
     fold = split_fold(all_data, 0.1, 0, 0)  # views of the decoded set, as a study's worker gets them
-    warm = WarmState()
+    warm = WorkerCache()
     for freeze in (1, 0, 5):  # the same instance reset between runs, a stage frozen in one and trained in the next
         cfg = tiny_cfg(tiny_image_folder, freeze_depth=freeze, augment="flip", batch_size=8)  # a short last batch of 2
         cold = train(cfg, data_for(cfg))  # a copy of the split, a model built from scratch
         phases = RunPhases()
-        again = train(cfg, fold, warm=warm, phases=phases)
+        again = train(cfg, fold, cache=warm, phases=phases)
         assert history(again) == history(cold)
         assert all(torch.equal(a, b) for a, b in zip(again.model.state_dict().values(), cold.model.state_dict().values()))
     assert warm.runs == 3 and phases.warm_runs == 2 and phases.weights_s == 0.0  # the last run found everything made
@@ -59,10 +59,10 @@ def test_a_warm_worker_reads_a_weights_file_once_and_again_when_it_changes(tiny_
     torch.save(build_model("none", 2, seed=7).state_dict(), path)
     cfg = tiny_cfg(tiny_image_folder, weights=str(path), epochs=1)
     data = data_for(cfg)
-    warm = WarmState()
+    warm = WorkerCache()
     first, second = RunPhases(), RunPhases()
-    train(cfg, data, warm=warm, phases=first)
-    train(cfg, data, warm=warm, phases=second)
+    train(cfg, data, cache=warm, phases=first)
+    train(cfg, data, cache=warm, phases=second)
     assert first.weights_s > 0 and second.weights_s == 0.0
     torch.save(build_model("none", 2, seed=8).state_dict(), path)  # replaced under the same name
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
@@ -165,7 +165,11 @@ def test_the_journal_holds_every_change_until_the_files_are_written(tmp_path):
     assert set(again.trials) == {0, 1} and set(again.epochs) == {(0, 1), (0, 2), (1, 1)}
     assert again.trials[1]["status"] == "stopped early" and again.trials[0]["import_s"] == 2.0
     assert again.epochs[(0, 1)]["report_s"] == 0.25  # the wait of epoch 1's report, sent with epoch 2
-    trials, epochs = read_frames(tmp_path, PARAMS, 3, 0)  # what study.analyze reads
+    from study.core.folder import StudyFolder
+    from study.core.settings import StudySettings
+
+    settings = StudySettings.from_dict({"name": "s", "base": {"epochs": 3}, "space": {p: {} for p in PARAMS}, "seed": 0})
+    trials, epochs = read_tables(StudyFolder(tmp_path), settings)  # what study.analyze reads
     assert len(trials) == 2 and len(epochs) == 3 and trials["worker_pid"].iloc[list(trials["optuna_trial"]).index(0)] == 11
     again.forget(1)
     again.record()

@@ -20,10 +20,11 @@ import pytest
 from PIL import Image
 
 from study.driver.resources import share_resources
-from study.driver.searcher import AskTellOptunaSearch, sampler_seed
-from study.folder import StudyFolder, storage_url
+from study.driver.searcher import AskTellOptunaSearch
+from study.core.optuna_store import sampler_seed
+from study.core.folder import StudyFolder, storage_url
 from study.run import main as study_main
-from study.space import BASELINE, DEFAULT_SPACE, baseline_params
+from study.core.space import BASELINE, DEFAULT_SPACE, baseline_params
 
 ROOT = Path(__file__).resolve().parents[1]
 TRIAL_COLUMNS = [
@@ -319,7 +320,7 @@ def test_resume_keeps_the_stored_options_and_the_printed_hint_works(tmp_path):
 
 
 def test_diverged_and_errored_trials_rank_after_every_usable_one(tmp_path):
-    from study.results import StudyTables
+    from study.core.tables import StudyTables
 
     tables = StudyTables(tmp_path, ["lr"], max_epochs=2, seed=0)
     for number, (trial_id, lr, accs, error) in enumerate((("ok", 0.01, [0.6, 0.7], None), ("nan", 9.0, [0.9, None], None),
@@ -392,3 +393,21 @@ def test_the_ray_log_is_quiet_about_a_full_disk_and_not_about_a_bug(tmp_path, ca
     except TypeError:
         handler.handleError(record)
     assert "TypeError" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_study_stopped_while_trials_run_counts_their_hold_on_their_slots(tmp_path):
+    """The seen failure: after Ctrl-C the time line called the running trials' epochs "slots without a trial at the end"."""
+    from study.core.folder import StudyFolder
+    from study.core.timing import time_use
+    from study.findings.reading import read_study
+
+    data = make_images(tmp_path / "data", per_class=8)
+    out = run_study(study_args(data, tmp_path / "r", "t", 2, 3, "--max-concurrent", "2"), env={"HOTDOG_TUNE_FAULT": "result:2:term"})
+    assert out.returncode == 1, out.stdout + out.stderr
+    study = read_study(StudyFolder(tmp_path / "r" / "t"))
+    running = study.trials[study.trials["status"] == "running"]
+    assert len(running) >= 1 and running["slot_s"].gt(0).all() and running["ended_at"].notna().all(), running
+    use = time_use(study.trials, study.epochs, study.settings.runs)
+    assert use.held_s >= use.epochs_s > 0 and use.trials == 2
+    assert use.parts["end"] < 0.5 * use.slot_s, use.parts  # the trials held their slots to the end: not empty slots

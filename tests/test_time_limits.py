@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from study.driver.clock import STALL_FACTOR, STALL_SLACK_S, ClockState, deadline_passed
-from study.folder import storage_url
+from study.core.folder import storage_url
 from tests.test_study import ROOT, make_images, study_args
 
 

@@ -25,6 +25,7 @@ AUGMENT_POLICIES = ("none", "flip", "d2l", "trivialaugment", "randaugment", "aut
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")  # ResNet18's stages: freeze depth k freezes the first k of them
 FREEZE_DEPTHS = range(len(STAGES) + 1)  # 0 (everything trains) to 5 (only the new head trains)
 AUGMENT_PATHS = ("auto", "per-image", "batched")
+NAMED_WEIGHTS = ("imagenet", "none")  # --weights takes one of these names, or the path of a state-dict file
 BOOK_BATCH = 128
 
 
@@ -108,6 +109,11 @@ class TrainConfig:
             if f.name in values and not _fits(values[f.name], f.default):
                 raise UserError(f"config file {path}: {f.name} is {json.dumps(values[f.name])} but must be {_KINDS[_kind(f.default)]}")
         return cls.from_dict(values)
+
+
+def weights_file(weights: str | None) -> Path | None:
+    """The state-dict file ``weights`` names, or None for a named one (``NAMED_WEIGHTS``) or none at all."""
+    return None if weights is None or weights in NAMED_WEIGHTS else Path(weights).expanduser()
 
 
 _KINDS = {"str": "a string", "str|None": "a string or null", "bool": "true or false", "int": "a whole number", "float": "a number"}

@@ -11,7 +11,7 @@ On a GPU the decoded uint8 images move to the device once, batches are augmented
 for the GPU a few times per epoch, not at every step. cuDNN tunes its kernels for each new input shape, so
 on a GPU every shape but two stays out of its tuning: the one short batch of an epoch runs with cuDNN's
 heuristics, and evaluation pads its last batch to the same size as the others (in eval mode a padded row
-changes no other row's output). A worker that trains many runs passes a ``WarmState`` (``trainable.warm``):
+changes no other row's output). A worker that trains many runs passes a ``WorkerCache`` (``trainable.worker_cache``):
 the model, its starting weights and the images on the device are then made once per process.
 
 Where a run's time goes is recorded as it goes: ``RunPhases`` (before the first epoch) and each epoch's
@@ -38,7 +38,7 @@ from .data import PreparedData, Split, available_cpus, prepare_data
 from .errors import UserError
 from .files import write_atomic
 from .model import build_model, freeze, param_groups, read_weights, set_train_mode
-from .warm import WarmState, as_tensor
+from .worker_cache import WorkerCache, as_tensor
 
 CHECKPOINT_FILE = "state.pt"
 META_FILE = "meta.json"  # the checkpoint's epoch, readable without loading the model
@@ -70,7 +70,7 @@ class RunPhases:
     weights_s: float = 0.0  # of build_s: reading the weights file (0 where the process had read it)
     to_device_s: float = 0.0  # the images copied to the device (0 on the CPU: a view; 0 where the process holds them)
     first_step_s: float = 0.0  # the run's first training step alone (lazy initialisation, cuDNN's tuning; part of train_s)
-    warm_runs: int = 0  # runs the process trained with the same WarmState before this one (0: a cold process or none)
+    warm_runs: int = 0  # runs the process trained with the same WorkerCache before this one (0: a cold process or none)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -237,11 +237,11 @@ class OnDevice:
         return self.images[index], self.labels[index]
 
 
-def to_device(split: Split, device: torch.device, warm: WarmState | None = None) -> OnDevice:
+def to_device(split: Split, device: torch.device, cache: WorkerCache | None = None) -> OnDevice:
     """A split's images and labels on ``device`` (a zero-copy view on the CPU, one copy on a GPU: once per
-    process with ``warm``), with its rows where it is a view of a larger set."""
-    if warm is not None:
-        images, labels = warm.on_device(split.base_images, split.base_labels, device)
+    process with ``cache``), with its rows where it is a view of a larger set."""
+    if cache is not None:
+        images, labels = cache.on_device(split.base_images, split.base_labels, device)
     else:
         images, labels = as_tensor(split.base_images), as_tensor(split.base_labels)
         if device.type != "cpu":
@@ -294,14 +294,14 @@ def train(
     on_epoch: Callable[[EpochMetrics, SaveCheckpoint], None] | None = None,
     resume_from: str | Path | dict | None = None,
     log: Callable[[str], None] | None = None,
-    warm: WarmState | None = None,
+    cache: WorkerCache | None = None,
     phases: RunPhases | None = None,
 ) -> RunResult:
     """Fine-tune ResNet18 with ``cfg``; call ``on_epoch(metrics, save_checkpoint)`` after every epoch.
 
     ``save_checkpoint(directory)`` writes the state a run needs to continue; ``resume_from`` (a directory it
-    wrote, or the state ``Checkpoint.load`` read from one) continues with the next epoch. ``warm``: what the
-    process keeps between runs (``trainable.warm``); ``phases``: filled in with where the time went before
+    wrote, or the state ``Checkpoint.load`` read from one) continues with the next epoch. ``cache``: what the
+    process keeps between runs (``trainable.worker_cache``); ``phases``: filled in with where the time went before
     the first epoch, by the first ``on_epoch``.
     """
     cfg.validate()
@@ -309,10 +309,10 @@ def train(
         data = data_for(cfg, log=log)
     device = resolve_device(cfg.device)
     with own_rng(device), thread_count(cfg.threads or available_cpus()):
-        return _train(cfg, data, device, on_epoch, resume_from, warm, phases if phases is not None else RunPhases())
+        return _train(cfg, data, device, on_epoch, resume_from, cache, phases if phases is not None else RunPhases())
 
 
-def _train(cfg: TrainConfig, data: PreparedData, device: torch.device, on_epoch, resume_from, warm: WarmState | None,
+def _train(cfg: TrainConfig, data: PreparedData, device: torch.device, on_epoch, resume_from, cache: WorkerCache | None,
            phases: RunPhases) -> RunResult:
     bf16 = use_bf16(cfg.precision, device)
     channels_last = True  # pays on CPU (1.2x here) and GPU alike
@@ -324,10 +324,10 @@ def _train(cfg: TrainConfig, data: PreparedData, device: torch.device, on_epoch,
 
     t0 = time.perf_counter()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    if warm is not None:
-        phases.warm_runs = warm.runs
-        warm.runs += 1
-        model, phases.weights_s = warm.model(cfg.weights, len(data.classes), cfg.seed, device, memory_format)
+    if cache is not None:
+        phases.warm_runs = cache.runs
+        cache.runs += 1
+        model, phases.weights_s = cache.model(cfg.weights, len(data.classes), cfg.seed, device, memory_format)
     else:
         read = read_weights(cfg.weights)
         phases.weights_s = time.perf_counter() - t0
@@ -347,8 +347,8 @@ def _train(cfg: TrainConfig, data: PreparedData, device: torch.device, on_epoch,
 
     t0 = time.perf_counter()
     path = resolve_augment_path(cfg.augment_path, device)
-    train_data = to_device(data.train, device if path == "batched" else torch.device("cpu"), warm)
-    val_data = to_device(data.val, device, warm) if data.val is not None and len(data.val) else None
+    train_data = to_device(data.train, device if path == "batched" else torch.device("cpu"), cache)
+    val_data = to_device(data.val, device, cache) if data.val is not None and len(data.val) else None
     if cuda:
         torch.cuda.synchronize(device)
     phases.to_device_s = time.perf_counter() - t0

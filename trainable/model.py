@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18
 
-from .config import STAGES  # noqa: F401  (freeze depth k freezes the first k of them: stage_modules lists them in order)
+from .config import STAGES, weights_file  # noqa: F401  (freeze depth k freezes the first k of them: stage_modules lists them in order)
 from .errors import UserError
 
 
@@ -81,9 +81,9 @@ def read_weights(weights: str) -> tuple[Mapping[str, torch.Tensor] | None, str |
 def weights_identity(weights: str) -> tuple:
     """What identifies the weights a run starts from: a file by its path, size and modification time (a file
     replaced under the same name is another)."""
-    if weights in ("imagenet", "none"):
+    path = weights_file(weights)
+    if path is None:
         return (weights,)
-    path = Path(weights).expanduser()
     try:
         stat = path.stat()
     except OSError:

@@ -7,7 +7,7 @@ retry it; only a worker process that dies (Ray's own error) is retried from the 
 
 Ray reuses a worker process for trial after trial. What the process keeps between them lives here, once per
 process: the study's decoded images (fetched from Ray's object store once: ``SharedData``) and the training loop's
-``WarmState`` (the model and its starting weights, the images on the device). Every report says where the time
+``WorkerCache`` (the model and its starting weights, the images on the device). Every report says where the time
 went: the first of a run its start (``import_s``, ``data_wait_s``, ``restore_s`` and the loop's ``RunPhases``), each its epoch's ``train_s``,
 ``val_s`` and ``checkpoint_s``, and the time the run waited in the report before (``report_s_before``).
 """
@@ -29,6 +29,8 @@ import ray
 from ray import tune
 
 from trainable import TrainConfig, UserError
+
+from study.core.vocabulary import clock_key, run_config, run_key
 
 if TYPE_CHECKING:
     from trainable import PreparedData
@@ -57,19 +59,19 @@ class SharedData:
         return self._fetched[key]
 
 
-_WARM = None  # this worker process's trainable.warm.WarmState, made at its first trial
+_CACHE = None  # this worker process's trainable.worker_cache.WorkerCache, made at its first run
 
 
-def warm_state():
-    global _WARM
-    if _WARM is None:
-        from trainable.warm import WarmState
+def worker_cache():
+    global _CACHE
+    if _CACHE is None:
+        from trainable.worker_cache import WorkerCache
 
         from study.driver.checkpoints import sweep_scratch
 
         sweep_scratch()  # what workers killed on this machine left behind
-        _WARM = WarmState()
-    return _WARM
+        _CACHE = WorkerCache()
+    return _CACHE
 
 
 class TrialError(Exception):
@@ -198,19 +200,17 @@ def hang_for_tests(key: str, epoch: int) -> None:
 
 
 def run_trial(config: dict, data: SharedData, base: dict, clock: str | None = None) -> None:
-    """A Ray Tune function trainable: a study trial, or (``config["job"]``) a confirmation run, which trains the same
-    way on its fold. ``clock``: the name of the study's Clock actor (study.driver.clock), whose limits a watchdog
+    """A Ray Tune function trainable: a study trial, or a confirmation run (``study.core.vocabulary``), which trains the
+    same way on its fold. ``clock``: the name of the study's Clock actor (study.driver.clock), whose limits a watchdog
     thread enforces on this run's process."""
-    config = dict(config["job"]) if "job" in config else config
+    key = clock_key(*run_key(config))
+    config = run_config(config)
     context = ray.get_runtime_context()
     resources = context.get_assigned_resources()
     threads = max(1, int(resources.get("CPU", 1)))
     gpus = ray.get_gpu_ids()
     node = {"node_id": context.get_node_id(), "node_ip": ray.util.get_node_ip_address(), "hostname": socket.gethostname(),
             "worker_pid": os.getpid()}
-    from study.driver.clock import run_key
-
-    key = run_key(config["optuna_trial"], config["val_fold"] if config.get("cv_folds") else None)
     watchdog = None
     if clock is not None:
         from study.driver.clock import Watchdog
@@ -276,7 +276,7 @@ def run_trial(config: dict, data: SharedData, base: dict, clock: str | None = No
             hang_for_tests(key, metrics.epoch)
             fail_for_tests()
 
-        train(cfg, fold, on_epoch=on_epoch, resume_from=state, warm=warm_state(), phases=phases)
+        train(cfg, fold, on_epoch=on_epoch, resume_from=state, cache=worker_cache(), phases=phases)
     except Exception as exc:  # reported once, not retried: rerunning the same configuration would fail the same way
         tune.report({"val_acc": math.nan, "trial_error": failure_message(exc, cfg), "trial_traceback": traceback.format_exc(),
                      "disk_full": disk_full(exc), **node})

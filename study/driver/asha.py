@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from study.values import METRIC, MODE
+from study.core.vocabulary import METRIC, MODE, is_confirmation
 
 TIME_ATTR = "epoch"  # the loop's own epoch, not Ray's iteration count, which restarts in a resumed trial
 
@@ -55,7 +55,7 @@ class ResumableASHA(ASHAScheduler):
     # A confirmation run (the stage runs in the trials' Tune run: study.driver.searcher.StagedSearcher) trains every
     # epoch: ASHA neither judges nor records it.
     def on_trial_add(self, tune_controller, trial):
-        if "job" in trial.config:
+        if is_confirmation(trial.config):
             return
         super().on_trial_add(tune_controller, trial)
         old = replay_key(trial.config.get("optuna_trial"))
@@ -67,17 +67,17 @@ class ResumableASHA(ASHAScheduler):
     # A diverged epoch reports NaN accuracy; in the rungs it counts as the worst result, not as a hole
     # (NaN would make ASHA's percentile of an all-NaN rung warn and compare as nothing).
     def on_trial_result(self, tune_controller, trial, result):
-        if "job" in trial.config:
+        if is_confirmation(trial.config):
             return TrialScheduler.CONTINUE
         return super().on_trial_result(tune_controller, trial, _nan_as_worst(result))
 
     def on_trial_complete(self, tune_controller, trial, result):
-        if "job" in trial.config:
+        if is_confirmation(trial.config):
             return
         return super().on_trial_complete(tune_controller, trial, _nan_as_worst(result))
 
     def on_trial_remove(self, tune_controller, trial):
-        if "job" in trial.config:
+        if is_confirmation(trial.config):
             return
         return super().on_trial_remove(tune_controller, trial)
 

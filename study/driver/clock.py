@@ -30,13 +30,10 @@ import time
 STALL_FACTOR = 10
 STALL_SLACK_S = 60.0
 MIN_EPOCHS = 3
+STALL_RULE = (f"{STALL_FACTOR}x the study's median epoch time + {STALL_SLACK_S:g} s without finishing an epoch, once "
+              f"{MIN_EPOCHS} epochs are known")  # said by --trial-timeout's help
 POLL_S = 2.0  # how often a trial's watchdog reads the limits
 TIMEOUT_EXIT = 75  # the exit status of a trial's process its watchdog ended
-
-
-def run_key(number: int, fold: int | None = None) -> str:
-    """A run's name on the Clock: a study trial, or a confirmation run (a configuration on a fold)."""
-    return f"trial {number}" if fold is None else f"confirm {number} fold {fold}"
 
 
 class ClockState:
@@ -172,11 +169,10 @@ class DriverClock:
             self.budget_reached = True
         return self.budget_reached
 
-    def timed_out(self, number: int, fold: int | None = None) -> str | None:
-        """Why the run (a trial, or a confirmation run on ``fold``) was timed out by its watchdog, or None."""
+    def timed_out(self, key: str) -> str | None:
+        """Why the run named ``key`` on the Clock (``study.core.vocabulary.clock_key``) was timed out by its watchdog, or None."""
         import ray
 
-        key = run_key(number, fold)
         if key not in self._marks:
             why = ray.get(self.actor.timed_out.remote(key))
             if not why:

@@ -12,15 +12,16 @@ as if they ran every epoch. The confirmation stage's runs, when it is on, are ad
 from __future__ import annotations
 
 import math
-import statistics
 import sys
 import time
 from pathlib import Path
 
 from rich.console import Console
 
+from study.core.timing import run_costs
+from study.core.values import fmt
+from study.core.vocabulary import COMPLETED, RUNNING, STOPPED_EARLY
 from study.driver.rungs import asha_rungs
-from study.values import fmt
 
 
 def duration(seconds: float) -> str:
@@ -38,7 +39,7 @@ class Progress:
         self.samples, self.max_epochs, self.concurrent = samples, max_epochs, max(1, concurrent)
         self.milestones = sorted(r for r in asha_rungs(grace, max_epochs, reduction_factor) if r < max_epochs)  # where ASHA decides
         self.keep = 1 / reduction_factor
-        self.extra_epochs = extra_epochs  # the confirmation stage's runs, in epochs
+        self.extra_epochs = extra_epochs  # the confirmation stage's runs still to do, in epochs (its plan, then what is left)
         self.extra_runs = extra_runs  # and how many runs they are (each with its fixed cost and first epoch)
         self.console = Console(highlight=False, soft_wrap=True)
         self.started = time.monotonic()
@@ -53,7 +54,7 @@ class Progress:
             if run > milestone:
                 went_on += 1
                 judged += 1
-            elif run >= milestone and trial.get("status") in ("stopped early", "completed"):
+            elif run >= milestone and trial.get("status") in (STOPPED_EARLY, COMPLETED):
                 judged += 1
         return (went_on + 2 * self.keep) / (judged + 2)
 
@@ -68,18 +69,18 @@ class Progress:
             total += reach
         return total
 
+    def confirmation_left(self, runs: int, epochs: float) -> None:
+        """The confirmation stage began: ``runs`` runs of ``epochs`` study epochs in all are what is left of it."""
+        self.extra_runs, self.extra_epochs = runs, epochs
+
     def eta(self, tables) -> float | None:
         """Seconds left (an estimate), or None before any epoch has been timed."""
-        timed = [r for r in tables.epochs.values() if r.get("seconds") and not math.isnan(r["seconds"])]
-        if not timed:
+        costs = run_costs(tables.trials.values(), tables.epochs.values())
+        if math.isnan(costs.first_epoch) and math.isnan(costs.later_epoch):
             return None
-        first = statistics.median(r["seconds"] for r in timed if r["epoch"] == 1) if any(r["epoch"] == 1 for r in timed) else None
-        later_rows = [r["seconds"] for r in timed if r["epoch"] > 1]
-        later = statistics.median(later_rows) if later_rows else first or statistics.median(r["seconds"] for r in timed)
-        first = first or later
-        held = [t["slot_s"] - (t.get("seconds") or 0.0) for t in tables.trials.values()
-                if t.get("status") != "running" and t.get("slot_s") and not math.isnan(t["slot_s"])]
-        fixed = max(0.0, statistics.median(held)) if held else 0.0
+        later = costs.later_epoch if not math.isnan(costs.later_epoch) else costs.first_epoch
+        first = costs.first_epoch if not math.isnan(costs.first_epoch) else later
+        fixed = 0.0 if math.isnan(costs.fixed) else costs.fixed
 
         def new_run(epochs: float) -> float:  # a run not yet started: its fixed cost, a first epoch, the later ones
             return fixed + first + max(0.0, epochs - 1) * later
@@ -89,14 +90,15 @@ class Progress:
         started = 0
         for trial in tables.trials.values():
             started += 1
-            if trial.get("status") == "running":
+            if trial.get("status") == RUNNING:
                 done = int(trial.get("epochs_run") or 0)
                 left += new_run(fresh) - fixed if done == 0 else self.expected_epochs(tables, done) * later
         left += max(0, self.samples - started) * new_run(fresh)
         return left / self.concurrent
+
     def status_text(self, tables) -> str:
         counts = tables.counts()
-        running = counts.get("running", 0)
+        running = counts.get(RUNNING, 0)
         done = len(tables.trials) - running
         scored = [t["best_val_acc"] for t in tables.trials.values() if t.get("best_val_acc") == t.get("best_val_acc")
                   and t.get("best_val_acc") is not None]
@@ -124,7 +126,7 @@ class Progress:
 
     def finished(self, tables, number: int, params: list[str], log: Path | None = None) -> None:
         trial = tables.trials[number]
-        done = sum(1 for t in tables.trials.values() if t["status"] != "running")
+        done = sum(1 for t in tables.trials.values() if t["status"] != RUNNING)
         values = "  ".join(f"{p}={fmt(trial.get(p))}" for p in params)
         tag = " (baseline)" if trial.get("baseline") else ""
         acc = trial.get("best_val_acc")

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from trainable import TrainConfig, UserError
 
-from study.folder import StudyFolder
+from study.core.folder import StudyFolder
+from study.core.settings import StudySettings
 
 
 def share_resources(gpus_requested: float, cpus_requested: float | None, cluster: dict) -> tuple[dict, int, str | None]:
@@ -37,6 +38,11 @@ def share_resources(gpus_requested: float, cpus_requested: float | None, cluster
     if slots < 1:
         raise UserError(f"--cpus-per-trial {cpu_share:g} is more than the {cpus:g} CPU(s) of the cluster: ask for at most {cpus:g}")
     return {"cpu": cpu_share, "gpu": gpu_share}, slots, message
+
+
+def at_once(settings: StudySettings, slots: int, runs: int | None = None) -> int:
+    """How many runs go at once: the slots the resources fit, at most --max-concurrent, at most ``runs`` (what there is)."""
+    return max(1, min(settings.max_concurrent or slots, slots, runs if runs is not None else slots))
 
 
 def check_cluster_gpus(resources: dict, local: bool) -> None:

@@ -21,77 +21,14 @@ with their own Optuna trial numbers and parameters.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
-import numpy as np
 import optuna
-from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
+from study.core.optuna_store import Unfinished, handle, open_study, tell_finished
+from study.core.space import to_distributions
+from study.core.vocabulary import COMPLETED, DIVERGED, ERRORED, METRIC, MODE, STOPPED_EARLY, TIMED_OUT, clock_key
 from study.driver import faults
-from study.space import to_distributions
-from study.values import METRIC, MODE
-
-N_STARTUP_TRIALS = 5
-
-
-@dataclass
-class Unfinished:
-    """A sample an earlier driver run started but did not finish: run it again, from its checkpoint if any."""
-
-    number: int
-    params: dict
-    baseline: bool = False
-    trial_dir: str | None = None
-
-
-def sampler_seed(seed: int, trials_so_far: int) -> int:
-    """The sampler's seed for a driver run that finds ``trials_so_far`` trials in the study.
-
-    A resumed study must not replay the random start-up draws of the run before it: the seed moves on with
-    the study (and is still the same for the same study at the same point).
-    """
-    return int(np.random.SeedSequence([seed, trials_so_far]).generate_state(1)[0])
-
-
-def open_study(storage: str, name: str, seed: int, baseline: dict | None) -> optuna.Study:
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    existing = len(optuna.load_study(study_name=name, storage=storage).trials) if _exists(storage, name) else 0
-    sampler = optuna.samplers.TPESampler(seed=sampler_seed(seed, existing), n_startup_trials=N_STARTUP_TRIALS)
-    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", sampler=sampler, load_if_exists=True)
-    if baseline and not study.trials:
-        study.enqueue_trial(baseline, user_attrs={"baseline": True})  # the book's recipe is trial 0
-    return study
-
-
-def _exists(storage: str, name: str) -> bool:
-    return any(s.study_name == name for s in optuna.get_all_study_summaries(storage=storage))
-
-
-def tell_finished(study: optuna.Study, trial: optuna.Trial, status: str, best: float | None, error: str | None = None) -> None:
-    """Tell Optuna how a sample ended (``status`` as in trials.parquet)."""
-    number = trial.number
-    if status == "diverged":
-        trial.set_constraint("diverged", 1.0)  # infeasible: TPE ranks it after every trial that trained
-    trial.set_user_attr("status", status)
-    if error:
-        trial.set_user_attr("error", error)
-    if status == "completed" and best is not None and math.isfinite(best):
-        study.tell(number, best)
-    elif status in ("stopped early", "diverged"):
-        study.tell(number, state=TrialState.PRUNED)
-    else:
-        study.tell(number, state=TrialState.FAIL)
-
-
-def handle(study: optuna.Study, number: int) -> optuna.Trial:
-    """A Trial for a RUNNING trial asked by this or an earlier process (to report and set attributes on).
-
-    Optuna 5.0 has no public way to get a ``Trial`` for a trial number: ``FrozenTrial._trial_id`` is the
-    storage id its constructor needs (``study.tell`` takes a number, ``Trial.report`` needs a Trial).
-    """
-    frozen = study.get_trials(deepcopy=False)[number]
-    return optuna.Trial(study, frozen._trial_id)
 
 
 class AskTellOptunaSearch(Searcher):
@@ -185,16 +122,16 @@ class AskTellOptunaSearch(Searcher):
             self.on_trial_result(trial_id, result)  # Ray passes a trial's final result here only
         values = self._frozen(number).intermediate_values
         epochs_run = max(values, default=0)
-        timed_out = self._clock.timed_out(number) if self._clock is not None else None
+        timed_out = self._clock.timed_out(clock_key(number)) if self._clock is not None else None
         if timed_out:
-            status = "timed_out"
+            status = TIMED_OUT
         elif error or result.get("trial_error") is not None:
-            status = "errored"
+            status = ERRORED
         elif number in self._diverged or result.get("diverged"):
-            status = "diverged"
+            status = DIVERGED
         else:
             epochs_run = max(epochs_run, int(result.get("epoch") or 0))
-            status = "completed" if epochs_run >= self._max_epochs else "stopped early"
+            status = COMPLETED if epochs_run >= self._max_epochs else STOPPED_EARLY
         best = max(values.values(), default=None)
         tell_finished(self.study, trial, status, best, error=result.get("trial_error") or timed_out)
 
@@ -205,7 +142,7 @@ class AskTellOptunaSearch(Searcher):
 class StagedSearcher(Searcher):
     """The study's trials, then its confirmation stage's runs, from one searcher: one Tune run for both, so the
     confirmation's runs land on the worker processes the trials warmed (torch imported; the model, its starting
-    weights and the images on the device: ``trainable.warm``).
+    weights and the images on the device: ``trainable.worker_cache``).
 
     It hands out ``trials`` (``AskTellOptunaSearch``) until ``to_run`` trials were proposed (or the searcher says the
     time budget leaves no room), waits while any still runs (the candidates are the finished trials' best), then, where
@@ -245,8 +182,8 @@ class StagedSearcher(Searcher):
                     return None
             if self._running:
                 return None  # the last trials still run: the candidates are not known yet
-            self._jobs = list(self.begin_confirmation()) if self.may_confirm() else []
-        return {"job": self._jobs.pop(0)} if self._jobs else Searcher.FINISHED
+            self._jobs = list(self.begin_confirmation()) if self.may_confirm() else []  # each a confirmation run's config
+        return self._jobs.pop(0) if self._jobs else Searcher.FINISHED
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._running:

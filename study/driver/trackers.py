@@ -42,8 +42,10 @@ def tracker_callbacks(trackers: dict, study_name: str) -> list:
 
 
 def _trials_only(callback):
-    """``callback`` as Tune sees it, told of the study's trials and never of a confirmation run (config ``{"job": ...}``)."""
+    """``callback`` as Tune sees it, told of the study's trials and never of a confirmation run."""
     from ray.tune import Callback
+
+    from study.core.vocabulary import is_confirmation
 
     class TrialsOnly(Callback):
         def __init__(self, inner):
@@ -53,31 +55,31 @@ def _trials_only(callback):
             return self.inner.setup(**info)
 
         def on_trial_start(self, iteration, trials, trial, **info):
-            if "job" not in trial.config:
+            if not is_confirmation(trial.config):
                 self.inner.on_trial_start(iteration, trials, trial, **info)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            if "job" not in trial.config:
+            if not is_confirmation(trial.config):
                 self.inner.on_trial_result(iteration, trials, trial, result, **info)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            if "job" not in trial.config:
+            if not is_confirmation(trial.config):
                 self.inner.on_trial_complete(iteration, trials, trial, **info)
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            if "job" not in trial.config:
+            if not is_confirmation(trial.config):
                 self.inner.on_trial_error(iteration, trials, trial, **info)
 
         def on_trial_restore(self, iteration, trials, trial, **info):
-            if "job" not in trial.config:
+            if not is_confirmation(trial.config):
                 self.inner.on_trial_restore(iteration, trials, trial, **info)
 
         def on_trial_save(self, iteration, trials, trial, **info):
-            if "job" not in trial.config:
+            if not is_confirmation(trial.config):
                 self.inner.on_trial_save(iteration, trials, trial, **info)
 
         def on_experiment_end(self, trials, **info):
-            self.inner.on_experiment_end([t for t in trials if "job" not in t.config], **info)
+            self.inner.on_experiment_end([t for t in trials if not is_confirmation(t.config)], **info)
 
         def get_state(self):
             return self.inner.get_state()

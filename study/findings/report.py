@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from study.analysis import (CONFIRM_COLUMNS, Analysis, answer_lines, confirmation_rows, describe_warm_start, reruns_on_test,
-                            top_table_rows, versus_book_on_test, winner_row)
-from study.folder import FIGURES_DIR, REPORT_FILE, write_atomic, write_text_atomic
-from study.importance import describe_check
-from study.ranges import describe_range, describe_space
-from study.study_data import StudyData, baseline_acc, baseline_number
-from study.summary import noise_note
-from study.values import BOOK_FIGURE, fmt, fmt_acc
+from study.core.folder import FIGURES_DIR, REPORT_FILE, write_atomic, write_text_atomic
+from study.core.values import fmt, fmt_acc
+from study.core.vocabulary import BOOK_FIGURE
+from study.findings.analysis import (CONFIRM_COLUMNS, Analysis, answer_lines, confirmation_rows, describe_warm_start, noise_note,
+                                     reruns_on_test, top_table_rows, versus_book_on_test)
+from study.findings.importance import describe_check
+from study.findings.ranges import describe_range, describe_space
+from study.findings.reading import StudyData, baseline_acc, baseline_number
 
 PNG_NAMES = ("parallel.png", "importance.png", "params.png", "curves.png")
 STATUS_COLORS = {"completed": "#1f77b4", "stopped early": "#ff7f0e", "diverged": "#d62728", "errored": "#7f7f7f", "timed_out": "#8c564b", "running": "#9467bd"}
@@ -93,7 +93,7 @@ def _curve_name(row: pd.Series) -> str:
 
 def starred(data: StudyData) -> tuple[pd.DataFrame, str]:
     """The trial every plot marks: the confirmed winner (else rank 1), as a one-row frame, and its legend name."""
-    row, what = winner_row(data)
+    row, what = data.winner()
     if row is None:
         return data.scored.head(0), ""
     return data.scored[data.scored["optuna_trial"] == row["optuna_trial"]], f"{what} (trial {int(row['optuna_trial'])})"
@@ -363,7 +363,8 @@ def write_pngs(analysis: Analysis, out: Path, curves: int) -> list[Path]:
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    if others or top:  # a study killed before any epoch has no curve to name
+        ax.legend(fontsize=7, loc="lower right")
     ax.set_title(f"{title}: learning curves of the top {len(top)} trial(s)")
     save(fig, "curves.png")
 
@@ -445,7 +446,7 @@ PHASE_NAMES = {"import_s": "import the training code (a new worker process)", "d
 
 def _time_section(data: StudyData) -> str:
     """Where the trials' slot time went (``study.timing``), its parts and each phase's median."""
-    from study.timing import time_use
+    from study.core.timing import time_use
 
     use = time_use(data.trials, data.epochs, data.settings.runs)
     if use is None:
@@ -513,7 +514,7 @@ def build_html(analysis: Analysis, figures: dict, top: int = 10) -> str:
         if note := noise_note(float(b["best_val_acc"]), baseline, s.val_images, analysis.confirmation is not None):
             best_text += f". Note: {html.escape(note)}"
     answer = "".join(f"<li>{html.escape(line)}</li>" for line in answer_lines(analysis))
-    from study.datacheck import describe_accepted
+    from study.core.datacheck import describe_accepted
 
     warnings = "".join(f'<p class="note">{html.escape(line)}</p>' for line in [*describe_accepted(s), *analysis.range_warnings])
     disagreements = "".join(f'<p class="note">{html.escape(line)}</p>' for line in analysis.disagreements)

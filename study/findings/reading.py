@@ -1,5 +1,6 @@
-"""A study read from its folder alone (no Ray, no training): its settings, its trials and epochs, and the
-book's recipe among them. Every analysis of a study starts from ``read_study``."""
+"""A study read from its folder alone (no Ray, no training): its settings, its trials and epochs, the book's recipe
+among them, and its answer's row (the confirmed winner, else rank 1). Every reader of a study (the analysis, the
+rerun, the comparison, a warm start) starts from ``read_study``."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import pandas as pd
 
 from trainable import UserError
 
-from study.folder import RERUN_FILE, StudyFolder, StudySettings, resume_command
-from study.results import read_frames
+from study.core.folder import RERUN_FILE, StudyFolder, resume_command
+from study.core.settings import StudySettings
+from study.core.tables import read_tables
+from study.core.vocabulary import RUNNING, usable_rows
 
 
 @dataclass
@@ -25,12 +28,11 @@ class StudyData:
     def state(self) -> str:
         """Where the study stands, in a line: running, stopped unfinished, or finished ("")."""
         counts = self.trials["status"].value_counts().to_dict()
-        done = len(self.trials) - counts.get("running", 0)
+        done = len(self.trials) - counts.get(RUNNING, 0)
         if self.running is not None:
             return (f"the study is running now{self.running}: {done} of {self.settings.samples} trial(s) finished, "
-                    f"{counts.get('running', 0)} running; nothing below is final")
-        last = self.settings.runs[-1] if self.settings.runs else {}
-        if last.get("outcome") != "finished":
+                    f"{counts.get(RUNNING, 0)} running; nothing below is final")
+        if not self.settings.finished():
             return (f"the study stopped unfinished ({done} of {self.settings.samples} trial(s) finished): nothing below is final; "
                     f"continue it with {resume_command(self.folder)}")
         return ""
@@ -54,6 +56,11 @@ class StudyData:
         return self.trials[self.trials["best_val_acc"].notna()]
 
     @property
+    def usable(self) -> pd.DataFrame:
+        """Trials whose recipe trained and scored (``study.core.vocabulary.usable``), ranked."""
+        return self.trials[usable_rows(self.trials)]
+
+    @property
     def rerun(self) -> pd.DataFrame | None:
         path = self.folder.path / RERUN_FILE
         return pd.read_parquet(path) if path.is_file() else None
@@ -62,6 +69,21 @@ class StudyData:
     def confirm(self) -> pd.DataFrame | None:
         path = self.folder.confirm
         return pd.read_parquet(path) if path.is_file() else None
+
+    def winner(self) -> tuple[pd.Series | None, str]:
+        """The study's answer and what it is: the confirmed winner where the confirmation stage named one, else the
+        single-validation best (rank 1); (None, "") when no trial has a validation accuracy."""
+        if "recommended" in self.trials:
+            named = self.trials[self.trials["recommended"].fillna("").str.contains("winner")]
+            if len(named):
+                return named.iloc[0], "confirmed winner"
+        usable = self.usable
+        return (usable.iloc[0], "best (rank 1)") if len(usable) else (None, "")
+
+    def threads_of(self, row) -> int:
+        """The torch threads a trial trained with (its numbers depend on them): its own, else the study's per-trial CPUs."""
+        threads = row.get("threads")
+        return int(threads) if threads and threads == threads else max(1, int(self.settings.cpus_granted or 1))
 
 
 def baseline_number(data: StudyData) -> int | None:
@@ -91,10 +113,10 @@ def read_study(folder: StudyFolder) -> StudyData:
         raise _no_trials_yet(settings, folder, "no trials.parquet")
     try:
         if folder.epochs.is_file():  # the files, and what the journal holds beyond them (a driver killed a moment ago)
-            trials, epochs = read_frames(folder.path, list(settings.space), int(settings.base["epochs"]), settings.seed)
+            trials, epochs = read_tables(folder, settings)
         else:
             trials = pd.read_parquet(folder.trials)
-            epochs = pd.DataFrame(columns=["trial_id", "epoch", "val_acc", "diverged"])
+            epochs = pd.DataFrame(columns=["trial_id", "optuna_trial", "epoch", "val_acc", "diverged"])
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read the tables of {folder.path} ({str(exc).splitlines()[0]}): "
                         "they were not written by python -m study.run") from None

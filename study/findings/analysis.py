@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-
-from study.folder import StudyFolder
-from study.importance import Importance, TopCheck, compute_importance, importance_disagreements, top_vs_rest
-from study.ranges import BestRange, best_ranges, range_warnings
-from study.study_data import StudyData, baseline_number, read_study
-from study.values import FAILED, fmt, fmt_acc, plain
+from study.core.decision import binomial_se, decide, decision_rows, paired_by_seed
+from study.core.folder import StudyFolder
+from study.core.values import fmt, fmt_acc, plain
+from study.core.vocabulary import RUN_ENDED
+from study.findings.importance import Importance, TopCheck, compute_importance, importance_disagreements, top_vs_rest
+from study.findings.ranges import BestRange, best_ranges, range_warnings
+from study.findings.reading import StudyData, baseline_number, read_study
 
 
 # --- reading a study ---------------------------------------------------------------------------------
@@ -37,19 +38,15 @@ class Confirmation:
 
 
 def confirmation(data: StudyData) -> Confirmation | None:
-    """The confirmation stage's runs summarised (``study.decision.decide`` on the finished ones)."""
-    from study.decision import decide
-
+    """The confirmation stage's runs summarised (``study.core.decision.decide`` on the finished ones)."""
     runs = data.confirm
     settings = data.settings.confirm or {}
     if runs is None or runs.empty:
         return None
-    done = runs[runs["status"].isin(["completed", *FAILED])]
+    done = runs[runs["status"].isin(RUN_ENDED)]
     if done.empty:
         return None
-    frame = pd.DataFrame({"config": done["optuna_trial"].astype(int), "fold": done["fold"],
-                          "val_acc": done["val_acc"].where(done["status"] == "completed"),
-                          "seconds_per_epoch": done["seconds"] / done["epochs"].where(done["epochs"] > 0)})
+    frame = decision_rows(done)
     baseline = baseline_number(data)
     result = decide(frame, baseline if baseline in set(frame["config"]) else None, data.settings.training_images())
     folds = int(settings.get("folds") or frame.groupby("config").size().max())
@@ -67,15 +64,23 @@ def confirmation(data: StudyData) -> Confirmation | None:
     return Confirmation(table, folds, lines, cheapest)
 
 
-def winner_row(data: StudyData) -> tuple[pd.Series | None, str]:
-    """The study's answer and what it is: the confirmed winner where the confirmation stage named one, else the
-    single-validation best (rank 1); (None, "") when no trial has a validation accuracy."""
-    if "recommended" in data.trials:
-        named = data.trials[data.trials["recommended"].fillna("").str.contains("winner")]
-        if len(named):
-            return named.iloc[0], "confirmed winner"
-    usable = data.scored[~data.scored["status"].isin(FAILED)]
-    return (usable.iloc[0], "best (rank 1)") if len(usable) else (None, "")
+def noise_note(best_acc: float | None, baseline_acc: float | None, val_images: int | None, confirmed: bool = False) -> str:
+    """How far a validation accuracy on ``val_images`` images can move by chance, and whether the lead is inside it.
+
+    The binomial standard error with Agresti and Coull's correction (``study.core.decision.binomial_se``: never +-0, even
+    for an accuracy of 1.0 on a handful of images). A lead over the baseline under two standard errors of a difference
+    (2 * sqrt(2) * se) is within what a different split or seed could give. ``confirmed``: the confirmation stage
+    judged them (its decision is printed).
+    """
+    if best_acc is None or not val_images:
+        return ""
+    se = binomial_se(best_acc, val_images)
+    text = f"a validation accuracy on {val_images} images is uncertain by about +-{se:.3f} (1 standard error)"
+    if baseline_acc is not None and best_acc - baseline_acc < 2 * math.sqrt(2) * se:
+        text += (f"; the lead over the book's recipe ({best_acc - baseline_acc:+.3f}) is within chance" +
+                 (": the confirmation stage above judges them on every training image" if confirmed else
+                  ": compare them on the test split with python -m study.rerun --seeds 3"))
+    return text
 
 
 @dataclass
@@ -119,8 +124,6 @@ def reruns_on_test(data: StudyData) -> list[RerunResult]:
 
 def versus_book_on_test(runs: list[RerunResult], number: int):
     """``number`` minus the book's recipe on the test split, paired over the seeds both ran (a ``Paired``), or None."""
-    from study.decision import paired_by_seed
-
     mine = next((r for r in runs if r.optuna_trial == number), None)
     book = next((r for r in runs if r.baseline), None)
     if mine is None or book is None or mine is book:
@@ -128,22 +131,39 @@ def versus_book_on_test(runs: list[RerunResult], number: int):
     return paired_by_seed(mine.accs, book.accs, mine.test_images or book.test_images)
 
 
-def answer_lines(analysis: "Analysis") -> list[str]:
+@dataclass
+class Answer:
+    """What a study found, part by part: each part a line, or None where the study has none."""
+
+    winner: str  # the confirmed winner with its interval, or the single-validation best and why it is that
+    gain: str | None = None  # the confirmed winner against the book's recipe
+    cheapest: str | None = None  # the cheapest configuration within noise of the winner
+    test: str | None = None  # on the test split after study.rerun, or the command that measures it
+    single_validation: str | None = None  # the study's rank 1 on its one validation split, beside a confirmed winner
+
+    def lines(self) -> list[str]:
+        return [line for line in (self.winner, self.gain, self.cheapest, self.test, self.single_validation) if line]
+
+    def headline(self) -> list[str]:
+        """The winner, its gain and its test result: what a comparison of studies shows of each."""
+        return [line for line in (self.winner, self.gain, self.test) if line]
+
+
+def answer(analysis: "Analysis") -> Answer:
     """What the study found, first: the confirmed winner with its interval and its gain over the book's recipe,
     its test result after a rerun, then the single-validation best for what it is."""
     data = analysis.data
-    row, what = winner_row(data)
+    row, what = data.winner()
     if row is None:
-        return ["no trial has a validation accuracy: nothing to recommend (see the status of each trial)"]
+        return Answer("no trial has a validation accuracy: nothing to recommend (see the status of each trial)")
     number = int(row["optuna_trial"])
-    lines = []
     conf = analysis.confirmation
     if what == "confirmed winner" and conf is not None:
-        lines += conf.lines[:2] + ([conf.cheapest] if conf.cheapest else [])
+        found = Answer(conf.lines[0], conf.lines[1] if len(conf.lines) > 1 else None, conf.cheapest or None)
     else:
         why = ("no confirmation stage" if not data.settings.confirm else
                "the confirmation stage has not named a winner yet" if data.state() else "the confirmation stage named no winner")
-        lines.append(f"best: trial {number}, val acc {row['best_val_acc']:.3f} on the study's one validation split ({why})")
+        found = Answer(f"best: trial {number}, val acc {row['best_val_acc']:.3f} on the study's one validation split ({why})")
     runs = reruns_on_test(data)
     mine = next((r for r in runs if r.optuna_trial == number), None)
     if mine is not None:
@@ -154,17 +174,22 @@ def answer_lines(analysis: "Analysis") -> list[str]:
             versus = versus_book_on_test(runs, number)
             if versus is not None:
                 text += f"; difference {versus.describe('seed')}"
-        lines.append(text)
+        found.test = text
     else:
-        lines.append(f"test split: not measured yet (python -m study.rerun {shlex.quote(str(data.folder.path))} retrains trial "
-                     f"{number} and the book's recipe on the same seeds)")
+        found.test = (f"test split: not measured yet (python -m study.rerun {shlex.quote(str(data.folder.path))} retrains trial "
+                      f"{number} and the book's recipe on the same seeds)")
     best = data.scored.head(1)
     if len(best) and what == "confirmed winner":
         b = best.iloc[0]
-        lines.append(f"the study's rank 1 on its one validation split: trial {int(b['optuna_trial'])}, val acc {b['best_val_acc']:.3f} "
-                     + ("(the same configuration)" if int(b["optuna_trial"]) == number else "(not the answer: one split of "
-                        f"{data.settings.val_images or '?'} images is a noisy judge, which the confirmation stage corrects)"))
-    return lines
+        found.single_validation = (
+            f"the study's rank 1 on its one validation split: trial {int(b['optuna_trial'])}, val acc {b['best_val_acc']:.3f} "
+            + ("(the same configuration)" if int(b["optuna_trial"]) == number else "(not the answer: one split of "
+               f"{data.settings.val_images or '?'} images is a noisy judge, which the confirmation stage corrects)"))
+    return found
+
+
+def answer_lines(analysis: "Analysis") -> list[str]:
+    return answer(analysis).lines()
 
 
 def describe_warm_start(settings) -> list[str]:

@@ -13,8 +13,8 @@ import pandas as pd
 
 from trainable.config import FREEZE_DEPTHS
 
-from study.study_data import StudyData
-from study.values import FAILED, fmt
+from study.core.values import fmt
+from study.findings.reading import StudyData
 
 
 @dataclass
@@ -66,7 +66,7 @@ def range_warnings(data: StudyData) -> list[str]:
     uniform draw puts a tenth there. A bound where the hyperparameter's own domain ends (freeze depth 0 or 5, momentum 0) cannot be
     widened and says nothing.
     """
-    usable = data.scored[~data.scored["status"].isin(FAILED)]
+    usable = data.usable
     top = usable.head(top_count(len(usable)))
     if len(top) < 3:
         return []

@@ -1,5 +1,5 @@
-"""The study's tables: ``trials.parquet`` (one ranked row per sample) and ``epochs.parquet`` (one row per
-sample per epoch), so an interrupted study keeps all it finished.
+"""The study's tables: ``trials.parquet`` (one ranked row per sample), ``epochs.parquet`` (one row per sample per
+epoch) and ``confirm.parquet`` (one row per confirmation run), so an interrupted study keeps all it finished.
 
 A sample is an Optuna trial: its number (``optuna_trial``) is the key. ``trial_id`` is the Ray Tune trial
 that ran it last; a trial resumed by a later driver run is a new Ray trial of the same sample, so its epoch
@@ -9,7 +9,7 @@ While trials run, every change is appended to ``tables.journal`` (a line of JSON
 work per result does not grow with the study), and the parquet files are rewritten whole (atomically) every
 couple of seconds, at most a tenth of the time, and at the end of every stage; a rewrite empties the journal.
 Whoever reads the tables (a resume, ``study.analyze``) reads the parquet files and then the journal's newer rows
-(``read_frames``), so a driver killed at any moment loses nothing it had recorded.
+(``read_tables``), so a driver killed at any moment loses nothing it had recorded.
 """
 
 from __future__ import annotations
@@ -22,8 +22,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from study.folder import EPOCHS_FILE, JOURNAL_FILE, TRIALS_FILE, write_parquet_atomic
-from study.values import PARAM_TYPES, FAILED, isnan
+from study.core.folder import EPOCHS_FILE, JOURNAL_FILE, TRIALS_FILE, StudyFolder, set_aside, write_parquet_atomic
+from study.core.settings import StudySettings
+from study.core.values import isnan
+from study.core.vocabulary import (COMPLETED, DIVERGED, ERRORED, FAILED, PARAM_TYPES, RUN_ENDED, RUNNING, STOPPED_EARLY,
+                                   TIMED_OUT)
 
 # --- where a trial's time went (docs/results.md): per epoch, and per trial for its start ---------------------
 EPOCH_PHASES = ["train_s", "val_s", "checkpoint_s", "report_s"]
@@ -179,8 +182,8 @@ class StudyTables:
         return sorted((r for (n, _), r in self.epochs.items() if n == number), key=lambda r: r["epoch"])
 
     def on_start(self, number: int, trial_id: str, config: dict, trial_dir: str | None = None, threads: int | None = None) -> None:
-        row = self.trials.setdefault(number, {"optuna_trial": number, "status": "running", "error": None})
-        row.update(trial_id=trial_id, baseline=bool(config.get("baseline", False)), seed=self.seed, status="running", error=None)
+        row = self.trials.setdefault(number, {"optuna_trial": number, "status": RUNNING, "error": None})
+        row.update(trial_id=trial_id, baseline=bool(config.get("baseline", False)), seed=self.seed, status=RUNNING, error=None)
         for name in self.params:
             row[name] = config.get(name)
         if trial_dir is not None and isnan(row.get("trial_dir")):
@@ -243,11 +246,11 @@ class StudyTables:
         trial = self.trials[number]
         self.summarise(number)
         if error is not None:
-            trial["status"], trial["error"] = "timed_out" if timed_out else "errored", error
+            trial["status"], trial["error"] = TIMED_OUT if timed_out else ERRORED, error
         elif any(r.get("diverged") for r in self.rows_of(number)):
-            trial["status"] = "diverged"
+            trial["status"] = DIVERGED
         else:
-            trial["status"] = "completed" if trial.get("epochs_run", 0) >= self.max_epochs else "stopped early"
+            trial["status"] = COMPLETED if trial.get("epochs_run", 0) >= self.max_epochs else STOPPED_EARLY
         self._changed_trial(number)
         return trial["status"]
 
@@ -270,8 +273,8 @@ class StudyTables:
         trial["seconds"] = float(sum(r.get("seconds") or 0 for r in rows if not isnan(r.get("seconds"))))
         speeds = [r["images_per_s"] for r in rows if not isnan(r.get("images_per_s")) and r.get("images_per_s")]
         trial["images_per_s"] = float(sum(speeds) / len(speeds)) if speeds else math.nan
-        if any(r.get("diverged") for r in rows) and trial.get("status") == "running":
-            trial["status"] = "diverged"
+        if any(r.get("diverged") for r in rows) and trial.get("status") == RUNNING:
+            trial["status"] = DIVERGED
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -314,9 +317,57 @@ class StudyTables:
         self._snapshot_cost = self._snapshot_at - started
 
 
-def read_frames(folder: Path, params: list[str], max_epochs: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The tables as the driver last recorded them (the parquet files and the journal's newer rows), ranked."""
-    journal = Path(folder) / JOURNAL_FILE
+def read_tables(folder: StudyFolder, settings: StudySettings) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The study's trials (ranked) and epochs as the driver last recorded them: the parquet files and the journal's
+    newer rows. The one reader of a study's tables (``study.findings.reading.read_study`` and the resume use it)."""
+    journal = folder.path / JOURNAL_FILE
     if not (journal.exists() and journal.stat().st_size):
-        return pd.read_parquet(Path(folder) / TRIALS_FILE), pd.read_parquet(Path(folder) / EPOCHS_FILE)
-    return StudyTables(folder, params, max_epochs, seed).frames()
+        return pd.read_parquet(folder.trials), pd.read_parquet(folder.epochs)
+    return StudyTables(folder.path, list(settings.space), int(settings.base["epochs"]), settings.seed).frames()
+
+
+# --- confirm.parquet ---------------------------------------------------------------------------------------
+CONFIRM_TYPES = {"optuna_trial": "int64", "baseline": "bool", "fold": "int64", "cv_folds": "int64", "seed": "int64", "status": "str",
+                 "val_acc": "float64", "val_loss": "float64", "epochs": "int64", "seconds": "float64", "images_per_s": "float64",
+                 "trial_id": "str", "trial_dir": "str", "error": "str", "worker_pid": "Int64", "warm_runs": "Int64"}
+
+
+class ConfirmTable:
+    """``confirm.parquet``: one row per (configuration, fold), written after every change."""
+
+    def __init__(self, folder: StudyFolder, folds: int):
+        self.path = folder.confirm
+        self.rows: dict[tuple[int, int], dict] = {}
+        self.note = ""
+        if self.path.exists():
+            try:
+                frame = pd.read_parquet(self.path)
+            except Exception as exc:  # damaged: its runs are run again (they are deterministic)
+                aside = set_aside(self.path)
+                self.note = (f"confirm.parquet was damaged ({str(exc).splitlines()[0][:120]}): its runs are run again "
+                             f"(the damaged file is kept as {aside.name})")
+                return
+            if "cv_folds" not in frame or not frame["cv_folds"].eq(folds).all():
+                # other folds split the images otherwise: those runs measure something else
+                aside = set_aside(self.path, "other-folds")
+                self.note = (f"confirm.parquet holds runs on other folds than {folds}-fold cross-validation: they are set "
+                             f"aside as {aside.name} and the stage runs again")
+                return
+            if "seed" not in frame:
+                # an older version trained every fold with the study's seed: its intervals leave out the seed noise
+                aside = set_aside(self.path, "one-seed")
+                self.note = (f"confirm.parquet holds runs that trained every fold with one seed (an older design whose intervals "
+                             f"leave out the seed noise): they are set aside as {aside.name} and the stage runs again")
+                return
+            for row in frame.to_dict("records"):
+                self.rows[(int(row["optuna_trial"]), int(row["fold"]))] = row
+
+    def frame(self) -> pd.DataFrame:
+        frame = pd.DataFrame(list(self.rows.values()), columns=list(CONFIRM_TYPES))
+        return frame.sort_values(["optuna_trial", "fold"]).astype(CONFIRM_TYPES).reset_index(drop=True)
+
+    def write(self) -> None:
+        write_parquet_atomic(self.frame(), self.path)
+
+    def finished(self, number: int) -> list[dict]:
+        return [r for (n, _), r in sorted(self.rows.items()) if n == number and r["status"] in RUN_ENDED]

@@ -13,9 +13,10 @@ import datetime as dt
 from pathlib import Path
 
 from trainable import UserError
+from trainable.config import weights_file
 from trainable.fingerprint import data_changes, data_fingerprint, weights_changes, weights_fingerprint
 
-from study.folder import StudySettings
+from study.core.settings import StudySettings
 
 ACCEPT_FLAG = "--accept-data-change"
 
@@ -29,15 +30,10 @@ def data_root(base: dict) -> Path:
     return fetch_hotdog()
 
 
-def weights_file(base: dict) -> Path | None:
-    weights = base.get("weights")
-    return None if weights in (None, "imagenet", "none") else Path(weights)
-
-
 def record(settings: StudySettings) -> None:
     """The fingerprints of a study's data and weights as it starts, into its settings."""
     settings.data_fingerprint = data_fingerprint(data_root(settings.base))
-    path = weights_file(settings.base)
+    path = weights_file(settings.base.get("weights"))
     settings.weights_fingerprint = weights_fingerprint(path) if path is not None and path.is_file() else None
 
 
@@ -49,7 +45,7 @@ def changes(settings: StudySettings) -> list[str]:
         if not root.is_dir():
             return [f"the data folder {root} is gone"]
         found += data_changes(settings.data_fingerprint, data_fingerprint(root))
-    path = weights_file(settings.base)
+    path = weights_file(settings.base.get("weights"))
     if settings.weights_fingerprint and path is not None:
         found += ([f"the weights file {path} is gone"] if not path.is_file()
                   else weights_changes(settings.weights_fingerprint, weights_fingerprint(path)))

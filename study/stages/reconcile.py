@@ -24,12 +24,13 @@ from optuna.trial import TrialState
 
 from trainable import UserError
 
-from study.driver.searcher import Unfinished, handle, tell_finished
-from study.driver.warmstart import is_observation
-from study.folder import StudyFolder, StudySettings, set_aside, storage_url
-from study.results import StudyTables
-from study.space import to_distributions
-from study.values import FINISHED, isnan, typed
+from study.core.folder import StudyFolder, set_aside, storage_url
+from study.core.optuna_store import Unfinished, add_finished, handle, is_observation, tell_finished
+from study.core.settings import StudySettings, grow
+from study.core.tables import StudyTables
+from study.core.space import to_distributions
+from study.core.values import isnan
+from study.core.vocabulary import COMPLETED, DIVERGED, ERRORED, FINISHED, RUNNING, STOPPED_EARLY, TIMED_OUT, status_of, typed
 
 
 @dataclass
@@ -76,21 +77,20 @@ def rebuild_optuna(folder: StudyFolder, settings: StudySettings, tables: StudyTa
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=settings.name, storage=storage_url(folder.optuna_db), direction="maximize")
     renumber = {old: new for new, old in enumerate(sorted(tables.trials))}
-    for old, new in renumber.items():
+    for old in renumber:
         row = tables.trials[old]
         values = {epoch: float(r["val_acc"]) for (n, epoch), r in tables.epochs.items()
                   if n == old and not r.get("diverged") and not isnan(r.get("val_acc"))}
-        status = row.get("status", "running")
-        state = {"completed": TrialState.COMPLETE, "stopped early": TrialState.PRUNED, "diverged": TrialState.PRUNED,
-                 "errored": TrialState.FAIL, "timed_out": TrialState.FAIL}.get(status, TrialState.RUNNING)
-        attrs = {"status": status, "ray_trial_id": str(row.get("trial_id") or ""), "baseline": bool(row.get("baseline"))}
+        status = row.get("status", RUNNING)
+        attrs = {"ray_trial_id": str(row.get("trial_id") or ""), "baseline": bool(row.get("baseline"))}
         if row.get("error") and not isnan(row.get("error")):
             attrs["error"] = str(row["error"])
-        study.add_trial(optuna.trial.create_trial(
-            params={p: typed(p, row[p]) for p in dists}, distributions=dists, state=state,
-            value=max(values.values()) if state == TrialState.COMPLETE and values else None,
-            intermediate_values=values, user_attrs=attrs,
-            constraints={"diverged": 1.0} if status == "diverged" else None))
+        params = {p: typed(p, row[p]) for p in dists}
+        if status in FINISHED:
+            add_finished(study, params, dists, status, values, attrs)
+        else:  # still running when the driver died: it continues as this trial
+            study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, state=TrialState.RUNNING,
+                                                      intermediate_values=values, user_attrs={"status": status, **attrs}))
     if any(old != new for old, new in renumber.items()):
         _renumber(tables, renumber)
     return study
@@ -126,9 +126,8 @@ def _end_from_optuna(tables: StudyTables, ft: optuna.trial.FrozenTrial) -> None:
         return
     row = tables.trials[ft.number]
     tables.summarise(ft.number)
-    status = {TrialState.COMPLETE: "completed"}.get(ft.state) or ft.user_attrs.get("status", "errored" if ft.state == TrialState.FAIL else "stopped early")
-    row["status"] = status
-    if status in ("errored", "timed_out"):
+    row["status"] = status = status_of(ft)
+    if status in (ERRORED, TIMED_OUT):
         row["error"] = ft.user_attrs.get("error", "the trial failed")
 
 
@@ -182,19 +181,19 @@ def prepare(folder: StudyFolder, settings: StudySettings, params: list[str], dec
         if ft.state.is_finished():
             if row is None:
                 tables.on_start(ft.number, str(ft.user_attrs.get("ray_trial_id", "")), {**ft.params, "baseline": ft.user_attrs.get("baseline")})
-            if row is None or row.get("status") == "running":
+            if row is None or row.get("status") == RUNNING:
                 _end_from_optuna(tables, ft)
             state.finished += 1
             continue
-        status = row.get("status") if row else "running"
+        status = row.get("status") if row else RUNNING
         rows = tables.rows_of(ft.number)
-        if status == "running":
+        if status == RUNNING:
             if any(r.get("diverged") for r in rows):
-                status = "diverged"
+                status = DIVERGED
             elif rows and rows[-1]["epoch"] >= max_epochs:
-                status = "completed"
+                status = COMPLETED
             elif decisions.get(ft.number) == "STOP":
-                status = "stopped early"
+                status = STOPPED_EARLY
         if status in FINISHED:
             tables.summarise(ft.number)
             row = tables.trials[ft.number]
@@ -213,19 +212,15 @@ def prepare(folder: StudyFolder, settings: StudySettings, params: list[str], dec
     return state
 
 
-def retry_timed_out(folder: StudyFolder, settings: StudySettings, state) -> None:
+def retry_timed_out(folder: StudyFolder, settings: StudySettings, state, log=print) -> None:
     """--retry-timed-out: each timed-out configuration runs again as a new trial (Optuna cannot reopen a failed one)."""
-    import optuna
-
-    from study.folder import storage_url
-
-    again = [row for row in state.tables.trials.values() if row.get("status") == "timed_out"]
+    again = [row for row in state.tables.trials.values() if row.get("status") == TIMED_OUT]
     if not again:
-        print("--retry-timed-out: no trial timed out")
+        log("--retry-timed-out: no trial timed out")
         return
     study = optuna.load_study(study_name=settings.name, storage=storage_url(folder.optuna_db))
     for row in again:
         study.enqueue_trial({p: typed(p, row[p]) for p in settings.space}, user_attrs={"retry_of": int(row["optuna_trial"])})
-    settings.samples += len(again)
-    print(f"--retry-timed-out: trial(s) {', '.join(str(r['optuna_trial']) for r in again)} run again as new trial(s); "
-          f"the study grows to {settings.samples}")
+    grow(settings, len(again))
+    log(f"--retry-timed-out: trial(s) {', '.join(str(r['optuna_trial']) for r in again)} run again as new trial(s); "
+        f"the study grows to {settings.samples}")

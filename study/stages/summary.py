@@ -1,8 +1,9 @@
-"""The end-of-study summary: top trials, the best configuration against the book's baseline, throughput."""
+"""The summary stage: what a driver run ends with. The confirmed winner and its gain lead, then the top trials, the
+best configuration against the book's recipe, throughput, where the time went, the range warnings and what to run
+next; its record (``summary`` in ``study.json``, the confirmation stage's decision in it) is written here alone."""
 
 from __future__ import annotations
 
-import math
 import shlex
 import sys
 
@@ -10,33 +11,16 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from study.folder import StudyFolder, StudySettings
-from study.values import FAILED, HYPERPARAMETERS, fmt, isnan, plain
-
-
-def noise_note(best_acc: float | None, baseline_acc: float | None, val_images: int | None, confirmed: bool = False) -> str:
-    """How far a validation accuracy on ``val_images`` images can move by chance, and whether the lead is inside it.
-
-    The binomial standard error with Agresti and Coull's two successes and two failures added (sqrt(q(1-q)/(n+4)),
-    q = (pn+2)/(n+4)): the plain sqrt(p(1-p)/n) says +-0 for an accuracy of 1.0 on a handful of images, where
-    nothing is certain. A lead over the baseline under two standard errors of a difference (2 * sqrt(2) * se) is
-    within what a different split or seed could give.
-    """
-    if best_acc is None or not val_images:
-        return ""
-    q = (best_acc * val_images + 2) / (val_images + 4)
-    se = math.sqrt(q * (1 - q) / (val_images + 4))
-    text = f"a validation accuracy on {val_images} images is uncertain by about +-{se:.3f} (1 standard error)"
-    if baseline_acc is not None and best_acc - baseline_acc < 2 * math.sqrt(2) * se:
-        text += (f"; the lead over the book's recipe ({best_acc - baseline_acc:+.3f}) is within chance" +
-                 (": the confirmation stage above judges them on every training image" if confirmed else
-                  ": compare them on the test split with python -m study.rerun --seeds 3"))
-    return text
+from study.core.folder import StudyFolder
+from study.core.settings import StudySettings
+from study.core.values import fmt, isnan, plain
+from study.core.vocabulary import HYPERPARAMETERS, RUNNING, usable_rows
+from study.findings.analysis import noise_note
 
 
 def summarize(trials: pd.DataFrame, epochs: pd.DataFrame, wall_s: float, train_images: int | None) -> dict:
     params = [c for c in trials.columns if c in HYPERPARAMETERS]
-    usable = trials[trials["best_val_acc"].notna() & ~trials["status"].isin(FAILED)]
+    usable = trials[usable_rows(trials)]
     best = usable.iloc[0] if len(usable) else None
     baseline = trials[trials["baseline"].fillna(False).astype(bool)]
     counts = trials["status"].value_counts().to_dict()
@@ -55,7 +39,10 @@ def summarize(trials: pd.DataFrame, epochs: pd.DataFrame, wall_s: float, train_i
     }
 
 
-def print_summary(folder: StudyFolder, settings: StudySettings, tables, fit_s: float, confirmation: list[str] | None = None) -> dict:
+def print_summary(folder: StudyFolder, settings: StudySettings, tables, fit_s: float, confirmation: list[str] | None = None,
+                  confirmed: bool = False) -> dict:
+    """Print the summary; returns its record. ``confirmation``: the confirmation stage's lines, ``confirmed``: whether
+    they hold its decision (every run in), not just what is missing."""
     if not tables.trials:
         print("no trial ran")
         return {}
@@ -63,7 +50,7 @@ def print_summary(folder: StudyFolder, settings: StudySettings, tables, fit_s: f
     train_images = round((settings.val_images or 0) * (1 - settings.base["val_fraction"]) / settings.base["val_fraction"]) or None
     summary = summarize(trials, epochs, fit_s, train_images)
     console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
-    answer = (confirmation or [])[:2]  # the confirmed winner and its gain over the book's recipe lead
+    answer = (confirmation or [])[:2] if confirmed else []  # the confirmed winner and its gain over the book's recipe lead
     for line in answer:
         console.print(f"answer: {line}" if line.startswith("winner") else line, markup=False)
     table = Table(title=f"study {settings.name}: top trials", title_justify="left")
@@ -78,7 +65,7 @@ def print_summary(folder: StudyFolder, settings: StudySettings, tables, fit_s: f
     rate = summary["aggregate_train_images_per_s"]
     runs = f" over {len(settings.runs)} runs" if len(settings.runs) > 1 else ""
     console.print(f"{summary['trials']} trials ({counts}) in {fit_s:.0f}s of training{runs}" + (f"; {rate} training images/s overall" if rate else ""), markup=False)
-    from study.timing import time_use
+    from study.core.timing import time_use
 
     if (use := time_use(trials, epochs, settings.runs)) is not None:
         console.print(use.line(), markup=False)
@@ -93,9 +80,9 @@ def print_summary(folder: StudyFolder, settings: StudySettings, tables, fit_s: f
             versus = "" if settings.baseline is None else " (the baseline has no validation accuracy)"
         label = "single validation: rank 1" if answer else "best"
         console.print(f"{label}: trial {best['optuna_trial']}, val acc {best['best_val_acc']:.3f}{versus} with {best['params']}", markup=False)
-        if note := noise_note(best["best_val_acc"], base, settings.val_images, bool(answer)):
+        if note := noise_note(best["best_val_acc"], base, settings.val_images, confirmed):
             console.print(f"note: {note}", markup=False)
-    elif summary["status_counts"].get("running"):  # stopped (Ctrl-C, SIGTERM, a full disk) before any trial had a result
+    elif summary["status_counts"].get(RUNNING):  # stopped (Ctrl-C, SIGTERM, a full disk) before any trial had a result
         console.print(f"no trial has a validation accuracy yet: the study stopped while {summary['status_counts']['running']} "
                       "trial(s) ran; none failed", markup=False)
     else:
@@ -103,8 +90,8 @@ def print_summary(folder: StudyFolder, settings: StudySettings, tables, fit_s: f
                       "for divergence lower the learning-rate range (--space)", markup=False)
     for line in (confirmation or [])[len(answer):]:
         console.print(line, markup=False)
-    from study.ranges import range_warnings
-    from study.study_data import StudyData
+    from study.findings.ranges import range_warnings
+    from study.findings.reading import StudyData
 
     warnings = range_warnings(StudyData(folder, settings, trials, epochs, [p for p in params if p in trials.columns]))
     for line in warnings:
@@ -125,3 +112,14 @@ def _text(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return fmt(value)
+
+
+def summarise(folder: StudyFolder, settings: StudySettings, tables, fit_s: float, confirmed=None, budget_reached: bool = False) -> None:
+    """Print the summary and record it in ``settings.summary``, with the confirmation stage's decision where this driver
+    run's stage reached one (``confirmed``: a ``study.stages.confirmation.Confirmed``; None where no stage ran: an
+    earlier run's decision stands)."""
+    complete = bool(confirmed and confirmed.complete)
+    record = print_summary(folder, settings, tables, fit_s, confirmed.lines if confirmed else None, complete)
+    decision = settings.summary.get("confirmation") if confirmed is None else confirmed.record
+    settings.summary = {**record, **({"confirmation": decision} if decision else {}),
+                        **({"time_budget_reached": True} if budget_reached else {})}

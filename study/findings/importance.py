@@ -13,10 +13,10 @@ import pandas as pd
 
 from trainable import UserError
 
-from study.folder import storage_url
-from study.ranges import top_count
-from study.study_data import StudyData
-from study.values import FAILED, fmt, plain
+from study.core.folder import storage_url
+from study.core.values import fmt, plain
+from study.findings.ranges import top_count
+from study.findings.reading import StudyData
 
 
 MIN_COMPLETE = 5  # fewer COMPLETE trials than this: importances from all trials (pruned ones by their last value)
@@ -138,7 +138,7 @@ def compute_importance(data: StudyData, method: str = "ped-anova") -> Importance
     from optuna.distributions import CategoricalDistribution
     from optuna.trial import TrialState
 
-    from study.space import to_distributions
+    from study.core.space import to_distributions
 
     params = data.params
     if not params:
@@ -168,7 +168,7 @@ def compute_importance(data: StudyData, method: str = "ped-anova") -> Importance
                 caveat = (f"only {len(complete)} trial(s) ran every epoch, so the {len(pruned)} stopped early count with their "
                           "last validation accuracy, as TPE sees them (rough: earlier epochs score lower)")
     if not points and stored is None:  # no usable storage: the table's best validation accuracies
-        for _, row in data.scored[~data.scored["status"].isin(FAILED)].iterrows():
+        for _, row in data.usable.iterrows():
             values = {p: plain(row[p]) for p in params}
             if all(v is not None for v in values.values()):
                 points.append((values, float(row["best_val_acc"])))
@@ -248,7 +248,7 @@ def top_vs_rest(data: StudyData, permutations: int = PERMUTATIONS, seed: int = 0
     and the others' (log values rank as the values do). The p-value is the share of random top sets of the
     same size that differ at least as much. Unlike PED-ANOVA (top against all trials, which TPE drew mostly
     near the best) it compares the top with the trials not among them."""
-    usable = data.scored[~data.scored["status"].isin(FAILED)].reset_index(drop=True)
+    usable = data.usable.reset_index(drop=True)
     n, k = len(usable), top_count(len(usable))
     if n < 4 or k >= n:
         return {}

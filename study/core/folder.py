@@ -1,5 +1,6 @@
-"""The study folder, in one place: its file names, its settings (``study.json``), its lock, and the helpers
-that write its files atomically.
+"""The study folder, in one place: its file names, its settings file (``study.json``: ``study.core.settings``), its
+lock, the helpers that write its files atomically, and the one way to open a study folder a user names
+(``open_study``, ``find_study``) and to say how to continue it (``resume_command``).
 
 It imports nothing of Ray or Optuna, so ``study.analyze`` and ``study.rerun`` load it without either.
 """
@@ -10,13 +11,13 @@ import json
 import os
 import socket
 import time
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from trainable import UserError
 from trainable.files import temps_beside, write_atomic
 
-from study.values import GPUS_PER_TRIAL, isnan
+from study.core.settings import StudySettings
+from study.core.values import isnan
 
 # --- file names ----------------------------------------------------------------------------------------
 STUDY_FILE = "study.json"
@@ -71,65 +72,6 @@ def write_parquet_atomic(frame, path: Path) -> None:
     write_atomic(path, lambda tmp: frame.to_parquet(tmp, index=False))
 
 
-@dataclass
-class StudySettings:
-    """``study.json``: a study's settings, in two parts.
-
-    What the user asked for: set once from ``StudyOptions`` when the study is created (``StudyOptions.new_settings``),
-    and changed only by ``StudyOptions.merge_into`` on ``--resume`` (the run options it may change, ``--samples``
-    that grows) and by ``--retry-timed-out`` (more samples). What the study resolved and recorded: written by the
-    driver (``study.run``, the confirmation stage, the data check), never by the user's options.
-    """
-
-    # --- what the user asked for ------------------------------------------------------------------------------
-    name: str
-    base: dict  # TrainConfig fields shared by all trials (data, weights, epochs, image size, ...)
-    space: dict
-    samples: int
-    seed: int
-    experiment_path: str  # where Ray Tune keeps the trials' folders and checkpoints; each driver run is run-<k> in it
-    gpus_requested: float = GPUS_PER_TRIAL  # --gpus-per-trial as asked for
-    cpus_requested: float | None = None  # --cpus-per-trial as asked for (None: the default for the machine)
-    max_concurrent: int | None = None
-    grace_epochs: int = 1
-    reduction_factor: float = 3.0
-    fresh_actors: bool = False
-    address: str | None = None
-    storage: str | None = None
-    trackers: dict = field(default_factory=dict)  # {"tensorboard": bool, "mlflow": uri}
-    confirm: dict = field(default_factory=dict)  # {"top": K, "folds": F} or {} when off (the stage adds "candidates")
-    baseline: dict | None = None  # the book's recipe as searched (None: it lies outside the space)
-    baseline_note: str = ""  # why there is no baseline
-    trial_timeout: float | None = None  # --trial-timeout: seconds per trial; None: the automatic stall limit; 0: none
-    time_budget: float | None = None  # --time-budget: seconds of the study's wall time, all driver runs together
-    test_split: bool = True  # False: started with --no-test-split (study.rerun cannot measure test accuracy)
-    # --- what the study resolved and recorded (the driver writes these) ----------------------------------------
-    created: str = ""
-    gpus_granted: float = 0.0  # the GPU share each trial got (0 where the cluster had no GPU): resolved at each start
-    cpus_granted: float = 1.0  # the CPUs each trial got
-    val_images: int | None = None  # validation images each trial scores on (the same split for all)
-    data_fingerprint: dict = field(default_factory=dict)  # trainable.fingerprint of the data as the study started (or last accepted)
-    weights_fingerprint: dict | None = None  # of a weights file given by path
-    data_changes: list = field(default_factory=list)  # changes gone on with (--accept-data-change): when, by whom, what
-    warm_start: dict = field(default_factory=dict)  # --warm-start: the study it began from and what it carried (study.driver.warmstart)
-    runs: list = field(default_factory=list)  # one entry per driver run: its timings and outcome
-    summary: dict = field(default_factory=dict)  # filled in when the study ends
-
-    def training_images(self) -> int | None:
-        """Every training image (its validation split included): what the confirmation stage judges each configuration on."""
-        for run in reversed(self.runs):
-            if run.get("train_images") is not None and run.get("val_images") is not None:
-                return int(run["train_images"]) + int(run["val_images"])
-        return None
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "StudySettings":
-        known = {f.name for f in fields(cls)}
-        renamed = {"gpus_per_trial": "gpus_granted", "cpus_per_trial": "cpus_granted"}  # a study.json from before the names said which
-        values = {renamed.get(k, k): v for k, v in values.items()}
-        return cls(**{k: v for k, v in values.items() if k in known})
-
-
 class StudyFolder:
     def __init__(self, path: str | Path):
         self.path = Path(path).expanduser().resolve()
@@ -155,7 +97,7 @@ class StudyFolder:
                             "start the study again under a new --name") from None
 
     def write_settings(self, settings: StudySettings) -> None:
-        write_text_atomic(self.settings_file, json.dumps(asdict(settings), indent=2))
+        write_text_atomic(self.settings_file, json.dumps(settings.to_dict(), indent=2))
 
     def lock(self):
         """Hold the study for this driver: a second ``study.run`` on it gets one line, not a shared folder.
@@ -232,18 +174,30 @@ def newest_study(results_dir: Path) -> Path:
     return candidates[-1]
 
 
+def open_study(path: str | Path, option: str = "", wanted: str = "a study folder written by python -m study.run") -> StudyFolder:
+    """The study folder a user named (``path``: the folder, or its study.json), or one line that says what is wrong with
+    it: ``option`` names where it was given (``--warm-start``; "" for a positional argument), ``wanted`` what it should
+    be."""
+    given = Path(path).expanduser()
+    where = f"{option} {path}" if option else str(path)
+    folder = given.parent if given.name == STUDY_FILE and given.is_file() else given
+    if not folder.exists():
+        raise UserError(f"{where}: no such folder: pass {wanted}, e.g. results/<name>")
+    if not folder.is_dir():
+        raise UserError(f"{where} is a file: pass {wanted}, e.g. results/<name>")
+    if not (folder / STUDY_FILE).is_file():
+        raise UserError(f"{where}: {folder} holds no study (no {STUDY_FILE}): pass {wanted}, e.g. results/<name>")
+    return StudyFolder(folder)
+
+
 def find_study(path: str | None, results_dir: str = "results", log=print) -> StudyFolder:
     """The study folder ``path``, or the newest study under ``results_dir`` (or under ``path``, when
     ``path`` is a folder of studies)."""
     if path is None:
         return StudyFolder(newest_study(Path(results_dir).expanduser()))
     folder = Path(path).expanduser()
-    if not folder.exists():
-        raise UserError(f"{folder} does not exist: pass a study folder written by python -m study.run, e.g. results/<name>")
-    if not folder.is_dir():
-        raise UserError(f"{folder} is a file: pass a study folder written by python -m study.run, e.g. results/<name>")
-    if not (folder / STUDY_FILE).is_file() and any(folder.glob(f"*/{STUDY_FILE}")):
+    if folder.is_dir() and not (folder / STUDY_FILE).is_file() and any(folder.glob(f"*/{STUDY_FILE}")):
         chosen = newest_study(folder)
         log(f"{folder} holds several studies: using the newest, {chosen.name}")
-        folder = chosen
-    return StudyFolder(folder)
+        return StudyFolder(chosen)
+    return open_study(folder)

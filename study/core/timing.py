@@ -13,11 +13,44 @@ the whole (``TimeUse.parts``).
 from __future__ import annotations
 
 import math
+import statistics
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import pandas as pd
 
-from study.results import EPOCH_PHASES, START_PHASES
+from study.core.tables import EPOCH_PHASES, START_PHASES
+from study.core.values import isnan
+from study.core.vocabulary import RUNNING
+
+
+@dataclass(frozen=True)
+class RunCosts:
+    """What one more run costs, from the runs so far (seconds; NaN where nothing tells yet): its fixed cost (its hold on
+    its slot less its epochs), its first epoch (which pays for set-up a later one does not) and each later epoch. Runs on
+    a worker process that had trained before stand for what comes (a process's first run also pays for its start),
+    where there are any. The ETA (``study.driver.progress``) and the time line (``time_use``) both read it."""
+
+    fixed: float
+    first_epoch: float
+    later_epoch: float
+
+
+def run_costs(trials: Iterable[dict], epochs: Iterable[dict]) -> RunCosts:
+    """``RunCosts`` from a study's trial rows and epoch rows (dicts: the tables in memory, or a frame's records)."""
+    trials = [t for t in trials if t.get("status") != RUNNING]
+    warm = {t["optuna_trial"] for t in trials if (t.get("warm_runs") or 0) > 0}
+    timed = [e for e in epochs if not isnan(e.get("seconds")) and e.get("seconds")]
+    if warm and any(e["optuna_trial"] in warm for e in timed):
+        timed = [e for e in timed if e["optuna_trial"] in warm]
+    firsts = [float(e["seconds"]) for e in timed if e["epoch"] == 1]
+    laters = [float(e["seconds"]) for e in timed if e["epoch"] > 1]
+    held = [t for t in trials if not isnan(t.get("slot_s"))]
+    if warm and any(t["optuna_trial"] in warm for t in held):
+        held = [t for t in held if t["optuna_trial"] in warm]
+    fixed = [max(0.0, float(t["slot_s"]) - float(t.get("seconds") or 0.0)) for t in held]
+    median = lambda values: statistics.median(values) if values else math.nan  # noqa: E731
+    return RunCosts(median(fixed), median(firsts), median(laters))
 
 
 @dataclass
@@ -87,16 +120,12 @@ def time_use(trials: pd.DataFrame, epochs: pd.DataFrame, runs: list[dict]) -> Ti
     slot_s = sum(float(r.get("timings", {}).get("fit_s") or 0.0) * int(r.get("concurrent") or 1) for r in runs)
     phases = {p: float(held[p].median()) for p in START_PHASES if p in held and held[p].notna().any()}
     phases.update({p: float(epochs[p].median()) for p in EPOCH_PHASES if p in epochs and epochs[p].notna().any()})
-    warm_numbers = set(held.loc[~first, "optuna_trial"])
-    ep = epochs[epochs["optuna_trial"].isin(warm_numbers)] if len(epochs) else epochs
-    firsts = ep.loc[ep["epoch"] == 1, "seconds"] if len(ep) else pd.Series(dtype=float)
-    laters = ep.loc[ep["epoch"] > 1, "seconds"] if len(ep) else pd.Series(dtype=float)
+    costs = run_costs(held.to_dict("records"), epochs.to_dict("records") if len(epochs) else [])
     start_s, end_s = _edges(held, runs)
     return TimeUse(
         slot_s=slot_s, epochs_s=float(seconds.sum()), held_s=float(held["slot_s"].sum()),
         first_s=float((held.loc[first, "slot_s"] - seconds[first]).sum()), trials=len(held), first_trials=int(first.sum()),
-        phases=phases, first_epoch_s=float(firsts.median()) if len(firsts) else math.nan,
-        later_epoch_s=float(laters.median()) if len(laters) else math.nan, start_s=start_s, end_s=end_s)
+        phases=phases, first_epoch_s=costs.first_epoch, later_epoch_s=costs.later_epoch, start_s=start_s, end_s=end_s)
 
 
 def _edges(held: pd.DataFrame, runs: list[dict]) -> tuple[float, float]:

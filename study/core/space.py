@@ -43,7 +43,8 @@ def to_distributions(space: dict[str, dict]) -> dict[str, optuna.distributions.B
             if kind == "float":
                 out[name] = optuna.distributions.FloatDistribution(float(spec["low"]), float(spec["high"]), log=bool(spec.get("log", False)))
             elif kind == "int":
-                out[name] = optuna.distributions.IntDistribution(int(spec["low"]), int(spec["high"]), log=bool(spec.get("log", False)))
+                low, high = _whole(spec["low"], "low"), _whole(spec["high"], "high")
+                out[name] = optuna.distributions.IntDistribution(low, high, log=bool(spec.get("log", False)))
             elif kind == "categorical":
                 out[name] = optuna.distributions.CategoricalDistribution(list(spec["choices"]))
             else:
@@ -56,6 +57,13 @@ def to_distributions(space: dict[str, dict]) -> dict[str, optuna.distributions.B
             raise UserError(f"search space: unknown augmentation policies {sorted(unknown)}: use {list(AUGMENT_POLICIES)}")
     _check_trainable(out)
     return out
+
+
+def _whole(bound, which: str) -> int:
+    """An int entry's bound: a whole number (0.5 would be truncated by Optuna to what study.json does not say)."""
+    if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not float(bound).is_integer():
+        raise ValueError(f"its {which} bound {bound!r} is not a whole number, as an int entry needs")
+    return int(bound)
 
 
 def _check_trainable(dists: dict[str, optuna.distributions.BaseDistribution]) -> None:

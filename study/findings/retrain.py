@@ -19,10 +19,12 @@ import pandas as pd
 
 from trainable import TrainConfig, UserError
 
-from study.folder import (RERUN_DIR, RERUN_FILE, RERUN_LOCK_FILE, StudyFolder, StudySettings, write_atomic,
-                          write_parquet_atomic, write_text_atomic)
-from study.values import (PARAM_TYPES, BOOK_CLASSES, BOOK_FIGURE, BOOK_TEST_IMAGES, BOOK_TRAIN_IMAGES, HYPERPARAMETERS, fmt,
-                          isnan, plain, typed)
+from study.core.folder import RERUN_DIR, RERUN_FILE, RERUN_LOCK_FILE, StudyFolder, write_atomic, write_parquet_atomic, write_text_atomic
+from study.core.settings import StudySettings
+from study.core.values import fmt, isnan, plain
+from study.core.vocabulary import (BOOK_CLASSES, BOOK_FIGURE, BOOK_TEST_IMAGES, BOOK_TRAIN_IMAGES, FAILED, HYPERPARAMETERS, PARAM_TYPES,
+                                   RUNNING, typed)
+from study.findings.reading import StudyData, read_study
 
 
 # TrainConfig fields and the flags of python -m trainable that set them: every one that shapes the numbers.
@@ -51,40 +53,37 @@ class Chosen:
         return f"rank {self.rank} (Optuna trial {fmt(self.row.get('optuna_trial'))}{tag}): {acc_text}"
 
 
-def trial_threads(row: dict, settings: StudySettings) -> int:
-    """The torch threads the trial trained with (its numbers depend on them)."""
-    threads = row.get("threads")
-    if threads:
-        return int(threads)
-    return max(1, int(settings.cpus_granted or 1))
-
-
 def choose(folder: StudyFolder, rank: int | None, epochs: int | None, device: str | None = None, threads: int | None = None) -> Chosen:
-    settings, trials = read_trials(folder)
+    data = read_trials(folder)
+    trials = data.trials
     why = ""
     if rank is None:
-        winner = trials[trials["recommended"].fillna("").str.contains("winner")] if "recommended" in trials else trials.iloc[:0]
-        if len(winner):
-            rank = int(winner.iloc[0]["rank"])
-            why = (f"the confirmed winner: best mean validation accuracy over {int(winner.iloc[0]['confirm_folds'])} folds "
-                   f"({winner.iloc[0]['confirm_mean']:.3f}); --rank N picks by the study's ranking instead")
+        row, what = data.winner()
+        if what == "confirmed winner":
+            rank = int(row["rank"])
+            why = (f"the confirmed winner: best mean validation accuracy over {int(row['confirm_folds'])} folds "
+                   f"({row['confirm_mean']:.3f}); --rank N picks by the study's ranking instead")
         else:
             rank = 1
             why = "rank 1, the best validation accuracy in the study (no confirmation stage ran)"
     else:
         why = f"--rank {rank}, by the study's ranking"
     if not 1 <= rank <= len(trials):
-        raise UserError(f"--rank {rank} is beyond the table: study {settings.name!r} has {len(trials)} trial(s), ranks 1-{len(trials)}")
+        raise UserError(f"--rank {rank} is beyond the table: study {data.settings.name!r} has {len(trials)} trial(s), ranks 1-{len(trials)}")
     row = {k: plain(v) for k, v in trials[trials["rank"] == rank].iloc[0].to_dict().items()}
     if isnan(row.get("best_val_acc")):
-        from study.folder import resume_command
+        from study.core.folder import resume_command
 
-        resume = resume_command(folder)
-        state = f"is {row.get('status')}" if row.get("status") in ("running", "errored", "timed_out", "diverged") else "has none"
+        status = row.get("status")
+        if status == RUNNING:
+            state = "is running" if data.running is not None else "was running when the study stopped"
+        else:
+            state = f"is {status}" if status in FAILED else "has none"
         raise UserError(f"rank {rank} (trial {row.get('optuna_trial')}) has no validation accuracy (it {state}): nothing was "
-                        f"learned to rerun" + (f"; finish the study first: {resume}" if row.get("status") == "running" else
+                        f"learned to rerun" + (f"; finish the study first: {resume_command(folder)}" if status == RUNNING and data.running is None
+                                               else "; wait for the study to finish" if status == RUNNING else
                                                "; pick a trial that trained with --rank"))
-    return _chosen(settings, row, epochs, device, threads, why)
+    return _chosen(data, row, epochs, device, threads, why)
 
 
 def choose_baseline(folder: StudyFolder, chosen: Chosen, epochs: int | None, device: str | None = None,
@@ -93,27 +92,23 @@ def choose_baseline(folder: StudyFolder, chosen: Chosen, epochs: int | None, dev
     there is none to compare with."""
     if chosen.row.get("baseline"):
         return None, "the trial picked is the book's recipe itself"
-    settings, trials = read_trials(folder)
-    rows = trials[trials["baseline"].fillna(False).astype(bool)]
+    data = read_trials(folder)
+    rows = data.trials[data.trials["baseline"].fillna(False).astype(bool)]
     if not len(rows):
         return None, "the study has no baseline (the book's recipe lies outside its search space)"
     row = {k: plain(v) for k, v in rows.iloc[0].to_dict().items()}
-    return _chosen(settings, row, epochs, device, threads, "the book's recipe, on the same seeds"), ""
+    return _chosen(data, row, epochs, device, threads, "the book's recipe, on the same seeds"), ""
 
 
-def read_trials(folder: StudyFolder) -> tuple[StudySettings, pd.DataFrame]:
+def read_trials(folder: StudyFolder) -> StudyData:
     settings = folder.read_settings()
     if not folder.trials.is_file():
         raise UserError(f"study {settings.name!r} in {folder.path} has no trials yet (no trials.parquet): nothing to rerun")
-    from study.results import read_frames
-
-    trials, _ = read_frames(folder.path, list(settings.space), int(settings.base["epochs"]), settings.seed)
-    if len(trials) == 0:
-        raise UserError(f"study {settings.name!r} has no trials yet: nothing to rerun")
-    return settings, trials
+    return read_study(folder)
 
 
-def _chosen(settings: StudySettings, row: dict, epochs: int | None, device: str | None, threads: int | None, why: str) -> Chosen:
+def _chosen(data: StudyData, row: dict, epochs: int | None, device: str | None, threads: int | None, why: str) -> Chosen:
+    settings = data.settings
     params = {}
     for name in settings.space:
         value = row.get(name)
@@ -121,8 +116,8 @@ def _chosen(settings: StudySettings, row: dict, epochs: int | None, device: str 
             raise UserError(f"trial {row.get('optuna_trial')} (rank {row.get('rank')}) has no value for {name!r} in trials.parquet: "
                             "choose another --rank")
         params[name] = typed(name, value)
-    base = TrainConfig.from_dict(settings.base)
-    trial = base.replace(**params, threads=trial_threads(row, settings), **({"device": device} if device else {})).validate()
+    base = TrainConfig.from_dict(dict(settings.base))
+    trial = base.replace(**params, threads=data.threads_of(row), **({"device": device} if device else {})).validate()
     config = trial.replace(val_fraction=0.0, epochs=epochs or base.epochs, threads=threads or trial.threads).validate()
     return Chosen(settings, row, trial, config, why)
 
@@ -182,19 +177,13 @@ def run_seed(cfg: TrainConfig, data, weights_path: str, report=None, label: str 
     """Train ``cfg`` on ``data.train``, evaluate once on ``data.test``, save the weights; one result row.
 
     ``report`` takes each epoch's progress line (``print`` here, a queue's ``put`` in a Ray task). ``gpu_share``: the
-    fraction of a GPU Ray gave this task, which it is then held to (as a study's trials are), after checking that torch
-    sees the GPU at all.
+    fraction of a GPU Ray gave this task (``study.driver.runner``).
     """
     import torch
 
-    if gpu_share:
-        import ray
+    from study.driver.runner import hold_to_gpu_share
 
-        from study.driver.adapter import cap_gpu_memory, check_gpu
-
-        check_gpu(ray.get_gpu_ids())
-        cap_gpu_memory(gpu_share)
-
+    hold_to_gpu_share(gpu_share)
     from trainable import evaluate, train
     from trainable.loop import resolve_device, use_bf16
 
@@ -284,7 +273,7 @@ def summary_line(accs: list[float], not_the_book: str) -> str:
 
 def paired_line(name: str, rows: list[dict], baseline_rows: list[dict]) -> str:
     """``name`` minus the book's recipe on the test split, paired seed by seed, with its 95% t-interval."""
-    from study.decision import paired_by_seed
+    from study.core.decision import paired_by_seed
 
     images = max((int(r["test_images"]) for r in rows + baseline_rows if not isnan(r.get("test_images"))), default=None)
     versus = paired_by_seed(*({r["seed"]: r["test_acc"] for r in side if not isnan(r["test_acc"])} for side in (rows, baseline_rows)),
@@ -298,6 +287,8 @@ def retrain(folder: StudyFolder, chosen: Chosen, seeds: int, parallel: bool = Fa
     """Each seed of ``chosen`` (and of ``baseline``, on the same seeds), trained and tested; their rows, also in rerun.parquet."""
     from trainable import prepare_data
 
+    from study.driver.runner import run_each
+
     cfg = chosen.config
     t0 = time.perf_counter()
     data = prepare_data(cfg.data_dir, cfg.image_size, val_fraction=0.0, split_seed=cfg.split_seed, with_test=True, log=print)
@@ -305,78 +296,32 @@ def retrain(folder: StudyFolder, chosen: Chosen, seeds: int, parallel: bool = Fa
           f"in {time.perf_counter() - t0:.1f}s")
     not_the_book = comparable_to_book(cfg, data.classes, len(data.train), len(data.test))
     seeds_list = [cfg.seed + i for i in range(seeds)]
-    runs = [chosen] + ([baseline] if baseline is not None else [])
+    runs = {run.row["optuna_trial"]: run for run in [chosen] + ([baseline] if baseline is not None else [])}
     # seed by seed, the runs side by side: an interrupted rerun keeps pairs
-    jobs = [(run, s, str(folder.path / RERUN_DIR / f"trial{run.row.get('optuna_trial')}-seed{s}.pt")) for s in seeds_list for run in runs]
-    rows: dict[int, list[dict]] = {run.row["optuna_trial"]: [] for run in runs}
-
-    def done(run: Chosen, result: dict) -> None:
-        mine = rows[run.row["optuna_trial"]]
+    jobs = [{"cfg": run.config.replace(seed=s), "weights_path": str(folder.path / RERUN_DIR / f"trial{number}-seed{s}.pt"),
+             "label": f"{label(run)} ", "number": number} for s in seeds_list for number, run in runs.items()]
+    rows: dict[int, list[dict]] = {number: [] for number in runs}
+    gpus = float(chosen.settings.gpus_granted or 0)
+    for job, result in run_each(_seed_task, jobs, lambda _cfg: data, parallel, gpus, log=lambda line: print(line, flush=True)):
+        run = runs[job["number"]]
+        mine = rows[job["number"]]
         mine.append(_row(run, result, not not_the_book))
         _print_seed(label(run), result)
         write_rerun(folder, run, mine)  # after every seed: an interrupted rerun keeps what it finished
-
-    if parallel:
-        _retrain_ray(chosen.settings, data, jobs, done)
-    else:
-        for run, s, weights in jobs:
-            done(run, run_seed(run.config.replace(seed=s), data, weights, report=lambda line: print(line, flush=True),
-                               label=f"{label(run)} "))
-    for run in runs:
-        rows[run.row["optuna_trial"]].sort(key=lambda r: r["seed"])
+    for number in runs:
+        rows[number].sort(key=lambda r: r["seed"])
     note = ""
-    for run in runs:
-        line, _, note = summary_line([r["test_acc"] for r in rows[run.row["optuna_trial"]] if not isnan(r["test_acc"])],
-                                     not_the_book).partition("\n")
+    for number, run in runs.items():
+        line, _, note = summary_line([r["test_acc"] for r in rows[number] if not isnan(r["test_acc"])], not_the_book).partition("\n")
         print(f"{label(run)}: {line}")
     if note:  # why the book's figure is not beside them: once for all
         print(note)
     if baseline is not None:
         print(paired_line(label(chosen), rows[chosen.row["optuna_trial"]], rows[baseline.row["optuna_trial"]]))
     print(f"results: {folder.path / RERUN_FILE}")
-    return [r for run in runs for r in rows[run.row["optuna_trial"]]]
+    return [r for number in runs for r in rows[number]]
 
 
-def _retrain_ray(settings: StudySettings, data, jobs: list[tuple[Chosen, int, str]], done) -> None:
-    """Each (configuration, seed) as a Ray task with the study's per-trial resources; the data goes to the object
-    store once.
-
-    The tasks' epoch lines come back through a Ray queue and this driver prints them: Ray's own streaming of a
-    worker's output is asynchronous and may drop a task's last lines when Ray shuts down right after it.
-    """
-    import ray
-    from ray.util.queue import Queue
-
-    from study.driver.session import start_ray
-
-    print(start_ray(None, log_to_driver=True), flush=True)  # anything else a task prints (a warning) still reaches this console
-    try:
-        threads = max(run.config.threads for run, _, _ in jobs)
-        gpus = float(settings.gpus_granted or 0) if ray.cluster_resources().get("GPU", 0) else 0.0
-        task = ray.remote(num_cpus=threads, num_gpus=gpus)(run_seed)
-        data_ref = ray.put(data)
-        print(f"{len(jobs)} run(s) as Ray tasks, each with {threads} CPU(s)" + (f" and {gpus:g} GPU" if gpus else ""), flush=True)
-        lines = Queue(actor_options={"num_cpus": 0})  # takes no CPU from the seeds
-        pending = {task.remote(run.config.replace(seed=s), data_ref, weights, lines.put, f"{label(run)} ", gpus): run
-                   for run, s, weights in jobs}
-        while pending:
-            finished, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
-            # a task puts each line before it goes on (put waits), so a finished task's lines are all here now
-            for line in lines.get_nowait_batch(lines.qsize()):
-                print(line, flush=True)
-            if finished:
-                run = pending.pop(finished[0])
-                try:
-                    result = ray.get(finished[0])
-                except ray.exceptions.RayTaskError as exc:  # a task that cannot train as asked: its one line, not Ray's traceback
-                    from study.driver.adapter import TrialError
-
-                    if isinstance(exc.cause, (TrialError, UserError)):
-                        raise UserError(str(exc.cause)) from None
-                    raise
-                done(run, result)
-    finally:
-        ray.shutdown()
-
-
-# --- the command -------------------------------------------------------------------------------------
+def _seed_task(cfg: TrainConfig, data, report, gpu_share: float, weights_path: str, label: str, number: int) -> dict:
+    """One seed as ``study.driver.runner`` runs it."""
+    return run_seed(cfg, data, weights_path, report, label, gpu_share)

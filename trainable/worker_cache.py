@@ -1,14 +1,14 @@
-"""What a worker process keeps from one run to the next: the model, its starting weights and the data on its device.
+"""A worker process's cache, kept from one run to the next: the model, its starting weights and the data on its device.
 
 A study trains many short configurations in a few long-lived worker processes (Ray Tune reuses them). Built
 anew for each run, every run would pay again for reading the weights file, constructing and initialising
 ResNet18 and copying its images to the device, before a first step that may take a fraction of a second.
-A ``WarmState`` keeps them for the process: pass the same one to every ``train`` call the process makes.
+A ``WorkerCache`` keeps them for the process: pass the same one to every ``train`` call the process makes.
 
 Nothing it keeps changes a run's numbers: the model is reset to exactly the state a new one would start from
 (the same tensors, loaded into the same instance), and the data are the same decoded pixels. The model a run
 returns is the worker's instance: the next run resets it, so a caller that keeps a trained model passes no
-``WarmState`` (``study.rerun``, ``python -m trainable``).
+``WorkerCache`` (``study.rerun``, ``python -m trainable``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ KEEP_STARTS = 4  # starting states kept (weights x classes x seed: a study uses 
 KEEP_SETS = 2  # decoded image sets kept on a device (a study's worker uses one)
 
 
-class WarmState:
+class WorkerCache:
     def __init__(self) -> None:
         self.runs = 0  # runs started with this state in this process before the current one (0: a cold process)
         self._starts: OrderedDict[tuple, dict[str, torch.Tensor]] = OrderedDict()  # starting states, on the host

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from study.values import fmt
+from study.core.values import fmt
+from study.core.vocabulary import COMPLETED, FAILED_RUN_SCORE
 
 # The confirmation stage's defaults (study.run): top 5 and the book's recipe, 2-fold cross-validated, cost what top 3
 # on three held-out 200-image folds cost, for a quarter less regret (bench.selection; docs/selection.md).
@@ -190,6 +191,14 @@ class Decision:
 REQUIRED = ("config", "fold", "val_acc", "seconds_per_epoch")
 
 
+def decision_rows(runs: pd.DataFrame) -> pd.DataFrame:
+    """``decide``'s rows from confirmation runs that ended (``confirm.parquet``'s columns): a failed run's ``val_acc`` NaN,
+    which ``decide`` counts as the vocabulary's ``FAILED_RUN_SCORE``."""
+    return pd.DataFrame({"config": runs["optuna_trial"].astype(int), "fold": runs["fold"].astype(int),
+                         "val_acc": runs["val_acc"].where(runs["status"] == COMPLETED).astype(float),
+                         "seconds_per_epoch": (runs["seconds"] / runs["epochs"].where(runs["epochs"] > 0)).astype(float)})
+
+
 def decide(rows: pd.DataFrame, baseline: Hashable | None = None, images: int | None = None) -> Decision:
     """The confirmation stage's decision from its runs: one row per (configuration, fold).
 
@@ -227,7 +236,7 @@ def decide(rows: pd.DataFrame, baseline: Hashable | None = None, images: int | N
     data = rows[list(REQUIRED)].copy()
     acc = pd.to_numeric(data["val_acc"], errors="coerce").astype(float)
     data["failed"] = acc.isna()
-    data["val_acc"] = acc.fillna(0.0)
+    data["val_acc"] = acc.fillna(FAILED_RUN_SCORE)
     data["seconds_per_epoch"] = pd.to_numeric(data["seconds_per_epoch"], errors="coerce").astype(float)
     notes = []
     for config, group in data.groupby("config", sort=False):
