@@ -27,6 +27,8 @@ stratified ``--scaling-images`` subset of the data (symlinks in a temporary fold
 into start-up, data preparation, training, evaluation and Ray overhead (the phases ``study.run`` records in
 ``study.json``), and projects the time of the same study on the full data from the rates it measured.
 
+``--predict`` times a shipped model on photos, decoding included, beside its bare forward pass (``bench.predict``).
+
 ``--feed`` measures the input pipeline alone (no model step): per-image (torchvision on the CPU) against
 batched (``trainable.batch_augment`` on the device), every augmentation policy, per device
 (``bench.feed``). ``--trials-per-gpu 1 2 4 8`` runs N training processes sharing one GPU at once
@@ -106,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "each phase's median, the first epoch against later ones, the GPU's utilisation where there is one")
     mode.add_argument("--fingerprint", action="store_true",
                       help="what checking a study's data and weights costs on every resume and rerun (--fingerprint-images files)")
+    mode.add_argument("--predict", action="store_true",
+                      help="a shipped model on photos (python -m study.predict's path): images/s with decoding, beside the bare "
+                           "forward pass, per device (cpu, and cuda where there is one) and --sizes (default: 224 64)")
+    p.add_argument("--predict-images", type=int, default=400, help="--predict: photos of the data folder, test split first (default: %(default)s)")
     p.add_argument("--fingerprint-images", type=int, default=100_000, help="--fingerprint: images (default: %(default)s)")
     p.add_argument("--overhead-samples", type=int, default=32, help="--overhead: trials (default: %(default)s)")
     p.add_argument("--overhead-epochs", type=int, default=1, help="--overhead: epochs per trial (default: %(default)s)")
@@ -146,6 +152,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     tiny = args.tiny
     share = bool(args.trials_per_gpu) or args.gpu_worker
     args.device_given = args.device is not None
+    args.sizes_given = args.sizes is not None
     if args.device is None:
         args.device = "cuda" if share else "cpu"
     on_cuda = args.device.startswith("cuda")
@@ -227,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps({"machine": machine(), "fingerprint": result}, indent=2))
         return 0
+    if args.predict:
+        return predict(args, log)
     if args.trials_per_gpu:
         from bench.share import check_share_device
 
@@ -302,6 +311,29 @@ def overhead(args: argparse.Namespace, log) -> int:
                                       args.overhead_confirm, shlex.split(args.overhead_args), log)
     report["load_end"] = load_average()
     print_overhead(report["overhead"], log)
+    if args.json:
+        write_json(args.json, report)
+    return 0
+
+
+def predict(args: argparse.Namespace, log) -> int:
+    """``--predict``: the predict path's images/s per device and size, printed and in ``--json``."""
+    import torch
+
+    from bench.flow import write_json
+    from bench.predict import run_predict
+
+    if args.predict_images < 1:
+        raise UserError(f"--predict-images {args.predict_images} must be 1 or more")
+    with tempfile.TemporaryDirectory(prefix="bench-predict-") as tmp:
+        data_dir = make_tiny_folder(Path(tmp), per_class=8) if args.tiny and not args.data_dir else (
+            Path(args.data_dir).expanduser() if args.data_dir else default_data_dir())
+        check_layout(data_dir)
+        devices = [args.device] if args.device_given else ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+        sizes = args.sizes if args.sizes_given else [224, 64]
+        report = {"machine": machine(), "load_start": load_average(), "data_dir": str(data_dir)}
+        report["predict"] = run_predict(data_dir, [32] if args.tiny else sizes, devices, args.predict_images, args.repeats, log)
+    report["load_end"] = load_average()
     if args.json:
         write_json(args.json, report)
     return 0

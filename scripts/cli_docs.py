@@ -18,6 +18,8 @@ PARSERS = {
     "python -m study.analyze": "study.analyze",
     "python -m study.rerun": "study.rerun",
     "python -m study.compare": "study.compare",
+    "python -m study.predict": "study.predict",
+    "python -m study.export": "study.export",
     "python -m bench": "bench.cli",
 }
 BLOCK = re.compile(r"(<!-- options: (?P<command>[^>]+?) -->\n)(?P<table>.*?)(<!-- /options -->)", re.S)

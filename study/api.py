@@ -5,6 +5,8 @@
     study.trials                            # trials.parquet, ranked
     study.best()                            # the confirmed winner (else rank 1) as a TrainConfig
     study.rerun(seeds=3)                    # what python -m study.rerun does; returns its rows
+    module, transform = study.model()       # the model it shipped: module(transform("photo.jpg")[None]) -> probabilities
+    study.predict(["photos/"])              # python -m study.predict: one row per photo
 
 Nothing here starts Ray, except ``rerun(parallel=True)``.
 """
@@ -77,7 +79,49 @@ class Study:
 
         chosen = choose(self.folder, rank, epochs, threads=threads)
         book = choose_baseline(self.folder, chosen, epochs, threads=threads)[0] if baseline else None
-        return pd.DataFrame(retrain(self.folder, chosen, seeds, parallel, book))
+        command = f"load_study({str(self.folder.path)!r}).rerun(seeds={seeds}, rank={rank}, epochs={epochs})"
+        return pd.DataFrame(retrain(self.folder, chosen, seeds, parallel, book, command=command))
+
+    def model(self, seed: int | None = None) -> "Model":
+        """The model ``study.rerun`` shipped: ``module`` takes a uint8 batch at the stored size and gives each class's
+        probability (the ensemble of its seeds, or ``seed``'s), ``transform`` makes that batch's rows of photos (a path or
+        a PIL image, decoded as evaluation decodes them)."""
+        from study.findings.model import open_model
+
+        return Model(open_model(self.folder.path, "load_study(...).model():"), seed)
+
+    def predict(self, paths, seed: int | None = None) -> pd.DataFrame:
+        """``python -m study.predict`` on ``paths`` (a path or a list of them): one row per photo."""
+        from study.findings.model import open_model
+        from study.findings.prediction import predict
+
+        paths = [str(paths)] if isinstance(paths, (str, Path)) else [str(p) for p in paths]
+        return predict(open_model(self.folder.path, "load_study(...).predict():"), paths, seed, log=lambda line: None, progress=False).rows
+
+
+class Model:
+    """A study's shipped model in a notebook: ``module(transform(photo)[None])`` is the photo's class probabilities."""
+
+    def __init__(self, folder, seed: int | None = None):
+        from trainable.export import Shipped
+
+        self.folder = folder
+        self.classes = folder.classes
+        self.module = Shipped(folder.modules(seed), folder.config.image_size, folder.stored_size).eval().requires_grad_(False)
+
+    def transform(self, photo):
+        """A photo (a path, or a PIL image) as the module's input row: uint8 3 x S x S, decoded as evaluation decodes it."""
+        import torch
+        from PIL import Image
+
+        from trainable.data import decode_image, image_array
+
+        size = self.folder.stored_size
+        array = image_array(photo.copy(), size) if isinstance(photo, Image.Image) else decode_image(Path(photo), size)
+        return torch.from_numpy(array.copy())
+
+    def __iter__(self):  # module, transform = study.model()
+        return iter((self.module, self.transform))
 
 
 def load_study(path: str | Path | None = None, results_dir: str | Path = "results") -> Study:

@@ -165,7 +165,7 @@ RERUN_SCHEMA = {  # as docs/results.md lists rerun.parquet's columns
     "train_acc": "double", "epochs": "int64", "images_per_s": "double", "weights_file": "large_string", "seconds": "double",
     "lr": "double", "head_lr_mult": "double", "weight_decay": "double", "momentum": "double", "freeze_depth": "int64",
     "augment": "large_string", "batch_size": "int64", "image_size": "int64", "weights": "large_string",
-    "data_dir": "large_string", "threads": "int64", "comparable_to_book": "bool", "test_images": "int64"}
+    "data_dir": "large_string", "threads": "int64", "comparable_to_book": "bool", "test_images": "int64", "balanced_acc": "double"}
 
 
 def picked_by_default(folder: StudyFolder) -> pd.Series:

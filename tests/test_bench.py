@@ -305,3 +305,13 @@ def test_the_gpu_check_is_also_where_it_used_to_be():
     """scripts/gpu_check.sh forwards to bench/gpu_check.sh with its arguments (no argument: its usage line, exit 2)."""
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stderr.strip() == "usage: bench/gpu_check.sh OUT_DIR"
+
+
+def test_predict_bench_times_the_predict_path_beside_the_forward_pass(tmp_path):
+    from bench.cli import main
+
+    out = tmp_path / "predict.json"
+    assert main(["--predict", "--tiny", "--json", str(out)]) == 0
+    (cell,) = json.loads(out.read_text())["predict"]
+    assert cell["device"] == "cpu" and cell["image_size"] == 32 and cell["images"] > 0
+    assert cell["forward_images_per_s"] > 0 and cell["predict_images_per_s"] > 0 and 0 < cell["decode_share"] < 1

@@ -226,9 +226,9 @@ def test_both_stores_lost_is_one_line_naming_them(images, tmp_path):
 
 
 def test_a_damaged_checkpoint_is_passed_over_not_retried(images, tmp_path):
-    # killed as the third epoch result is recorded: some trial's second epoch, whose report carried its first epoch's
-    # checkpoint (a checkpoint goes with the report after its epoch: study.driver.checkpoints)
-    folder = killed_study(images, tmp_path / "r", "c", "result:3", 2, 3)
+    # killed as the second epoch result is recorded (one trial at a time: the first trial's), whose report carried its
+    # first epoch's checkpoint (a checkpoint goes with the report after its epoch: study.driver.checkpoints)
+    folder = killed_study(images, tmp_path / "r", "c", "result:2", 2, 3)
     trials, _ = read_tables(StudyFolder(folder), StudyFolder(folder).read_settings())
     running = trials.query("status == 'running'")
     states = [s for d in running["trial_dir"] for s in Path(d).glob("checkpoint_*/state.pt")]

@@ -88,7 +88,7 @@ def test_the_house_has_the_rooms_the_docs_name():
     assert {"study.core.vocabulary", "study.core.settings", "study.core.comparability", "study.driver.adapter", "study.driver.runner",
             "study.stages.study", "study.stages.confirmation", "study.findings.reading", "bench.selection"} <= set(MODULES)
     commands = sorted(m for m in MODULES if is_command(m))
-    assert commands == ["study.analyze", "study.api", "study.compare", "study.rerun", "study.run"], commands
+    assert commands == ["study.analyze", "study.api", "study.compare", "study.export", "study.predict", "study.rerun", "study.run"], commands
     assert not any(p.name.startswith("bench") for p in (ROOT / "study").rglob("*.py")), "measurement lives in bench/"
 
 

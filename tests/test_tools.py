@@ -140,3 +140,4 @@ def test_the_readmes_notebook_session_runs_as_written(tracked, tmp_path):
     rerun = pd.read_parquet(folder / "rerun.parquet")
     assert len(rerun) == 2 and rerun["test_acc"].between(0, 1).all()  # the winner and the book's recipe, one seed each
     assert rerun["baseline"].sum() == 1 and rerun["seed"].nunique() == 1
+    assert (folder / "model" / "model.json").is_file() and "tensor([[" in done.stdout  # the model shipped, and run

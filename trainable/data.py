@@ -239,12 +239,18 @@ def decode_image(path: Path, size: int, modes: list[str] | None = None) -> np.nd
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # PIL warns on odd metadata; broken files raise below
         with Image.open(path) as img:
-            if modes is not None and img.mode != "RGB":
-                modes.append(img.mode)
-            img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when the image is much larger
-            img = ImageOps.exif_transpose(img)
-            img = _to_rgb(img).resize((size, size), Image.BILINEAR)
-            return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+            return image_array(img, size, modes)
+
+
+def image_array(img: Image.Image, size: int, modes: list[str] | None = None) -> np.ndarray:
+    """A PIL image as a run stores it: EXIF orientation applied, any mode to 8-bit RGB, PIL's bilinear resize to a
+    ``size`` square; ``3 x size x size`` uint8."""
+    if modes is not None and img.mode != "RGB":
+        modes.append(img.mode)
+    img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when the image is much larger
+    img = ImageOps.exif_transpose(img)
+    img = _to_rgb(img).resize((size, size), Image.BILINEAR)
+    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
 
 
 def _decode_all(files: list[tuple[Path, int]], size: int, skipped: list[str], modes: list[str] | None = None) -> Split:
@@ -274,7 +280,8 @@ def _not_images(split_dir: Path, classes: list[str]) -> list[Path]:
     return sorted(Path(f.path) for name in classes for f in visible_files(split_dir / name) if not is_image(f.name))
 
 
-def _files(split_dir: Path, classes: list[str]) -> list[tuple[Path, int]]:
+def labelled_files(split_dir: Path, classes: list[str]) -> list[tuple[Path, int]]:
+    """(file, class index) of every image in a split's class folders, in the order a run reads them: by class, then path."""
     found = _class_folders(split_dir)
     return [(path, label) for label, name in enumerate(classes) for path in found.get(name, [])]
 
@@ -364,7 +371,7 @@ def prepare_data(
     size = stored_size(image_size)
     skipped: list[str] = []
     modes: list[str] = []
-    train_all = _decode_all(_files(root / "train", classes), size, skipped, modes)
+    train_all = _decode_all(labelled_files(root / "train", classes), size, skipped, modes)
     for label, name in enumerate(classes):
         count = int((train_all.labels == label).sum())
         if count < (min_per_class or (2 if val_fraction > 0 else 1)):
@@ -374,7 +381,7 @@ def prepare_data(
                 "(one for training, one for validation); add images"
                 + (f" ({len(broken)} file(s) there could not be decoded, e.g. {broken[0]})" if broken else "")
             )
-    test = _decode_all(_files(root / "test", classes), size, skipped, modes) if with_test else None
+    test = _decode_all(labelled_files(root / "test", classes), size, skipped, modes) if with_test else None
     if test is not None and len(test) == 0:
         raise UserError(f"{root / 'test'} holds no readable images: add test images")
     if log is not None:

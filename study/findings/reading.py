@@ -66,6 +66,12 @@ class StudyData:
         return pd.read_parquet(path) if path.is_file() else None
 
     @property
+    def rerun_classes(self) -> pd.DataFrame | None:
+        """The rerun's confusion matrices (``study.findings.ensemble``), or None before a rerun wrote them."""
+        path = self.folder.path / "rerun_classes.parquet"
+        return pd.read_parquet(path) if path.is_file() else None
+
+    @property
     def confirm(self) -> pd.DataFrame | None:
         path = self.folder.confirm
         return pd.read_parquet(path) if path.is_file() else None

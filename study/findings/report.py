@@ -430,11 +430,38 @@ def _rerun_section(data: StudyData) -> str:
         rows = [[fmt(r["seed"]), fmt_acc(r["test_acc"]), fmt(r["test_loss"]), fmt(r["epochs"]), f"{r['seconds']:.0f}", str(r["status"])]
                 for _, r in group.sort_values("seed").iterrows()]
         parts.append(html_table(cols, rows, {"status"}))
+        parts.append(_classes_part(data, run.optuna_trial))
         versus = None if run.baseline else versus_book_on_test(runs, run.optuna_trial)
         if versus is not None:
             parts.append(f"<p><b>trial {run.optuna_trial} vs the book's recipe</b>, paired seed by seed: "
                          f"{html.escape(versus.describe('seed'))}</p>")
+    model = data.folder.path / "model" / "model.json"
+    if model.is_file():
+        parts.append(f"<p>The model it shipped: <code>{html.escape(str(model.parent))}</code> "
+                     f"(<code>python -m study.predict {html.escape(str(data.folder.path))} PHOTOS</code>; "
+                     f"<code>python -m study.export</code> writes it as ONNX or TorchScript).</p>")
     return "\n".join(parts)
+
+
+def _classes_part(data: StudyData, number: int) -> str:
+    """The ensemble's figures and its confusion matrix on the test split (``rerun_classes.parquet``), where the rerun wrote them."""
+    from trainable.predict import balanced_accuracy
+
+    table = data.rerun_classes
+    if table is None:
+        return ""
+    mine = table[(table["optuna_trial"] == number) & (table["model"] == "ensemble")]
+    if mine.empty:
+        return ""
+    classes = list(dict.fromkeys(mine["true_class"]))
+    counts = mine.pivot(index="true_class", columns="predicted_class", values="images").reindex(index=classes, columns=classes).fillna(0)
+    matrix = counts.to_numpy(dtype=int)
+    accuracy = matrix.trace() / max(1, matrix.sum())
+    per_class = ", ".join(f"{html.escape(c)} {matrix[i, i] / matrix[i].sum():.3f} ({matrix[i].sum()})" for i, c in enumerate(classes) if matrix[i].sum())
+    rows = [[html.escape(c), *[str(n) for n in matrix[i]]] for i, c in enumerate(classes)]
+    return (f"<p>the ensemble of its {int(mine['seeds'].iloc[0])} seed(s) (their class probabilities averaged): test accuracy "
+            f"<b>{accuracy:.3f}</b>, balanced {balanced_accuracy(matrix):.3f}; per class {per_class}</p>"
+            + html_table(["true \\ predicted", *[html.escape(c) for c in classes]], rows, {"true \\ predicted"}))
 
 
 PHASE_NAMES = {"import_s": "import the training code (a new worker process)", "data_wait_s": "fetch the images",

@@ -174,18 +174,21 @@ def export(chosen: Chosen, target: str) -> None:
 
 # --- retraining --------------------------------------------------------------------------------------
 def run_seed(cfg: TrainConfig, data, weights_path: str, report=None, label: str = "", gpu_share: float = 0.0) -> dict:
-    """Train ``cfg`` on ``data.train``, evaluate once on ``data.test``, save the weights; one result row.
+    """Train ``cfg`` on ``data.train``, evaluate once on ``data.test``, save the weights; one result row, and the test
+    photos' class probabilities (``test_probabilities``: what the ensemble and the per-class figures are made of).
 
     ``report`` takes each epoch's progress line (``print`` here, a queue's ``put`` in a Ray task). ``gpu_share``: the
-    fraction of a GPU Ray gave this task (``study.driver.runner``).
+    fraction of a GPU Ray gave this task (``study.driver.runner``). The test split is judged as ``study.predict`` judges
+    photos (``trainable.predict.probabilities``): the model folder's figures and a prediction of the same photos agree.
     """
+    import numpy as np
     import torch
 
     from study.driver.runner import hold_to_gpu_share
 
     hold_to_gpu_share(gpu_share)
-    from trainable import evaluate, train
-    from trainable.loop import resolve_device, use_bf16
+    from trainable import train
+    from trainable.predict import accuracy, probabilities
 
     def on_epoch(m, _save) -> None:
         if report:
@@ -198,10 +201,16 @@ def run_seed(cfg: TrainConfig, data, weights_path: str, report=None, label: str 
     row = {"seed": cfg.seed, "status": result.status, "test_acc": math.nan, "test_loss": math.nan,
            "train_loss": last.train_loss if last else math.nan, "train_acc": last.train_acc if last else math.nan,
            "epochs": len(result.history), "images_per_s": float(sum(m.images_per_s for m in result.history) / max(len(result.history), 1)),
-           "weights_file": None, "test_images": len(data.test)}
+           "weights_file": None, "test_images": len(data.test), "balanced_acc": math.nan, "test_probabilities": None}
     if result.status != "diverged":
-        device = resolve_device(cfg.device)
-        row["test_loss"], row["test_acc"] = evaluate(result.model, data.test, cfg, device, use_bf16(cfg.precision, device), True)
+        from trainable.predict import balanced_accuracy, confusion
+
+        probs = probabilities([result.model], data.test.images, cfg)
+        labels = data.test.labels
+        row["test_acc"] = accuracy(probs, labels)
+        row["test_loss"] = float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)).mean())
+        row["balanced_acc"] = balanced_accuracy(confusion(labels, probs.argmax(1), len(data.classes)))
+        row["test_probabilities"] = probs
         path = Path(weights_path)
         path.parent.mkdir(parents=True, exist_ok=True)
         weights = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
@@ -215,7 +224,7 @@ RERUN_TYPES = {"rank": "int64", "trial_id": "str", "optuna_trial": "int64", "bas
                "seed": "int64", "status": "str", "test_acc": "float64", "test_loss": "float64", "train_loss": "float64",
                "train_acc": "float64", "epochs": "int64", "images_per_s": "float64", "weights_file": "str", "seconds": "float64",
                **PARAM_TYPES, "image_size": "int64", "weights": "str", "data_dir": "str", "threads": "int64",
-               "comparable_to_book": "bool", "test_images": "Int64"}
+               "comparable_to_book": "bool", "test_images": "Int64", "balanced_acc": "float64"}
 
 
 def _row(chosen: Chosen, result: dict, comparable: bool) -> dict:
@@ -283,11 +292,15 @@ def paired_line(name: str, rows: list[dict], baseline_rows: list[dict]) -> str:
     return f"{name} vs the book's recipe on the test split: " + versus.describe("seed")
 
 
-def retrain(folder: StudyFolder, chosen: Chosen, seeds: int, parallel: bool = False, baseline: Chosen | None = None) -> list[dict]:
-    """Each seed of ``chosen`` (and of ``baseline``, on the same seeds), trained and tested; their rows, also in rerun.parquet."""
+def retrain(folder: StudyFolder, chosen: Chosen, seeds: int, parallel: bool = False, baseline: Chosen | None = None,
+            model_dir: str | Path | None = None, command: str = "") -> list[dict]:
+    """Each seed of ``chosen`` (and of ``baseline``, on the same seeds), trained and tested; their rows, also in
+    rerun.parquet; the ensembles and per-class figures (rerun_classes.parquet); and ``chosen``'s model folder
+    (``model_dir``, default the study's ``model/``: ``study.findings.model``), which ``command`` made."""
     from trainable import prepare_data
 
     from study.driver.runner import run_each
+    from study.findings.ensemble import TestResult, versus_on_images, write_classes
 
     cfg = chosen.config
     t0 = time.perf_counter()
@@ -301,9 +314,14 @@ def retrain(folder: StudyFolder, chosen: Chosen, seeds: int, parallel: bool = Fa
     jobs = [{"cfg": run.config.replace(seed=s), "weights_path": str(folder.path / RERUN_DIR / f"trial{number}-seed{s}.pt"),
              "label": f"{label(run)} ", "number": number} for s in seeds_list for number, run in runs.items()]
     rows: dict[int, list[dict]] = {number: [] for number in runs}
+    tested = {number: TestResult(int(number), bool(run.row.get("baseline")), data.classes, data.test.labels, {})
+              for number, run in runs.items()}
     gpus = float(chosen.settings.gpus_granted or 0)
     for job, result in run_each(_seed_task, jobs, lambda _cfg: data, parallel, gpus, log=lambda line: print(line, flush=True)):
         run = runs[job["number"]]
+        probs = result.pop("test_probabilities", None)
+        if probs is not None:
+            tested[job["number"]].probabilities[int(result["seed"])] = probs
         mine = rows[job["number"]]
         mine.append(_row(run, result, not not_the_book))
         _print_seed(label(run), result)
@@ -314,12 +332,38 @@ def retrain(folder: StudyFolder, chosen: Chosen, seeds: int, parallel: bool = Fa
     for number, run in runs.items():
         line, _, note = summary_line([r["test_acc"] for r in rows[number] if not isnan(r["test_acc"])], not_the_book).partition("\n")
         print(f"{label(run)}: {line}")
+        if tested[number].probabilities:
+            print(f"{label(run)}: {tested[number].line()}")
     if note:  # why the book's figure is not beside them: once for all
         print(note)
     if baseline is not None:
         print(paired_line(label(chosen), rows[chosen.row["optuna_trial"]], rows[baseline.row["optuna_trial"]]))
-    print(f"results: {folder.path / RERUN_FILE}")
+        versus = versus_on_images(tested[chosen.row["optuna_trial"]], tested[baseline.row["optuna_trial"]])
+        if versus is not None:
+            print(f"{label(chosen)}'s ensemble vs the book's recipe's, photo by photo on the same {len(data.test)} test photos: "
+                  + versus.describe("photo"))
+    write_classes(folder, [t for t in tested.values() if t.probabilities])
+    print(f"results: {folder.path / RERUN_FILE}, per class: {folder.path / 'rerun_classes.parquet'}")
+    mine = tested[chosen.row["optuna_trial"]]
+    if mine.probabilities:
+        from study.findings.model import MODEL_DIR, write_model
+
+        target = Path(model_dir).expanduser() if model_dir else folder.path / MODEL_DIR
+        files = {int(r["seed"]): Path(r["weights_file"]) for r in rows[chosen.row["optuna_trial"]] if not isnan(r.get("weights_file"))}
+        model = write_model(target, folder, chosen, data.classes, files, data.test, data.stored_size, command or f"python -m study.rerun {folder.path}",
+                            known=mine.probabilities, evaluate=lambda path: _probabilities_of(path, data, cfg))
+        print(f"model: {model.path} ({model.describe()}); use it with python -m study.predict {shlex.quote(str(model.path))} PHOTOS")
+    else:
+        print(f"no model written: every seed of {label(chosen)} diverged")
     return [r for number in runs for r in rows[number]]
+
+
+def _probabilities_of(path: Path, data, cfg: TrainConfig):
+    """The test photos' class probabilities by the weights in ``path`` (a seed an earlier rerun trained)."""
+    from trainable.model import build_model
+    from trainable.predict import probabilities
+
+    return probabilities([build_model(str(path), len(data.classes)).eval()], data.test.images, cfg)
 
 
 def _seed_task(cfg: TrainConfig, data, report, gpu_share: float, weights_path: str, label: str, number: int) -> dict:

@@ -1,0 +1,102 @@
+"""A trained model on photos: each decoded as evaluation decodes it, its class probabilities out.
+
+The preprocessing is evaluation's, exactly: ``trainable.data.decode_image`` at the stored size (EXIF orientation,
+any mode to 8-bit RGB, PIL's bilinear resize to a square of ``stored_size(image_size)``), then the centre crop and
+ImageNet normalisation of ``trainable.loop.eval_logits``, in batches of the evaluation's size and with its precision:
+on a test split the predictions are the evaluation's, image for image. Nothing here knows of a study.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .config import TrainConfig
+from .data import Split, available_cpus, decode_image, is_image, visible_files
+from .loop import eval_logits, resolve_device, use_bf16
+
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError, MemoryError)
+
+
+@dataclass
+class Decoded:
+    """Photos decoded for a model: ``images`` (N x 3 x S x S uint8) for ``paths``, and the files that could not be
+    (path, why)."""
+
+    images: np.ndarray
+    paths: list[Path]
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def decode_files(paths: list[Path], stored_size: int, progress: Callable[[int], None] | None = None) -> Decoded:
+    """Each file decoded as evaluation decodes it (threads: PIL releases the GIL); a file that cannot be is listed with
+    its reason, never raised. ``progress(n)``: called as each file is done."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def work(path: Path):
+        try:
+            return decode_image(path, stored_size)
+        except DECODE_ERRORS as exc:
+            return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else 'cannot be decoded'}"
+
+    images = np.empty((len(paths), 3, stored_size, stored_size), dtype=np.uint8)
+    kept: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
+    with ThreadPoolExecutor(max_workers=max(1, min(8, available_cpus()))) as pool:
+        for path, decoded in zip(paths, pool.map(work, paths)):
+            if isinstance(decoded, str):
+                skipped.append((path, decoded))
+            else:
+                images[len(kept)] = decoded
+                kept.append(path)
+            if progress is not None:
+                progress(1)
+    return Decoded(images[:len(kept)], kept, skipped)
+
+
+def find_images(path: Path) -> list[Path]:
+    """A photo, or every image file under a folder (searched recursively, hidden files and folders left out), sorted."""
+    if path.is_file():
+        return [path]
+    return [Path(entry.path) for entry in visible_files(path) if is_image(entry.name)]
+
+
+def probabilities(models: Iterable[torch.nn.Module], images: np.ndarray, cfg: TrainConfig, device: str | torch.device | None = None,
+                  precision: str | None = None) -> np.ndarray:
+    """Each model's class probabilities on ``images`` (N x 3 x S x S uint8, decoded as above), averaged over the models
+    (one model: its own); float64, N x classes. ``device``/``precision``: the run's (``cfg``'s) unless given."""
+    device = resolve_device(str(device or cfg.device))
+    bf16 = use_bf16(precision or cfg.precision, device)
+    split = Split(images, np.zeros(len(images), dtype=np.int64))
+    total, count = None, 0
+    for model in models:
+        model.to(device, memory_format=torch.channels_last)
+        probs = torch.cat([torch.softmax(logits, dim=1).double().cpu() for logits, _ in eval_logits(model, split, cfg, device, bf16, True)])
+        total = probs if total is None else total + probs
+        count += 1
+    if total is None:
+        return np.empty((len(images), 0))
+    return (total / count).numpy()
+
+
+def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+    return float((probs.argmax(1) == labels).mean()) if len(labels) else math.nan
+
+
+def confusion(labels: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:
+    """``counts[true, predicted]``."""
+    counts = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(counts, (labels, predicted), 1)
+    return counts
+
+
+def balanced_accuracy(counts: np.ndarray) -> float:
+    """The mean over classes of each class's accuracy (classes with no image left out)."""
+    per_class = [counts[c, c] / counts[c].sum() for c in range(len(counts)) if counts[c].sum()]
+    return float(np.mean(per_class)) if per_class else math.nan
