@@ -27,6 +27,9 @@ stratified ``--scaling-images`` subset of the data (symlinks in a temporary fold
 into start-up, data preparation, training, evaluation and Ray overhead (the phases ``study.run`` records in
 ``study.json``), and projects the time of the same study on the full data from the rates it measured.
 
+``--scale N ...`` runs a study twice on a synthetic folder of N photos: the decoding rate, the cache's second study,
+peak host memory, training images/s (``bench.scale``).
+
 ``--predict`` times a shipped model on photos, decoding included, beside its bare forward pass (``bench.predict``).
 
 ``--feed`` measures the input pipeline alone (no model step): per-image (torchvision on the CPU) against
@@ -108,9 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
                            "each phase's median, the first epoch against later ones, the GPU's utilisation where there is one")
     mode.add_argument("--fingerprint", action="store_true",
                       help="what checking a study's data and weights costs on every resume and rerun (--fingerprint-images files)")
+    mode.add_argument("--scale", type=int, nargs="+", metavar="N",
+                      help="a study twice on a synthetic folder of N photos (random crops of the real ones, re-encoded), for each "
+                           "N: the decoding rate, the second study's decoding (the cache) and time to its first trial, peak host "
+                           "memory of the driver and of Ray's processes, training images/s, device memory and GPU utilisation")
     mode.add_argument("--predict", action="store_true",
                       help="a shipped model on photos (python -m study.predict's path): images/s with decoding, beside the bare "
                            "forward pass, per device (cpu, and cuda where there is one) and --sizes (default: 224 64)")
+    p.add_argument("--scale-size", type=int, default=64, help="--scale: image size (default: %(default)s)")
+    p.add_argument("--scale-samples", type=int, default=4, help="--scale: one-epoch trials per study, four at a time (default: %(default)s)")
+    p.add_argument("--scale-dir", help="--scale: where the synthetic folders are made, and kept for the next run (default: a temporary folder)")
     p.add_argument("--predict-images", type=int, default=400, help="--predict: photos of the data folder, test split first (default: %(default)s)")
     p.add_argument("--fingerprint-images", type=int, default=100_000, help="--fingerprint: images (default: %(default)s)")
     p.add_argument("--overhead-samples", type=int, default=32, help="--overhead: trials (default: %(default)s)")
@@ -236,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.predict:
         return predict(args, log)
+    if args.scale:
+        return scale(args, log)
     if args.trials_per_gpu:
         from bench.share import check_share_device
 
@@ -311,6 +323,26 @@ def overhead(args: argparse.Namespace, log) -> int:
                                       args.overhead_confirm, shlex.split(args.overhead_args), log)
     report["load_end"] = load_average()
     print_overhead(report["overhead"], log)
+    if args.json:
+        write_json(args.json, report)
+    return 0
+
+
+def scale(args: argparse.Namespace, log) -> int:
+    """``--scale``: two studies per folder size, their data figures printed and in ``--json``."""
+    from bench.flow import write_json
+    from bench.scale import run_scale
+
+    if min(args.scale) < 20 or args.scale_samples < 1 or args.scale_size < 32:
+        raise UserError("--scale sizes must be 20 photos or more, --scale-samples 1 or more, --scale-size 32 or more")
+    with tempfile.TemporaryDirectory(prefix="bench-scale-source-") as tmp:
+        source = make_tiny_folder(Path(tmp), per_class=12) if args.tiny and not args.data_dir else (
+            Path(args.data_dir).expanduser() if args.data_dir else default_data_dir())
+        check_layout(source, need_test=True)
+        report = {"machine": machine(), "load_start": load_average(), "source": str(source)}
+        report["scale"] = run_scale(source, args.scale, args.scale_size, args.scale_samples,
+                                    Path(args.scale_dir).expanduser() if args.scale_dir else None, log)
+    report["load_end"] = load_average()
     if args.json:
         write_json(args.json, report)
     return 0

@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--parallel", action="store_true", help="train the missing paired runs as Ray tasks, as many at once as the CPUs allow")
     parser.add_argument("--out", help="where compare.html and compare.parquet go (default: compare-<names> beside the first study)")
     parser.add_argument("--no-report", action="store_true", help="print only; write no compare.html")
+    parser.add_argument("--no-cache", action="store_true", help="decode the images of runs to train in memory (by default: the decoded-image cache)")
     return parser
 
 
@@ -37,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     from study.findings.comparison import answers, compare, importance_rows, overview_rows, params_rows, write_html
 
     console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
-    comparison = compare(args.studies, args.out, parallel=args.parallel, log=lambda line: console.print(line, markup=False))
+    comparison = compare(args.studies, args.out, parallel=args.parallel, log=lambda line: console.print(line, markup=False),
+                         cache=not args.no_cache)
 
     def table(title: str, columns: list[str], rows: list[list[str]]) -> None:
         shown = Table(title=title, title_justify="left")

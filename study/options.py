@@ -26,7 +26,7 @@ BASE_OPTIONS = ("data_dir", "weights", "epochs", "image_size", "batch_size", "va
 REQUEST_FIELDS = {"samples": "samples", "seed": "seed", "gpus_per_trial": "gpus_requested", "cpus_per_trial": "cpus_requested",
                   "max_concurrent": "max_concurrent", "fresh_actors": "fresh_actors", "address": "address", "storage": "storage",
                   "trial_timeout": "trial_timeout", "time_budget": "time_budget", "grace_epochs": "grace_epochs",
-                  "reduction_factor": "reduction_factor", "space": "space", "no_test_split": "test_split"}
+                  "reduction_factor": "reduction_factor", "space": "space", "no_test_split": "test_split", "no_cache": "cache"}
 
 HELP = """``python -m study.run``: the hyperparameter study.
 
@@ -85,6 +85,7 @@ class StudyOptions:
     retry_timed_out: bool = False
     no_test_split: bool = False
     accept_data_change: bool = False
+    no_cache: bool = False  # decode in memory, not through the decoded-image cache (trainable.decoded)
     given: frozenset = field(default_factory=frozenset)  # the options spelled out on the command line (their dests)
 
     @classmethod
@@ -109,7 +110,8 @@ class StudyOptions:
             address=self.address, storage=self.storage if self.storage and "://" in self.storage else _absolute(self.storage),
             trackers={"tensorboard": self.tensorboard, "mlflow": self.mlflow},
             confirm={} if self.no_confirm else {"top": self.confirm_top, "folds": self.confirm_folds},
-            trial_timeout=self.trial_timeout, time_budget=self.time_budget, test_split=not self.no_test_split)
+            trial_timeout=self.trial_timeout, time_budget=self.time_budget, test_split=not self.no_test_split,
+            cache=not self.no_cache)
 
     def ask_anew(self, asked: StudyRequest) -> StudyRequest:
         """--resume: the stored request with the options given again (the rest as the study was asked)."""
@@ -181,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--accept-data-change", action="store_true",
                         help="--resume: go on although the data or the weights file changed since the study started "
                              "(refused otherwise; the change is recorded in study.json)")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="decode the images in memory for this run only; by default they are decoded once and kept for every "
+                             "later study, rerun, comparison and prediction on the same folder (python -m trainable.decoded --list)")
     parser.add_argument("--address", help="an existing Ray cluster (e.g. auto or HOST:6379); default: start Ray on this machine")
     parser.add_argument("--storage", help="where Ray keeps the trials' checkpoints (a folder every node sees, or s3://...); default: <study>/ray")
     return parser

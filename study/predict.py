@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", help="write the rows to this .parquet or .csv file (default: print them)")
     parser.add_argument("--seed", type=int, default=None, help="one seed's model (default: every seed's, their probabilities averaged)")
     parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the GPU where there is one)")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="decode a labelled split in memory (by default through the decoded-image cache: the study's test "
+                             "split, decoded by its rerun, is not decoded again)")
     return parser
 
 
@@ -59,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     from study.findings.prediction import predict
 
     model = open_model(args.model)
-    prediction = predict(model, args.paths, args.seed, args.device or "auto", log=print)
+    prediction = predict(model, args.paths, args.seed, args.device or "auto", log=print, cache=not args.no_cache)
     if out is not None:
         from trainable.files import write_atomic
 

@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="retrain only the trial picked; by default the book's recipe runs beside it on the same seeds and the "
                              "paired difference on the test split is printed")
     parser.add_argument("--parallel", action="store_true", help="run the seeds at once as Ray tasks, each with the trial's threads as CPUs (and the study's GPU share)")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="decode the images in memory for this run only (by default they come from, or go to, the "
+                             "decoded-image cache every command shares: python -m trainable.decoded --list)")
     parser.add_argument("--model-dir", metavar="DIR",
                         help="where the model goes (default: <study>/model): every seed's weights and model.json, for python -m "
                              "study.predict and study.export; a rerun of the same configuration with other seeds extends it")
@@ -107,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
         check_output_folder(args.model_dir, "--model-dir", holds="the model", kind="folder")  # before anything trains
     command = shlex.join(["python", "-m", "study.rerun", *(sys.argv[1:] if argv is None else argv)])
-    rows = retrain(folder, chosen, args.seeds, args.parallel, baseline, args.model_dir, command)
+    rows = retrain(folder, chosen, args.seeds, args.parallel, baseline, args.model_dir, command, cache=not args.no_cache)
     refresh_report(folder)
     return 0 if any(not isnan(r["test_acc"]) for r in rows if r["optuna_trial"] == chosen.row.get("optuna_trial")) else 1
 

@@ -11,6 +11,20 @@ from PIL import Image
 
 import trainable.tv_compat  # noqa: F401  (before any test imports torchvision)
 
+@pytest.fixture(scope="session", autouse=True)
+def decoded_cache(tmp_path_factory):
+    """Every test (and every process it starts) keeps decoded images in a cache of the session's own
+    (``trainable.decoded``), never in the user's."""
+    root = tmp_path_factory.mktemp("decoded-cache")
+    before = os.environ.get("HOTDOG_TUNE_CACHE")
+    os.environ["HOTDOG_TUNE_CACHE"] = str(root)
+    yield root
+    if before is None:
+        os.environ.pop("HOTDOG_TUNE_CACHE", None)
+    else:
+        os.environ["HOTDOG_TUNE_CACHE"] = before
+
+
 # Distinct base colours per class (RGB): a model separates them after a step or two.
 CLASS_COLOURS = [(220, 40, 40), (40, 70, 220), (40, 200, 60), (230, 200, 30)]
 

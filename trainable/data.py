@@ -15,38 +15,24 @@ import shutil
 import sys
 import tempfile
 import urllib.request
-import warnings
 import zipfile
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
 
 from .errors import UserError
-
-
-def available_cpus() -> int:
-    """The CPUs this process may run on (its affinity, where the OS tells it: a container's or Slurm's share)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+from .files import cache_dir  # noqa: F401  (where the book's archive goes)
+from .images import (DECODE_ERRORS, IMAGE_SUFFIXES, available_cpus, decode_image, image_array,  # noqa: F401  (a run's decoding)
+                     is_image, visible_files)
 
 
 HOTDOG_URL = "http://d2l-data.s3-accelerate.amazonaws.com/hotdog.zip"
 HOTDOG_SHA1 = "fba480ffa8aa7e0febbb511d181409f899b9baa5"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is skipped, not half-decoded
-
-
 def stored_size(image_size: int) -> int:
     """Side of the stored square image: the book's 256 for a 224 crop, scaled for other crops."""
     return round(image_size * 256 / 224)
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "hotdog-tune"
 
 
 # --- the book's archive ------------------------------------------------------------------------------
@@ -156,27 +142,8 @@ class PreparedData:
     test: Split | None
     skipped: list[str] = field(default_factory=list)  # files that could not be decoded, with the reason
     root: str = ""
-
-
-def visible_files(folder: Path) -> list[os.DirEntry]:
-    """Every file under ``folder`` a run reads from, sorted by path: a hidden file, and everything under a hidden
-    folder (a thumbnail cache, ``.ipynb_checkpoints``), is left out. The loader and the data fingerprint
-    (``trainable.fingerprint``) both walk with this, so they always see the same files."""
-    found, stack = [], [folder]
-    while stack:
-        with os.scandir(stack.pop()) as entries:
-            for entry in entries:
-                if entry.name.startswith("."):
-                    continue
-                if entry.is_dir():
-                    stack.append(Path(entry.path))
-                elif entry.is_file():
-                    found.append(entry)
-    return sorted(found, key=lambda e: e.path)
-
-
-def is_image(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+    entries: dict = field(default_factory=dict)  # split -> the cache entry its images are memory-mapped from (None: in memory)
+    decode_s: float = 0.0  # seconds spent decoding (0 where every split came from the cache)
 
 
 def _class_folders(split_dir: Path) -> dict[str, list[Path]]:
@@ -216,63 +183,6 @@ def check_layout(root: str | Path, need_test: bool = False, no_test: str = "") -
                 raise UserError(f"class folder {root / 'test' / name} holds no image files: the test split needs at least one image "
                                 "of each class; add images")
     return root, list(classes)
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode to 8-bit RGB: 16/32-bit greyscale rescaled, transparency composited on white."""
-    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        # Pillow opens 16-bit PNG/TIFF as I;16 but 16-bit PGM/PPM as I: 16-bit data keeps its absolute scale
-        sixteen_bit = img.mode.startswith("I;16") or (img.mode == "I" and arr.size and 0 <= arr.min() and arr.max() <= 65535)
-        top = 65535.0 if sixteen_bit else max(float(arr.max()), 1.0)
-        img = Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8), "L")
-    if img.mode == "P" and "transparency" in img.info or img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, rgba)
-    return img.convert("RGB")
-
-
-def decode_image(path: Path, size: int, modes: list[str] | None = None) -> np.ndarray:
-    """One file to a ``3 x size x size`` uint8 array. Raises OSError/ValueError for unreadable files.
-    A file in another mode than RGB has its mode appended to ``modes`` (when given)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # PIL warns on odd metadata; broken files raise below
-        with Image.open(path) as img:
-            return image_array(img, size, modes)
-
-
-def image_array(img: Image.Image, size: int, modes: list[str] | None = None) -> np.ndarray:
-    """A PIL image as a run stores it: EXIF orientation applied, any mode to 8-bit RGB, PIL's bilinear resize to a
-    ``size`` square; ``3 x size x size`` uint8."""
-    if modes is not None and img.mode != "RGB":
-        modes.append(img.mode)
-    img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when the image is much larger
-    img = ImageOps.exif_transpose(img)
-    img = _to_rgb(img).resize((size, size), Image.BILINEAR)
-    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
-
-
-def _decode_all(files: list[tuple[Path, int]], size: int, skipped: list[str], modes: list[str] | None = None) -> Split:
-    def work(item):
-        path, label = item
-        try:
-            return decode_image(path, size, modes), label
-        except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
-            return f"{path}: {exc}", label
-
-    images = np.empty((len(files), 3, size, size), dtype=np.uint8)
-    labels = np.empty(len(files), dtype=np.int64)
-    n = 0
-    workers = min(8, available_cpus())
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # PIL decodes with the GIL released
-        for decoded, label in pool.map(work, files):
-            if isinstance(decoded, str):
-                skipped.append(decoded)
-                continue
-            images[n], labels[n] = decoded, label
-            n += 1
-    return Split(images[:n], labels[:n])
 
 
 def _not_images(split_dir: Path, classes: list[str]) -> list[Path]:
@@ -349,7 +259,7 @@ def split_fold(data: PreparedData, fraction: float, seed: int, fold: int, cv_fol
     (``split_indices``)."""
     train_idx, val_idx = split_indices(data.train.labels, fraction, seed, fold, cv_folds)
     return PreparedData(data.classes, data.stored_size, data.train.subset(train_idx), data.train.subset(val_idx),
-                        data.test, data.skipped, data.root)
+                        data.test, data.skipped, data.root, data.entries, data.decode_s)
 
 
 def prepare_data(
@@ -362,16 +272,31 @@ def prepare_data(
     val_fold: int = 0,
     min_per_class: int | None = None,
     cv_folds: int = 0,
+    cache: bool = True,
+    progress=None,
 ) -> PreparedData:
-    """Find, check, decode (once) and split the data. ``val_fraction=0`` keeps all of train for training;
-    ``val_fold`` picks another disjoint validation split of the same size (0: the usual one), or with
-    ``cv_folds`` >= 2 the part of stratified ``cv_folds``-fold cross-validation that validates; ``min_per_class``
-    raises the readable images each class needs (default: 2 with a validation split, else 1)."""
+    """Find, check, decode (once: ``cache`` keeps it for every later run, ``trainable.decoded``) and split the data.
+    ``val_fraction=0`` keeps all of train for training; ``val_fold`` picks another disjoint validation split of the same
+    size (0: the usual one), or with ``cv_folds`` >= 2 the part of stratified ``cv_folds``-fold cross-validation that
+    validates; ``min_per_class`` raises the readable images each class needs (default: 2 with a validation split, else
+    1). ``progress(done, total)``: called as files are decoded (not for a split the cache holds)."""
+    from .decoded import decode_split
+    from .fingerprint import split_fingerprint
+
     root, classes = check_layout(data_dir if data_dir is not None else fetch_hotdog(), need_test=with_test)
     size = stored_size(image_size)
     skipped: list[str] = []
-    modes: list[str] = []
-    train_all = _decode_all(labelled_files(root / "train", classes), size, skipped, modes)
+    modes: Counter = Counter()
+    decoded = {}
+    for split in ["train", "test"] if with_test else ["train"]:
+        files = labelled_files(root / split, classes)
+        found = decode_split(files, size, split_fingerprint(root, split) if cache else None, classes, cache, progress)
+        if found.note and log is not None:
+            log(found.note)
+        skipped += [f"{path}: {why}" for path, why in found.skipped]
+        modes.update(found.modes)
+        decoded[split] = found
+    train_all = Split(decoded["train"].images, decoded["train"].labels)
     for label, name in enumerate(classes):
         count = int((train_all.labels == label).sum())
         if count < (min_per_class or (2 if val_fraction > 0 else 1)):
@@ -381,7 +306,7 @@ def prepare_data(
                 "(one for training, one for validation); add images"
                 + (f" ({len(broken)} file(s) there could not be decoded, e.g. {broken[0]})" if broken else "")
             )
-    test = _decode_all(labelled_files(root / "test", classes), size, skipped, modes) if with_test else None
+    test = Split(decoded["test"].images, decoded["test"].labels) if with_test else None
     if test is not None and len(test) == 0:
         raise UserError(f"{root / 'test'} holds no readable images: add test images")
     if log is not None:
@@ -391,11 +316,13 @@ def prepare_data(
         if skipped:
             log(f"skipped {len(skipped)} unreadable file(s), e.g. {skipped[0]}")
         if modes:
-            counts = ", ".join(f"{mode} x{n}" for mode, n in sorted(Counter(modes).items()))
-            log(f"converted {len(modes)} image(s) to 8-bit RGB from other modes ({counts}): transparency on white, 16-bit scaled to 8-bit")
+            counts = ", ".join(f"{mode} x{n}" for mode, n in sorted(modes.items()))
+            log(f"converted {sum(modes.values())} image(s) to 8-bit RGB from other modes ({counts}): transparency on white, 16-bit scaled to 8-bit")
     if cv_folds or val_fraction > 0:
         train_idx, val_idx = split_indices(train_all.labels, val_fraction, split_seed, val_fold, cv_folds)
         train, val = train_all.subset(train_idx), train_all.subset(val_idx)
     else:
         train, val = train_all, None
-    return PreparedData(classes, size, train, val, test, skipped, str(root.resolve()))
+    return PreparedData(classes, size, train, val, test, skipped, str(root.resolve()),
+                        entries={split: found.entry for split, found in decoded.items()},
+                        decode_s=sum(found.seconds for found in decoded.values()))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from .data import is_image, visible_files
+from .images import is_image, visible_files
 
 SPLITS = ("train", "test")
 
@@ -36,20 +36,23 @@ def _images(folder: Path, root: Path) -> list[tuple[str, int, int]]:
 def data_fingerprint(root: str | Path) -> dict:
     """``{"train": {"hotdog": {"files": 1000, "digest": "..."}, ...}, "test": {...}}`` (a split that is absent: left out)."""
     root = Path(root).expanduser().resolve()
-    out: dict[str, dict] = {}
-    for split in SPLITS:
-        folder = root / split
-        if not folder.is_dir():
+    return {split: found for split in SPLITS if (found := split_fingerprint(root, split)) is not None}
+
+
+def split_fingerprint(root: str | Path, split: str) -> dict | None:
+    """One split's part of ``data_fingerprint``: per class folder, its image count and digest; None where it is absent."""
+    root = Path(root).expanduser().resolve()
+    folder = root / split
+    if not folder.is_dir():
+        return None
+    classes = {}
+    for entry in sorted(folder.iterdir()):
+        if not entry.is_dir() or entry.name.startswith("."):
             continue
-        classes = {}
-        for entry in sorted(folder.iterdir()):
-            if not entry.is_dir() or entry.name.startswith("."):
-                continue
-            files = _images(entry, root)
-            digest = hashlib.sha256("".join(f"{path}\t{size}\t{mtime}\n" for path, size, mtime in files).encode())
-            classes[entry.name] = {"files": len(files), "digest": digest.hexdigest()}
-        out[split] = classes
-    return out
+        files = _images(entry, root)
+        digest = hashlib.sha256("".join(f"{path}\t{size}\t{mtime}\n" for path, size, mtime in files).encode())
+        classes[entry.name] = {"files": len(files), "digest": digest.hexdigest()}
+    return classes
 
 
 def weights_fingerprint(path: str | Path) -> dict:

@@ -38,7 +38,7 @@ from .data import PreparedData, Split, available_cpus, prepare_data
 from .errors import UserError
 from .files import write_atomic
 from .model import build_model, freeze, param_groups, read_weights, set_train_mode
-from .worker_cache import WorkerCache, as_tensor
+from .worker_cache import DEVICE_DATA_SHARE, WorkerCache, as_tensor, placement
 
 CHECKPOINT_FILE = "state.pt"
 META_FILE = "meta.json"  # the checkpoint's epoch, readable without loading the model
@@ -71,6 +71,7 @@ class RunPhases:
     to_device_s: float = 0.0  # the images copied to the device (0 on the CPU: a view; 0 where the process holds them)
     first_step_s: float = 0.0  # the run's first training step alone (lazy initialisation, cuDNN's tuning; part of train_s)
     warm_runs: int = 0  # runs the process trained with the same WorkerCache before this one (0: a cold process or none)
+    data_mode: str = ""  # where the decoded images were read from, and why (``trainable.worker_cache.placement``)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -227,6 +228,7 @@ class OnDevice:
     images: torch.Tensor  # uint8 N x 3 x S x S
     labels: torch.Tensor  # int64 N
     rows: torch.Tensor | None  # the split's rows (on the images' device); None: all of them
+    mode: str = ""  # where the images are read from, and why
 
     def __len__(self) -> int:
         return len(self.labels) if self.rows is None else len(self.rows)
@@ -236,21 +238,68 @@ class OnDevice:
         index = positions if self.rows is None else self.rows[positions]
         return self.images[index], self.labels[index]
 
+    def feed(self, batches: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Each batch's images and labels, in order."""
+        for positions in batches:
+            yield self.take(positions.to(self.images.device, non_blocking=True))
 
-def to_device(split: Split, device: torch.device, cache: WorkerCache | None = None) -> OnDevice:
-    """A split's images and labels on ``device`` (a zero-copy view on the CPU, one copy on a GPU: once per
-    process with ``cache``), with its rows where it is a view of a larger set."""
+
+@dataclass
+class Streamed:
+    """A split whose images stay in host memory (a decoded set too large for the device, or a memory-mapped one): each
+    batch is gathered there, pinned, and copied to the device while the step before it runs."""
+
+    images: torch.Tensor  # uint8 N x 3 x S x S, on the host
+    labels: torch.Tensor
+    rows: torch.Tensor | None
+    device: torch.device
+    mode: str = ""
+
+    def __len__(self) -> int:
+        return len(self.labels) if self.rows is None else len(self.rows)
+
+    def _gather(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        index = positions.cpu() if self.rows is None else self.rows[positions.cpu()]
+        images, labels = self.images[index], self.labels[index]
+        if self.device.type == "cuda":
+            images, labels = images.pin_memory(), labels.pin_memory()
+        return images, labels
+
+    def take(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = self._gather(positions)
+        return images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+
+    def feed(self, batches: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Each batch on the device, in order; the next one gathered and pinned on a thread while this one trains."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=1) as ahead:
+            pending = ahead.submit(self._gather, batches[0]) if batches else None
+            for i in range(len(batches)):
+                images, labels = pending.result()
+                if i + 1 < len(batches):
+                    pending = ahead.submit(self._gather, batches[i + 1])
+                yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+
+
+def to_device(split: Split, device: torch.device, cache: WorkerCache | None = None) -> OnDevice | Streamed:
+    """A split where the loop reads it. Where its decoded set fits the device (``placement``): its images and labels on
+    ``device`` (a zero-copy view on the CPU, one copy on a GPU: once per process with ``cache``), with its rows where it
+    is a view of a larger set. Else its batches stream from host memory."""
+    fits, mode = placement(split.base_images.nbytes, device, cache.device_share if cache is not None else DEVICE_DATA_SHARE)
+    rows = None if split.rows is None else torch.from_numpy(np.asarray(split.rows, dtype=np.int64))
+    if not fits:
+        return Streamed(as_tensor(split.base_images), as_tensor(split.base_labels), rows, device, mode)
     if cache is not None:
         images, labels = cache.on_device(split.base_images, split.base_labels, device)
     else:
         images, labels = as_tensor(split.base_images), as_tensor(split.base_labels)
         if device.type != "cpu":
             images, labels = images.to(device), labels.to(device)
-    rows = None if split.rows is None else torch.from_numpy(np.asarray(split.rows, dtype=np.int64)).to(images.device)
-    return OnDevice(images, labels, rows)
+    return OnDevice(images, labels, None if rows is None else rows.to(images.device), mode)
 
 
-def eval_logits(model: nn.Module, split: Split | OnDevice, cfg: TrainConfig, device: torch.device,
+def eval_logits(model: nn.Module, split: Split | OnDevice | Streamed, cfg: TrainConfig, device: torch.device,
                 bf16: bool, channels_last: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(float logits, labels) batch by batch of a split (a ``Split`` or what ``to_device`` made of one),
     centre-cropped, the model in eval mode, without autograd. On a GPU a short batch is padded to the full size
@@ -258,17 +307,19 @@ def eval_logits(model: nn.Module, split: Split | OnDevice, cfg: TrainConfig, dev
     model.eval()
     data = to_device(split, device) if isinstance(split, Split) else split
     size = max(cfg.batch_size, 256)  # eval mode takes a batch of 1 too
+    batches, counts = [], []
+    for positions in torch.arange(len(data)).split(size):
+        counts.append(len(positions))
+        if device.type == "cuda" and len(positions) < size:
+            positions = torch.cat([positions, positions[-1:].expand(size - len(positions))])
+        batches.append(positions)
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        for positions in torch.arange(len(data), device=data.images.device).split(size):
-            n = len(positions)
-            if device.type == "cuda" and n < size:
-                positions = torch.cat([positions, positions[-1:].expand(size - n)])
-            images, labels = data.take(positions)
+        for n, (images, labels) in zip(counts, data.feed(batches)):
             x = normalize(center_crop(images, cfg.image_size), device, channels_last)
             yield model(x)[:n].float(), labels[:n].to(device)
 
 
-def evaluate(model: nn.Module, split: Split | OnDevice, cfg: TrainConfig, device: torch.device,
+def evaluate(model: nn.Module, split: Split | OnDevice | Streamed, cfg: TrainConfig, device: torch.device,
              bf16: bool, channels_last: bool) -> tuple[float, float]:
     """Mean loss and accuracy on a split (``eval_logits``); sums stay on the device until the end."""
     total_loss = torch.zeros((), device=device, dtype=torch.float64)
@@ -352,6 +403,7 @@ def _train(cfg: TrainConfig, data: PreparedData, device: torch.device, on_epoch,
     if cuda:
         torch.cuda.synchronize(device)
     phases.to_device_s = time.perf_counter() - t0
+    phases.data_mode = train_data.mode
     transform = train_transform(cfg.augment, cfg.image_size) if path == "per-image" else None
     if path == "batched":
         from .batch_augment import batch_augment
@@ -368,13 +420,12 @@ def _train(cfg: TrainConfig, data: PreparedData, device: torch.device, on_epoch,
         correct = torch.zeros((), device=device, dtype=torch.int64)
         bad = torch.zeros((), device=device, dtype=torch.bool)
         seen, diverged = 0, False
-        for step, positions in enumerate(_batches(len(train_data), cfg.batch_size, order), start=1):
+        batches = _batches(len(train_data), cfg.batch_size, order)
+        for step, (positions, (images, y)) in enumerate(zip(batches, train_data.feed(batches)), start=1):
             step_t0 = time.perf_counter() if first_step else 0.0
             if path == "batched":
-                images, y = train_data.take(positions.to(train_data.images.device, non_blocking=True))
                 batch = batch_augment(images, cfg.augment, cfg.image_size, crops)
             else:
-                images, y = train_data.take(positions)
                 batch = augment_batch(images, transform)
             x = normalize(batch, device, channels_last)
             y = y.to(device, non_blocking=True)

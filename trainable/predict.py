@@ -15,13 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
-
 from .config import TrainConfig
-from .data import Split, available_cpus, decode_image, is_image, visible_files
+from .data import Split
+from .images import DECODE_ERRORS, available_cpus, decode_image, is_image, visible_files
 from .loop import eval_logits, resolve_device, use_bf16
-
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError, MemoryError)
 
 
 @dataclass

@@ -24,10 +24,31 @@ from .model import build_model, read_weights, weights_identity
 
 KEEP_STARTS = 4  # starting states kept (weights x classes x seed: a study uses one to a few), ~45 MB each on the host
 KEEP_SETS = 2  # decoded image sets kept on a device (a study's worker uses one)
+DEVICE_DATA_SHARE = 0.5  # decoded images stay on a GPU only where they take at most this share of what the process may use there
+
+
+def placement(nbytes: int, device: torch.device, share: float = DEVICE_DATA_SHARE) -> tuple[bool, str]:
+    """Whether a decoded set of ``nbytes`` stays on ``device`` (else its batches stream from host memory), and why, in
+    words. On a GPU the images stay where they take at most ``share`` of the memory this process may use there (its
+    ``set_per_process_memory_fraction`` of the card: a trial's share of the GPU), leaving the rest to the model, its
+    activations and the optimiser; on the CPU they are read in place. ``share`` 0 streams everywhere."""
+    size = f"the decoded images ({nbytes / 1e9:.2f} GB)"
+    if share <= 0:
+        return False, f"{size} stream from host memory (asked for)"
+    if device.type != "cuda":
+        return True, f"{size} are read in place in host memory"
+    fraction_of = getattr(torch.cuda, "get_per_process_memory_fraction", None)
+    fraction = float(fraction_of(device)) if fraction_of is not None else 1.0
+    limit = torch.cuda.get_device_properties(device).total_memory * fraction
+    if nbytes <= share * limit:
+        return True, f"{size} stay on {device}: at most {share:.0%} of the {limit / 1e9:.1f} GB this process may use there"
+    return False, (f"{size} stream from host memory, each batch copied ahead: they would take more than {share:.0%} of the "
+                   f"{limit / 1e9:.1f} GB this process may use on {device}")
 
 
 class WorkerCache:
-    def __init__(self) -> None:
+    def __init__(self, device_share: float = DEVICE_DATA_SHARE) -> None:
+        self.device_share = device_share  # placement's share: 0 streams every set from host memory
         self.runs = 0  # runs started with this state in this process before the current one (0: a cold process)
         self._starts: OrderedDict[tuple, dict[str, torch.Tensor]] = OrderedDict()  # starting states, on the host
         self._models: dict[tuple, nn.Module] = {}  # (device, classes) -> the instance runs on that device reuse

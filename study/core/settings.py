@@ -77,6 +77,7 @@ class StudyRequest:
     trial_timeout: float | None = None  # seconds per trial; None: the automatic stall limit; 0: none
     time_budget: float | None = None  # seconds of the study's wall time, all driver runs together
     test_split: bool = True  # False: --no-test-split (study.rerun cannot measure test accuracy)
+    cache: bool = True  # keep the decoded images for every later run (trainable.decoded); False: --no-cache
 
     def __post_init__(self):
         for f in fields(self):
@@ -208,7 +209,7 @@ for _name in ASKED:
 # What --resume may ask for anew (said when it does); anything that makes the study another is refused.
 ASKED_ANEW = {"gpus_requested": "--gpus-per-trial", "cpus_requested": "--cpus-per-trial", "max_concurrent": "--max-concurrent",
               "fresh_actors": "--fresh-actors", "address": "--address", "trial_timeout": "--trial-timeout",
-              "time_budget": "--time-budget"}
+              "time_budget": "--time-budget", "cache": "--no-cache"}
 
 
 def resume(settings: StudySettings, anew: StudyRequest) -> list[str]:
@@ -226,7 +227,8 @@ def resume(settings: StudySettings, anew: StudyRequest) -> list[str]:
     said = []
     for key, flag in ASKED_ANEW.items():
         if getattr(anew, key) != getattr(asked, key):
-            said.append(f"{flag} {getattr(anew, key)} from now on (the study was started with {getattr(asked, key)})")
+            said.append(f"{flag}: the images are decoded in memory from now on" if key == "cache" else
+                        f"{flag} {getattr(anew, key)} from now on (the study was started with {getattr(asked, key)})")
     if anew.trackers != asked.trackers:
         said.append(f"trackers from now on: {thaw(anew.trackers)}")
     if anew.confirm != asked.confirm:

@@ -30,12 +30,13 @@ from study.core.vocabulary import (COMPLETED, DIVERGED, ERRORED, FAILED, PARAM_T
 
 # --- where a trial's time went (docs/results.md): per epoch, and per trial for its start ---------------------
 EPOCH_PHASES = ["train_s", "val_s", "checkpoint_s", "report_s"]
+EPOCH_DEVICE = ["device_mb"]  # the GPU memory the trial's process held (max reserved by then; empty on the CPU)
 START_PHASES = ["import_s", "data_wait_s", "restore_s", "build_s", "weights_s", "to_device_s", "first_step_s"]  # summed over its runs
 # Each table's columns, in order, with their types: the one list of them (docs/results.md describes each).
 EPOCH_TYPES = {"trial_id": "str", "optuna_trial": "int64", "epoch": "int64", "train_loss": "float64", "train_acc": "float64",
                "val_loss": "float64", "val_acc": "float64", "seconds": "float64", "images_per_s": "float64", "diverged": "bool",
                "resumed_from_epoch": "int64", "ended_at": "float64", "node_id": "str", "node_ip": "str", "hostname": "str",
-               **{c: "float64" for c in EPOCH_PHASES}}
+               **{c: "float64" for c in EPOCH_PHASES + EPOCH_DEVICE}}
 EPOCH_COLUMNS = list(EPOCH_TYPES)
 TRIAL_HEAD_TYPES = {"rank": "int64", "trial_id": "str", "optuna_trial": "int64", "baseline": "bool"}  # then the searched hyperparameters
 TRIAL_TAIL_TYPES = {"best_val_acc": "float64", "best_epoch": "Int64", "last_val_acc": "float64", "epochs_run": "int64", "status": "str",

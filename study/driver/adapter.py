@@ -44,19 +44,42 @@ CUDA_CONTEXT_BYTES = 1 << 30  # left outside a trial's memory cap: the CUDA cont
 
 class SharedData:
     """The study's decoded images (every training image: a trial's split and each confirmation fold are views of
-    them), put in Ray's object store once by the driver and fetched once by each worker process."""
+    them), one copy per machine, however many trials run there.
 
-    _fetched: dict[str, PreparedData] = {}  # in a worker: object id -> the data, for the process's life
+    On this machine (a local Ray) with the decoded-image cache (``trainable.decoded``), every worker process maps the
+    cache's entry: the page cache holds it once, and a set larger than memory reads from the disk. Otherwise (a cluster,
+    ``--no-cache``, a cache that could not be written) the driver puts the data in Ray's object store once, and each
+    node's processes read it there without a copy. Each worker process fetches it once."""
 
-    def __init__(self, data: PreparedData):
-        self.ref = ray.put(data)
+    _fetched: dict[str, PreparedData] = {}  # in a worker: the data's key -> the data, for the process's life
+
+    def __init__(self, data: PreparedData, local: bool):
+        entry = data.entries.get("train")
+        self.entry = str(entry) if local and entry is not None and data.val is None else None
+        self.meta = (list(data.classes), data.stored_size, data.root)
+        self.ref = None if self.entry else ray.put(data)
+
+    @property
+    def how(self) -> str:
+        """Where the trials read the images, in words."""
+        return (f"memory-mapped by every trial from the cache ({self.entry})" if self.entry
+                else "in Ray's object store, read there by every trial")
 
     def get(self) -> PreparedData:
-        key = self.ref.hex()
+        key = self.entry or self.ref.hex()
         if key not in self._fetched:
             self._fetched.clear()  # another study's data: one set at a time
-            self._fetched[key] = ray.get(self.ref)
+            self._fetched[key] = self._read() if self.entry else ray.get(self.ref)
         return self._fetched[key]
+
+    def _read(self) -> PreparedData:
+        from trainable.data import PreparedData, Split
+        from trainable.decoded import read_entry
+
+        decoded = read_entry(Path(self.entry))
+        classes, stored_size, root = self.meta
+        return PreparedData(classes, stored_size, Split(decoded.images, decoded.labels), None, None, decoded.skipped, root,
+                            {"train": Path(self.entry)})
 
 
 _CACHE = None  # this worker process's trainable.worker_cache.WorkerCache, made at its first run
@@ -255,6 +278,11 @@ def run_trial(config: dict, data: SharedData, base: dict, clock: str | None = No
 
         phases = RunPhases()
         checkpointer = Checkpointer(cfg.epochs)
+        import torch
+
+        from trainable.loop import resolve_device
+
+        device = resolve_device(cfg.device)
         waits: list[float] = []  # how long each report of this run kept it waiting for the study
 
         def on_epoch(metrics, save) -> None:
@@ -263,6 +291,8 @@ def run_trial(config: dict, data: SharedData, base: dict, clock: str | None = No
                       "checkpoint_s": checkpointer.spent(), "report_s_before": waits[-1] if waits else math.nan}
             if not waits:  # the run's first report: where its start went
                 result.update(start, **phases.as_dict())
+            if device.type == "cuda":  # what the trial's process holds on the GPU (python -m bench --scale reads it)
+                result["device_mb"] = torch.cuda.max_memory_reserved(device) / 2**20
             last = metrics.epoch >= cfg.epochs or metrics.diverged
             carried = folder if folder is not None and not last else None  # the last report needs none: nothing resumes after it
             t0 = time.perf_counter()

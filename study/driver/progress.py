@@ -143,3 +143,39 @@ class Progress:
         if self._status is not None:
             self._status.stop()
             self._status = None
+
+
+DECODE_PROGRESS_FROM = 1000  # files: a smaller folder decodes in a few seconds, and a bar would be noise
+DECODE_LINE_EVERY_S = 10.0  # in a log (no terminal): a progress line this often
+
+
+def decode_progress(log=print):
+    """A ``progress(done, total)`` for ``trainable.data.prepare_data``: on a terminal a bar with the rate and an ETA, in a
+    log a line every ``DECODE_LINE_EVERY_S``, for folders of ``DECODE_PROGRESS_FROM`` files or more (a split the cache
+    holds is not decoded: nothing is shown)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeRemainingColumn
+
+    state: dict = {}
+
+    def progress(done: int, total: int) -> None:
+        if total < DECODE_PROGRESS_FROM:
+            return
+        now = time.monotonic()
+        if state.get("total") != total or done <= 1:  # a new split
+            state.update(total=total, started=now, said=now, bar=None)
+            if Console().is_terminal:
+                state["bar"] = Bar(TextColumn("decoding"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                                   TimeRemainingColumn(), transient=True)
+                state["bar"].start()
+                state["task"] = state["bar"].add_task("decode", total=total, rate="")
+        rate = done / max(now - state["started"], 1e-9)
+        if state.get("bar") is not None:
+            state["bar"].update(state["task"], completed=done, rate=f"{rate:.0f} photos/s")
+        elif now - state["said"] >= DECODE_LINE_EVERY_S:
+            state["said"] = now
+            log(f"decoding: {done:,} of {total:,} photos, {rate:.0f} photos/s, about {duration((total - done) / max(rate, 1e-9))} left")
+        if done == total and state.get("bar") is not None:
+            state["bar"].stop()
+            state["bar"] = None
+
+    return progress

@@ -200,7 +200,7 @@ def earlier_runs(out: Path) -> dict[tuple, dict]:
     return {tuple(r[k] for k in KEY): r for r in frame.to_dict("records")}
 
 
-def compare(paths: list[str], out: str | Path | None = None, parallel: bool = False, log=print) -> Comparison:
+def compare(paths: list[str], out: str | Path | None = None, parallel: bool = False, log=print, cache: bool = True) -> Comparison:
     """The studies at ``paths`` side by side, the first study's winner paired with each other's that shares its data.
     ``out``: where compare.parquet (and compare.html) go, checked writable before any run trains."""
     from trainable.cli import check_output_folder
@@ -258,7 +258,7 @@ def compare(paths: list[str], out: str | Path | None = None, parallel: bool = Fa
         def data_for(cfg: TrainConfig):
             key = (cfg.data_dir, cfg.image_size, cfg.split_seed)
             if key not in decoded:
-                decoded[key] = prepare_data(cfg.data_dir, cfg.image_size, 0.0, cfg.split_seed, min_per_class=2)
+                decoded[key] = prepare_data(cfg.data_dir, cfg.image_size, 0.0, cfg.split_seed, min_per_class=2, cache=cache, log=log)
             return decoded[key]
 
         gpus = float(first.settings.gpus_granted or 0)

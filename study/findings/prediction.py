@@ -33,6 +33,7 @@ class Source:
     files: list[Path]
     labels: list[int | None]
     how: str  # "a photo", "a folder", "the labelled folder ...", "the test split of ..."
+    split: Path | None = None  # a labelled split's folder: decoded through the cache, as a run decodes it
 
 
 def sources(model: ModelFolder, paths: list[str]) -> list[Source]:
@@ -59,7 +60,7 @@ def sources(model: ModelFolder, paths: list[str]) -> list[Source]:
         if labelled:
             pairs = labelled_files(split, classes)
             how = f"the test split of {given}" if split is not path else f"the labelled folder {given}"
-            found.append(Source(given, [p for p, _ in pairs], [label for _, label in pairs], how))
+            found.append(Source(given, [p for p, _ in pairs], [label for _, label in pairs], how, split))
         else:
             files = find_images(path)
             found.append(Source(given, files, [None] * len(files), "a folder"))
@@ -111,38 +112,57 @@ def confusion_lines(counts: np.ndarray, classes: list[str]) -> list[str]:
 
 
 def predict(model: ModelFolder, paths: list[str], seed: int | None = None, device: str | None = None, log=print,
-            progress: bool = True) -> Prediction:
+            progress: bool = True, cache: bool = True) -> Prediction:
     """The model's class probabilities for every photo of ``paths`` (``seed``: one seed's model, else the ensemble).
 
     The photos go through in chunks (decoded, then every seed's model on them), so memory does not grow with the folder;
-    a chunk is a whole number of evaluation batches, so every batch holds what one pass over all would."""
+    a chunk is a whole number of evaluation batches, so every batch holds what one pass over all would. A labelled split
+    is decoded as a run decodes it, through the decoded-image cache (``trainable.decoded``; not with ``cache=False``): the
+    study's test split, decoded by its rerun, is not decoded again."""
+    from trainable.decoded import decode_split
+    from trainable.fingerprint import split_fingerprint
     from trainable.predict import decode_files, probabilities
 
     found = sources(model, paths)
-    files = [f for s in found for f in s.files]
-    label_of = {f: label for s in found for f, label in zip(s.files, s.labels)}
+    total = sum(len(s.files) for s in found)
     for s in found:
         if s.how != "a photo":
             log(f"{s.given}: {s.how}, {len(s.files)} image file(s)")
     modules = model.modules(seed)
     cfg = model.config
     chunk = CHUNK_BATCHES * max(cfg.batch_size, 256)  # eval_logits' batch: a chunk is whole batches of it
-    kept, parts, skipped = [], [], []
-    with _bar(len(files), progress and len(files) >= PROGRESS_FROM) as advance:
-        for start in range(0, len(files), chunk):
-            decoded = decode_files(files[start:start + chunk], model.stored_size)
-            skipped += decoded.skipped
-            if len(decoded.paths):
-                parts.append(probabilities(modules, decoded.images, cfg, device))
-                kept += decoded.paths
-            advance(min(chunk, len(files) - start))
-    if not kept:
-        raise UserError(f"none of the {len(files)} file(s) could be decoded (e.g. {skipped[0][0]}: {skipped[0][1]})")
-    probs = np.concatenate(parts)
     classes = model.classes
+    paths_out, true, parts, skipped = [], [], [], []
+    with _bar(total, progress and total >= PROGRESS_FROM) as advance:
+        for source in found:
+            if source.split is not None:  # labelled: decoded (or read from the cache) as a run reads it, then in chunks of rows
+                files = list(zip(source.files, source.labels))
+                decoded = decode_split(files, model.stored_size, split_fingerprint(source.split.parent, source.split.name) if cache else None,
+                                       classes, cache)
+                if decoded.note:
+                    log(decoded.note)
+                skipped += [(Path(path), why) for path, why in decoded.skipped]
+                left_out = {path for path, _ in decoded.skipped}
+                kept = [f for f in source.files if str(f) not in left_out]
+                for start in range(0, len(decoded.labels), chunk):
+                    parts.append(probabilities(modules, np.asarray(decoded.images[start:start + chunk]), cfg, device))
+                    advance(min(chunk, len(decoded.labels) - start))
+                paths_out += kept
+                true += [classes[int(label)] for label in decoded.labels]
+                continue
+            for start in range(0, len(source.files), chunk):
+                batch = decode_files(source.files[start:start + chunk], model.stored_size)
+                skipped += batch.skipped
+                if len(batch.paths):
+                    parts.append(probabilities(modules, batch.images, cfg, device))
+                    paths_out += batch.paths
+                    true += [None] * len(batch.paths)
+                advance(min(chunk, len(source.files) - start))
+    if not paths_out:
+        raise UserError(f"none of the {total} file(s) could be decoded (e.g. {skipped[0][0]}: {skipped[0][1]})")
+    probs = np.concatenate(parts)
     predicted = [classes[i] for i in probs.argmax(1)]
-    true = [None if label_of[p] is None else classes[label_of[p]] for p in kept]
-    rows = pd.DataFrame({"path": pd.array([str(p) for p in kept], dtype="string"), "predicted": pd.array(predicted, dtype="string"),
+    rows = pd.DataFrame({"path": pd.array([str(p) for p in paths_out], dtype="string"), "predicted": pd.array(predicted, dtype="string"),
                          **{f"prob_{c}": probs[:, i] for i, c in enumerate(classes)},
                          "true": pd.array(true, dtype="string"),
                          "correct": pd.array([None if t is None else t == p for t, p in zip(true, predicted)], dtype="boolean")})

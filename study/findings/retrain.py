@@ -293,19 +293,22 @@ def paired_line(name: str, rows: list[dict], baseline_rows: list[dict]) -> str:
 
 
 def retrain(folder: StudyFolder, chosen: Chosen, seeds: int, parallel: bool = False, baseline: Chosen | None = None,
-            model_dir: str | Path | None = None, command: str = "") -> list[dict]:
+            model_dir: str | Path | None = None, command: str = "", cache: bool = True) -> list[dict]:
     """Each seed of ``chosen`` (and of ``baseline``, on the same seeds), trained and tested; their rows, also in
     rerun.parquet; the ensembles and per-class figures (rerun_classes.parquet); and ``chosen``'s model folder
     (``model_dir``, default the study's ``model/``: ``study.findings.model``), which ``command`` made."""
     from trainable import prepare_data
 
+    from study.driver.progress import decode_progress
     from study.driver.runner import run_each
     from study.findings.ensemble import TestResult, versus_on_images, write_classes
 
     cfg = chosen.config
     t0 = time.perf_counter()
-    data = prepare_data(cfg.data_dir, cfg.image_size, val_fraction=0.0, split_seed=cfg.split_seed, with_test=True, log=print)
-    print(f"decoded {len(data.train)} train (train + validation) and {len(data.test)} test images once, classes {data.classes}, "
+    data = prepare_data(cfg.data_dir, cfg.image_size, val_fraction=0.0, split_seed=cfg.split_seed, with_test=True, log=print,
+                        cache=cache, progress=decode_progress())
+    how = "decoded" if data.decode_s else "read from the decoded-image cache"
+    print(f"{how} {len(data.train)} train (train + validation) and {len(data.test)} test images once, classes {data.classes}, "
           f"in {time.perf_counter() - t0:.1f}s")
     not_the_book = comparable_to_book(cfg, data.classes, len(data.train), len(data.test))
     seeds_list = [cfg.seed + i for i in range(seeds)]

@@ -152,11 +152,14 @@ def _run(folder: StudyFolder, settings: StudySettings, resumed: bool, warm_start
     from study.driver.checkpoints import sweep_scratch
 
     sweep_scratch()  # checkpoint scratch folders that trials killed on this machine left behind
-    # 3. Decoded once: every training image (the confirmation stage cross-validates on them). PIL decodes with the GIL
-    # released, so the decoding runs in the background while the study's state is read and Ray starts.
+    # 3. Decoded once: every training image (the confirmation stage cross-validates on them), kept for every later run
+    # (trainable.decoded) unless --no-cache. PIL decodes with the GIL released, so the decoding runs in the background
+    # while the study's state is read and Ray starts.
+    from study.driver.progress import decode_progress
+
     decode_log: list[str] = []
     decoding = Background(lambda: prepare_data(base.data_dir, base.image_size, 0.0, base.split_seed, log=decode_log.append,
-                                               min_per_class=2))
+                                               min_per_class=2, cache=settings.cache, progress=decode_progress(log)))
     # 4. what is finished, what continues
     from study.driver.asha import ResumableASHA
     from study.stages.reconcile import prepare, retry_timed_out as retry
@@ -199,18 +202,23 @@ def _run(folder: StudyFolder, settings: StudySettings, resumed: bool, warm_start
             raise UserError(f"--confirm-folds {settings.confirm['folds']} is more than the smallest class's {most} training "
                             f"images allow (every fold needs an image of each class): ask for at most {most}")
         timings["decode_s"] = round(decoding.seconds, 2)
-        log(f"decoded {len(data.train) + len(data.val)} images once ({len(data.train)} train, {len(data.val)} validation, "
-            f"classes {data.classes}) in {timings['decode_s']:.1f}s, while Ray started in {timings['ray_start_s']:.1f}s")
+        images = len(data.train) + len(data.val)
+        how = (f"decoded {images} images once" if all_data.decode_s else
+               f"read {images} decoded images from the cache, decoded once by an earlier run")
+        log(f"{how} ({len(data.train)} train, {len(data.val)} validation, classes {data.classes}) in {timings['decode_s']:.1f}s, "
+            f"while Ray started in {timings['ray_start_s']:.1f}s")
         settings.val_images = len(data.val)
         from study.driver.adapter import SharedData
         from study.driver.resources import (at_once, check_cluster_gpus, check_free_space, checkpoint_bytes,
                                             share_resources)
 
-        shared = SharedData(all_data)  # in Ray's object store once: every trial and confirmation run reads it there
+        local = not (settings.address or os.environ.get("RAY_ADDRESS"))
+        shared = SharedData(all_data, local)  # one copy on each machine, read in place by every trial and confirmation run
+        log(f"images: {_bytes(all_data.train.base_images.nbytes)} decoded, {shared.how}")
         resources, slots, message = share_resources(settings.gpus_requested, settings.cpus_requested, ray.cluster_resources())
         if message:
             log(message)
-        check_cluster_gpus(resources, local=not (settings.address or os.environ.get("RAY_ADDRESS")))
+        check_cluster_gpus(resources, local=local)
         settings.gpus_granted, settings.cpus_granted = resources["gpu"], resources["cpu"]
         concurrent = at_once(settings, slots, remaining or 1)
         check_free_space(folder, settings.experiment_path, concurrent, checkpoint_bytes(base, settings.space, len(data.classes)))
@@ -334,6 +342,10 @@ class Background:
         if self._error is not None:
             raise self._error
         return self._value
+
+
+def _bytes(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
 
 
 def _process_start() -> float:

@@ -20,6 +20,7 @@ class TrialsRecorder:
 
     def __init__(self, tables: StudyTables, params: list[str], progress):
         self.tables, self.params, self.progress = tables, params, progress
+        self._modes_said: set[str] = set()  # where the trials read the images (on the device, streamed): said once each
 
     @staticmethod
     def number(config: dict) -> int:
@@ -39,6 +40,10 @@ class TrialsRecorder:
             return None  # an epoch the table already holds, re-sent by a resumed trial: keep the original row
         if result.get("resume_note"):
             self.progress.note(f"trial {number}: {result['resume_note']}")
+        mode = result.get("data_mode")
+        if mode and "in place" not in mode and mode not in self._modes_said:  # a trial's first report: on the device, or streamed
+            self._modes_said.add(mode)
+            self.progress.note(f"trial {number}: {mode}")
         previous = self.tables.on_result(number, trial_id, config, {**result, "ended_at": time.time()}, trial_dir=moved)
         self.progress.update(self.tables)
         return previous
