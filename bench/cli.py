@@ -230,8 +230,16 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.selection_repeats < 1:
             raise UserError(f"--selection-repeats {args.selection_repeats} must be 1 or more")
-        result = run_selection(args.selection_repeats, 0, args.json)
+        from bench.correction import print_corrections, run_corrections
+
+        result = run_selection(args.selection_repeats, 0, None)
         print_selection(result, console)
+        result["corrections"] = run_corrections(args.selection_repeats)
+        print_corrections(result["corrections"], console)
+        if args.json:
+            from bench.flow import write_json
+
+            write_json(args.json, result)
         return 0
     if args.flow:
         return flow(args, log)

@@ -70,14 +70,36 @@ def flow_result(folder: Path, walls: dict) -> dict:
         "winner": winner,
         "winner_params": None if winner is None else {p: plain(winner_row[p]) for p in settings.space},
         "confirmation": {"winner_mean": confirmation.get("winner_mean"), "winner_ci": confirmation.get("winner_ci"),
-                         "gain": gain.get("mean"), "gain_ci": ci, "gain_df": gain.get("df"), "beyond_noise": gain.get("beyond_noise")},
+                         "gain": gain.get("mean"), "gain_ci": ci, "gain_df": gain.get("df"), "beyond_noise": gain.get("beyond_noise"),
+                         "gain_corrected": (gain.get("corrected") or {}).get("mean"),
+                         "gain_corrected_ci": (gain.get("corrected") or {}).get("ci")},
         "test": {"winner": None if mine is None else mine.accs, "book": None if book is None else book.accs,
                  "winner_mean": None if mine is None else mine.mean, "book_mean": None if book is None else book.mean,
                  "gain": None if versus is None else versus.mean,
                  "gain_ci": None if versus is None else [versus.ci_low, versus.ci_high],
                  "gain_sd": None if versus is None else versus.sd},
         "confirmation_interval_held_test_gain": held,
+        "model": _model_figures(folder),
     }
+
+
+def _model_figures(folder: Path) -> dict | None:
+    """The model folder's test accuracies (each seed's, the ensemble's) beside study.predict's on the test photos."""
+    import pandas as pd
+
+    path = folder / "model" / "model.json"
+    if not path.is_file():
+        return None
+    info = json.loads(path.read_text())
+    out = {"seeds": {str(s["seed"]): s["test_acc"] for s in info["seeds"]}, "ensemble": info["ensemble"]["test_acc"],
+           "balanced_acc": info["ensemble"].get("balanced_acc")}
+    for name in ("predict", "predict_seed0"):
+        table = folder / f"{name}.parquet"
+        if table.is_file():
+            rows = pd.read_parquet(table)
+            known = rows[rows["true"].notna()]
+            out[name] = {"rows": int(len(rows)), "accuracy": float((known["predicted"] == known["true"]).mean())}
+    return out
 
 
 def run_flow(data_dir: str, weights: str, results: Path, seed: int, samples: int, epochs: int, image_size: int,
@@ -94,6 +116,10 @@ def run_flow(data_dir: str, weights: str, results: Path, seed: int, samples: int
         "--results-dir", str(results), "--name", name], log)
     walls["rerun"] = run_command("study.rerun", [str(folder), "--seeds", str(seeds), "--parallel"], log)
     walls["analyze"] = run_command("study.analyze", [str(folder)], log)
+    test = Path(data_dir) / "test"
+    if test.is_dir():  # the model users ship, on the test photos: the ensemble, then seed 0 alone
+        for name, extra in (("predict", []), ("predict_seed0", ["--seed", "0"])):
+            walls[name] = run_command("study.predict", [str(folder), str(test), "--out", str(folder / f"{name}.parquet"), *extra], log)
     return flow_result(folder, walls)
 
 
@@ -105,10 +131,16 @@ def print_flow(result: dict, log=print) -> None:
 
     log(f"flow, study seed {result['seed']}: wall {result['wall_s']}")
     log(f"  confirmation: winner trial {result['winner']}, gain over the book's recipe {c['gain']:+.3f} (95% CI {interval(c['gain_ci'])})"
+        + (f", corrected for the choice {c['gain_corrected']:+.3f} (95% CI {interval(c['gain_corrected_ci'])})"
+           if c.get("gain_corrected") is not None else "")
         if c["gain"] is not None else f"  confirmation: winner trial {result['winner']}, no gain interval")
     if t["gain"] is not None:
         log(f"  test split: winner {t['winner_mean']:.3f}, book {t['book_mean']:.3f}, paired gain {t['gain']:+.3f} "
             f"(95% CI {interval(t['gain_ci'])}); the confirmation's interval held it: {result['confirmation_interval_held_test_gain']}")
+    if m := result.get("model"):
+        log(f"  model: seeds {', '.join(f'{v:.4f}' for v in m['seeds'].values())}, ensemble {m['ensemble']:.4f}"
+            + "".join(f"; {name}: {p['rows']} rows, accuracy {p['accuracy']:.4f}" for name in ("predict", "predict_seed0")
+                      if (p := m.get(name))))
 
 
 def write_json(path: str, value) -> None:

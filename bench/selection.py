@@ -378,6 +378,36 @@ def simulate(**options) -> dict:
     return {**score(scenario, population, study, stage), "inputs": inputs}
 
 
+
+@dataclass
+class RawGain:
+    """Per simulated study: the stage's raw estimate of the winner's gain over the book's recipe, its 95% interval, and the
+    noise it came from (the pooled residual variance ``s2`` with ``df`` degrees of freedom where ``pooled``)."""
+
+    estimate: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    crit: np.ndarray
+    se: np.ndarray
+    s2: np.ndarray
+    df: np.ndarray
+    pooled: np.ndarray
+
+
+def raw_gain(scores: np.ndarray, final: np.ndarray, win_col: np.ndarray, base_col: np.ndarray) -> RawGain:
+    """The gain as ``decide`` prints it: the mean difference over the folds +- t se, se pooled from the configuration x
+    fold table with 3 or more configurations, else from the pair's own differences."""
+    R, C, F = scores.shape
+    diffs = scores[np.arange(R), win_col] - scores[np.arange(R), base_col]  # (R, F)
+    s2, df_pooled = residual_variance(scores, final)
+    pooled = final.sum(axis=1) >= 3
+    se = np.where(pooled, np.sqrt(2 * s2 / F), diffs.std(axis=1, ddof=1) / math.sqrt(F))
+    df = np.where(pooled, df_pooled, F - 1)
+    crit = np.array([t975(float(d)) for d in df])
+    estimate = diffs.mean(axis=1)
+    return RawGain(estimate, estimate - crit * se, estimate + crit * se, crit, se, s2, df_pooled, pooled)
+
+
 def gain_intervals(scores: np.ndarray, final: np.ndarray, c: np.ndarray, win_col: np.ndarray, true: np.ndarray) -> dict:
     """How the stage's 95% interval for the winner's gain over the book's recipe (configuration 0) holds up.
 
@@ -399,14 +429,8 @@ def gain_intervals(scores: np.ndarray, final: np.ndarray, c: np.ndarray, win_col
                gain_true=math.nan, gain_estimate=math.nan)
     if not use.any():
         return nan
-    diffs = scores[rows, win_col] - scores[rows, base_col]  # (R, F)
-    estimate = diffs.mean(axis=1)
-    s2, df_pooled = residual_variance(scores, final)
-    pooled = final.sum(axis=1) >= 3
-    se = np.where(pooled, np.sqrt(2 * s2 / F), diffs.std(axis=1, ddof=1) / math.sqrt(F))
-    df = np.where(pooled, df_pooled, F - 1)
-    crit = np.array([t975(float(d)) for d in df])
-    low, high = estimate - crit * se, estimate + crit * se
+    raw = raw_gain(scores, final, win_col, base_col)
+    estimate, low, high = raw.estimate, raw.low, raw.high
     truth = true[rows, c[rows, win_col]] - true[:, 0]
     covered = (low <= truth) & (truth <= high)
     return dict(gain_coverage=float(covered[use].mean()), gain_ci_width=float((high - low)[use].mean()),

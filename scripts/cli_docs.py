@@ -14,6 +14,7 @@ from pathlib import Path
 
 PARSERS = {
     "python -m trainable": "trainable.__main__",
+    "python -m trainable.decoded": "trainable.decoded",
     "python -m study.run": "study.options",
     "python -m study.analyze": "study.analyze",
     "python -m study.rerun": "study.rerun",

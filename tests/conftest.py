@@ -11,6 +11,19 @@ from PIL import Image
 
 import trainable.tv_compat  # noqa: F401  (before any test imports torchvision)
 
+# With pytest-xdist (python -m pytest -m slow -n 3 --dist loadgroup: .ci/run), the tests of a module whose module-scoped
+# fixture runs whole studies go to one worker together (the fixture once); every other test goes wherever a worker is free.
+GROUPED_MODULES = {"test_analyze_rerun", "test_bad_input", "test_bench", "test_cluster", "test_data_changes", "test_model",
+                   "test_study", "test_tools", "test_warm_start"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.module.__name__.rpartition(".")[2]
+        if module in GROUPED_MODULES:
+            item.add_marker(pytest.mark.xdist_group(module))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def decoded_cache(tmp_path_factory):
     """Every test (and every process it starts) keeps decoded images in a cache of the session's own

@@ -299,6 +299,12 @@ def test_selection_simulation_writes_its_regrets(tmp_path):
         assert isinstance(result[key], float) and result[key] >= 0, (key, result[key])
     assert result["regret_confirmed"] < result["regret_single"]  # confirming helps, at the defaults, over 200 studies
     assert "regret, confirmation" in proc.stdout and "goal" in proc.stdout
+    from bench.correction import CHOSEN, METHODS, REGIMES
+
+    corrections = result["corrections"]  # the winner's gain corrected for the choice, each method in each regime
+    assert list(corrections) == list(REGIMES) and all(list(r) == list(METHODS) for r in corrections.values())
+    assert all(r["raw"]["error"] > 0 for r in corrections.values())  # the winner's curse, even over 200 studies
+    assert f"{CHOSEN} (the product's)" in proc.stdout
 
 
 def test_the_gpu_check_is_also_where_it_used_to_be():

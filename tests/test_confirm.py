@@ -70,6 +70,12 @@ def test_a_study_confirms_its_top_trials_and_the_baseline(images, tmp_path):
         assert sum(line.startswith(start) for line in out.stdout.splitlines()) == 1, out.stdout
     settings = json.loads((folder / "study.json").read_text())
     assert settings["confirm"]["top"] == 2 and settings["summary"]["confirmation"]["folds"] == 3
+    gain = settings["summary"]["confirmation"]["gain"]
+    if gain is not None:  # the winner is not the book's recipe: its gain, raw and corrected for the choice
+        low, high = gain["corrected"]["ci"]
+        assert low <= gain["corrected"]["mean"] <= high and "corrected for choosing the best of " in out.stdout, out.stdout
+        corrected = settings["summary"]["confirmation"]["winner_corrected"]
+        assert corrected["ci"][0] <= corrected["mean"] <= corrected["ci"][1]
 
     # analyze shows the confirmation table with its intervals; rerun picks the confirmed winner by default
     winner = pd.read_parquet(folder / "trials.parquet").query("recommended.str.contains('winner', na=False)").iloc[0]

@@ -394,3 +394,44 @@ def test_run_selection_writes_json_and_prints(tmp_path):
     sel.print_selection(result, console)
     text = console.export_text()
     assert "regret, single validation" in text and "extra compute" in text and "goal" in text and "(the floor)" in text
+
+
+# --- the winner's curse: the gain corrected for the choice ------------------------------------------------------
+def test_corrected_gain_removes_the_winners_curse_on_tables_with_a_known_answer():
+    # six candidates of the same true accuracy (0.70) and the book's recipe (0.65) on 2 folds, noise sd 0.02: whichever
+    # wins, its true gain is 0.05, while the raw estimate (the best of six noisy means) runs above it
+    from study.core.decision import selection_corrected
+
+    rng = np.random.default_rng(1)
+    truth, sd, tables = np.array([0.65] + [0.70] * 6), 0.02, 300
+    raw, corrected, held = [], [], 0
+    for _ in range(tables):
+        scores = truth[:, None] + rng.normal(0.0, sd, (7, 2))
+        winner = 1 + int(np.argmax(scores[1:].mean(axis=1)))
+        found = selection_corrected(scores, winner, 0, (sd**2, 6 * 1), replicates=400, seed=0)
+        raw.append(scores[winner].mean() - scores[0].mean())
+        corrected.append(found.gain)
+        held += found.gain_low <= 0.05 <= found.gain_high
+        assert found.gain_low <= found.gain <= found.gain_high and found.candidates == 7
+    raw_bias, corrected_bias = np.mean(raw) - 0.05, np.mean(corrected) - 0.05
+    assert raw_bias > 0.015  # the curse: E[max of 6 N(0, sd^2/2)] = 1.27 x 0.0141 = 0.018
+    assert abs(corrected_bias) < raw_bias / 4
+    assert held / tables >= 0.90
+
+
+def test_a_clear_winner_needs_no_correction():
+    from study.core.decision import selection_corrected
+
+    scores = np.array([[0.60, 0.62], [0.90, 0.91], [0.70, 0.71], [0.68, 0.69]])  # trial 1 leads by 0.2, noise 0.005
+    found = selection_corrected(scores, 1, 0, pooled=(0.005**2, 3))
+    assert found.gain == pytest.approx(0.295, abs=0.002) and found.accuracy == pytest.approx(0.905, abs=0.002)
+    assert found.gain_high - found.gain_low < 0.05  # the raw interval's width, 2 x 3.18 x 0.005 = 0.032, about
+
+
+def test_decide_states_the_corrected_gain_beside_the_raw_one():
+    d = decide(frame(RUNS, COST), baseline="B")
+    c = d.corrected
+    assert c is not None and c.candidates == 4 and c.gain < d.versus_baseline.mean  # three rivals close: some curse
+    assert f"corrected for choosing the best of 4: {c.gain:+.3f}" in d.lines()[1]
+    assert c.as_dict() == {"mean": c.gain, "ci": [c.gain_low, c.gain_high]}
+    assert decide(frame({"A": [0.8], "B": [0.7]}, {"A": 1.0, "B": 1.0}), baseline="B").corrected is None  # one fold: no spread to draw

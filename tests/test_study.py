@@ -37,6 +37,7 @@ TRIAL_COLUMNS = [
 EPOCH_COLUMNS = [
     "trial_id", "optuna_trial", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds", "images_per_s",
     "diverged", "resumed_from_epoch", "ended_at", "node_id", "node_ip", "hostname", "train_s", "val_s", "checkpoint_s", "report_s",
+    "device_mb",
 ]
 # parquet types as docs/results.md lists them (nullable columns may hold nulls; the others never do)
 TRIAL_TYPES = {"rank": "int64", "trial_id": "large_string", "optuna_trial": "int64", "baseline": "bool", "lr": "double",
@@ -50,7 +51,8 @@ TRIAL_TYPES = {"rank": "int64", "trial_id": "large_string", "optuna_trial": "int
 EPOCH_TYPES = {"trial_id": "large_string", "optuna_trial": "int64", "epoch": "int64", "train_loss": "double", "train_acc": "double",
                "val_loss": "double", "val_acc": "double", "seconds": "double", "images_per_s": "double", "diverged": "bool",
                "resumed_from_epoch": "int64", "ended_at": "double", "node_id": "large_string", "node_ip": "large_string",
-               "hostname": "large_string", "train_s": "double", "val_s": "double", "checkpoint_s": "double", "report_s": "double"}
+               "hostname": "large_string", "train_s": "double", "val_s": "double", "checkpoint_s": "double", "report_s": "double",
+               "device_mb": "double"}
 
 
 def make_images(root: Path, per_class: int = 12, size=(40, 48)) -> Path:

@@ -82,6 +82,22 @@ def test_on_the_same_data_a_study_begins_from_the_others_observations_and_its_wi
     assert asked[0].params == {k: BASELINE[k] for k in DEFAULT_SPACE} and asked[1].params == warm.first[0]["params"]
 
 
+def test_the_warm_start_quotes_the_winners_gain_corrected_for_the_choice(tmp_path, tiny_image_folder):
+    a_folder = make_fake_study(tmp_path, tiny_image_folder, n=10)
+    a = finished(a_folder)
+    trials = pd.read_parquet(a_folder.trials)
+    winner = int(trials[~trials["baseline"]].iloc[0]["optuna_trial"])
+    a.summary = {"confirmation": {"winner": winner, "gain": {"mean": 0.064, "ci": [0.016, 0.111], "df": 5, "beyond_noise": True,
+                                                            "corrected": {"mean": 0.031, "ci": [-0.012, 0.07]}}}}
+    a_folder.write_settings(a)
+    lines = plan(read_study(a_folder), new_study(a, tmp_path)).lines()
+    assert lines[1] == (f"first after the book's recipe: its trial {winner} (its winner: +0.031 over the book's recipe there, "
+                        "corrected for the choice, 95% CI -0.012 to +0.070)"), lines  # not the raw +0.064
+    a.summary = {}  # no confirmation stage: nothing to quote
+    a_folder.write_settings(a)
+    assert plan(read_study(a_folder), new_study(a, tmp_path)).lines()[1] == f"first after the book's recipe: its trial {winner}"
+
+
 def test_a_narrower_space_leaves_out_what_it_could_not_propose(tmp_path, tiny_image_folder):
     a_folder = make_fake_study(tmp_path, tiny_image_folder, n=10)
     a = finished(a_folder)

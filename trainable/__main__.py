@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint-dir", type=os.path.expanduser, help="save model/optimizer/epoch here after every epoch")
     parser.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir's last epoch")
     parser.add_argument("--save-weights", type=os.path.expanduser, help="write the final model's state dict here (atomically: a kill or a full disk mid-save leaves the old file whole)")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="decode the images in memory for this run only (by default they are decoded once and kept for "
+                             "every later run on the same folder: python -m trainable.decoded --list)")
     return parser
 
 
@@ -82,9 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
 
-    data = None
-    if args.test:
-        data = data_for(cfg, with_test=True, log=log)
+    data = data_for(cfg, with_test=args.test, log=log, cache=not args.no_cache)
     result = train(cfg, data, on_epoch=on_epoch, resume_from=args.checkpoint_dir if args.resume else None, log=log)
     if args.save_weights:
         Path(args.save_weights).parent.mkdir(parents=True, exist_ok=True)

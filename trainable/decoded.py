@@ -211,15 +211,20 @@ def clear() -> int:
     return freed
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser():
     import argparse
-    import sys
 
     parser = argparse.ArgumentParser(prog="python -m trainable.decoded", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     action = parser.add_mutually_exclusive_group(required=True)
     action.add_argument("--list", action="store_true", help="the cache's entries, with their size on disk")
     action.add_argument("--clear", action="store_true", help="remove every entry")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.clear:
         print(f"cleared {cache_root()}: {clear() / 1e6:.1f} MB freed")
     else:

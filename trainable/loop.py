@@ -333,10 +333,11 @@ def evaluate(model: nn.Module, split: Split | OnDevice | Streamed, cfg: TrainCon
     return total_loss.item() / n, correct.item() / n
 
 
-def data_for(cfg: TrainConfig, with_test: bool = False, log: Callable[[str], None] | None = None) -> PreparedData:
-    """The data ``cfg`` trains on: its folder at its image size, its validation split or CV fold (and the test split)."""
+def data_for(cfg: TrainConfig, with_test: bool = False, log: Callable[[str], None] | None = None, cache: bool = True) -> PreparedData:
+    """The data ``cfg`` trains on: its folder at its image size, its validation split or CV fold (and the test split);
+    decoded once and kept (``trainable.decoded``) unless ``cache`` is False."""
     return prepare_data(cfg.data_dir, cfg.image_size, cfg.val_fraction, cfg.split_seed, with_test=with_test, log=log,
-                        val_fold=cfg.val_fold, cv_folds=cfg.cv_folds)
+                        val_fold=cfg.val_fold, cv_folds=cfg.cv_folds, cache=cache)
 
 
 def train(

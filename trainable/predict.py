@@ -64,22 +64,29 @@ def find_images(path: Path) -> list[Path]:
     return [Path(entry.path) for entry in visible_files(path) if is_image(entry.name)]
 
 
-def probabilities(models: Iterable[torch.nn.Module], images: np.ndarray, cfg: TrainConfig, device: str | torch.device | None = None,
-                  precision: str | None = None) -> np.ndarray:
-    """Each model's class probabilities on ``images`` (N x 3 x S x S uint8, decoded as above), averaged over the models
-    (one model: its own); float64, N x classes. ``device``/``precision``: the run's (``cfg``'s) unless given."""
+def log_probabilities(model: torch.nn.Module, images: np.ndarray, cfg: TrainConfig, device: str | torch.device | None = None,
+                      precision: str | None = None) -> np.ndarray:
+    """One model's log class probabilities on ``images`` (N x 3 x S x S uint8, decoded as above), float64 N x classes:
+    evaluation's logits (``cfg``'s device and precision unless given) through a float64 log-softmax."""
     device = resolve_device(str(device or cfg.device))
     bf16 = use_bf16(precision or cfg.precision, device)
     split = Split(images, np.zeros(len(images), dtype=np.int64))
-    total, count = None, 0
-    for model in models:
-        model.to(device, memory_format=torch.channels_last)
-        probs = torch.cat([torch.softmax(logits, dim=1).double().cpu() for logits, _ in eval_logits(model, split, cfg, device, bf16, True)])
-        total = probs if total is None else total + probs
-        count += 1
-    if total is None:
-        return np.empty((len(images), 0))
-    return (total / count).numpy()
+    model.to(device, memory_format=torch.channels_last)
+    parts = [torch.log_softmax(logits.double(), dim=1).cpu() for logits, _ in eval_logits(model, split, cfg, device, bf16, True)]
+    return torch.cat(parts).numpy() if parts else np.empty((0, 0))
+
+
+def probabilities(models: Iterable[torch.nn.Module], images: np.ndarray, cfg: TrainConfig, device: str | torch.device | None = None,
+                  precision: str | None = None) -> np.ndarray:
+    """Each model's class probabilities on ``images``, averaged over the models (one model: its own); float64,
+    N x classes."""
+    found = [np.exp(log_probabilities(model, images, cfg, device, precision)) for model in models]
+    return np.mean(found, axis=0) if found else np.empty((len(images), 0))
+
+
+def log_loss(log_probs: np.ndarray, labels: np.ndarray) -> float:
+    """The mean cross-entropy of the true classes (what evaluation reports as a loss)."""
+    return float(-log_probs[np.arange(len(labels)), labels].mean()) if len(labels) else math.nan
 
 
 def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:

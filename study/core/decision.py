@@ -123,6 +123,7 @@ class Decision:
     versus_winner: dict = field(default_factory=dict)  # config -> Paired (config minus the winner over their shared folds)
     front: list = field(default_factory=list)  # configurations no other beats on both mean accuracy and cost
     cheapest: Hashable | None = None  # the cheapest configuration the paired test cannot tell from the winner (the winner itself: none cheaper)
+    corrected: "Corrected | None" = None  # the winner's gain and accuracy corrected for the choice (None: no gain to correct)
 
     def within_noise(self, config: Hashable) -> bool:
         """Whether the paired test cannot tell ``config`` from the winner (the winner itself: yes)."""
@@ -176,7 +177,7 @@ class Decision:
                    if p.pooled else f"paired sd {p.sd:.3f}")
             spread = f", {how}, 95% CI {p.ci_low:+.3f} to {p.ci_high:+.3f}" if p.n > 1 else ""
             second = (f"vs the book's recipe (trial {self.baseline}): {p.mean:+.3f} over {p.n} shared fold(s)"
-                      f"{spread}: {verdict}")
+                      f"{spread}: {verdict}" + (f"; {self.corrected.describe()}" if self.corrected is not None else ""))
         pick = self.row(self.one_se_pick)
         se = f"one SE, {w['se']:.3f}," if pd.notna(w["se"]) else "one SE (none: one fold)"
         if self.one_se_pick == self.winner:
@@ -300,6 +301,12 @@ def decide(rows: pd.DataFrame, baseline: Hashable | None = None, images: int | N
                         for o in table["config"] if o != c)]
     decision = Decision(table=table, winner=winner, versus_baseline=versus, one_se_pick=one_se, baseline=baseline, notes=notes,
                         pooled=pooled, versus_winner=versus_winner, front=front)
+    if versus is not None and versus.n >= 2:
+        wide = data.pivot(index="config", columns="fold", values="val_acc")
+        if not wide.isna().to_numpy().any() and wide.shape[0] >= 2:
+            order = list(wide.index)
+            decision.corrected = selection_corrected(wide.to_numpy(dtype=float), order.index(winner), order.index(baseline), pooled,
+                                                     versus.images_se)
     inside = [c for c in table["config"]
               if c == winner or (decision.within_noise(c) and costs[c] <= CHEAPER * costs[winner])]
     decision.cheapest = min(inside, key=lambda c: (costs[c], -means[c]))
@@ -383,3 +390,81 @@ def paired_by_seed(mine: dict, theirs: dict, images: int | None = None) -> Paire
     p = (sum(mine[s] for s in shared) + sum(theirs[s] for s in shared)) / (2 * len(shared))
     return paired([mine[s] - theirs[s] for s in shared], folds=shared, images_se=binomial_se(p, images) if images else 0.0,
                   same_images=True)
+
+
+# --- the winner's curse ------------------------------------------------------------------------------------
+CORRECTION_REPLICATES = 1000  # bootstrap replicates of the whole selection (a few milliseconds for a stage's table)
+
+
+@dataclass
+class Corrected:
+    """The winner's gain over the book's recipe, and its accuracy, corrected for the stage having named it as the best of
+    its candidates (``selection_corrected``): each estimate and its 95% interval."""
+
+    gain: float
+    gain_low: float
+    gain_high: float
+    accuracy: float
+    accuracy_low: float
+    accuracy_high: float
+    candidates: int
+
+    def describe(self) -> str:
+        return (f"corrected for choosing the best of {self.candidates}: {self.gain:+.3f} (95% CI {self.gain_low:+.3f} to "
+                f"{self.gain_high:+.3f})")
+
+    def as_dict(self) -> dict:
+        """The corrected gain as study.json stores it (``summary.confirmation.gain.corrected``)."""
+        return {"mean": self.gain, "ci": [self.gain_low, self.gain_high]}
+
+    def accuracy_dict(self) -> dict:
+        """The winner's corrected accuracy as study.json stores it (``summary.confirmation.winner_corrected``)."""
+        return {"mean": self.accuracy, "ci": [self.accuracy_low, self.accuracy_high]}
+
+
+def selection_corrected(scores: np.ndarray, winner: int, baseline: int, pooled: tuple[float, int] | None = None,
+                        floor: float = 0.0, replicates: int = CORRECTION_REPLICATES, seed: int = 0) -> Corrected:
+    """The winner's gain over the baseline and its accuracy, corrected for the choice, from the configuration x fold table
+    ``scores[C, F]`` (rows ``winner`` and ``baseline``) by a parametric bootstrap of the whole selection.
+
+    Choosing the best of several noisy means inflates the one chosen (the winner's curse): its estimated gain runs above
+    its true one, and an interval computed as if it had been fixed in advance is too high. So the selection is replayed:
+    the table is redrawn from what the study knows (each candidate's mean shrunk toward the candidates' mean by the
+    noise's share of their spread, empirical Bayes; each fold's effect; the pooled noise ``pooled`` = (s2, df), else the
+    pair's own, never below ``floor``, the images' error of a mean), the best is chosen again in each replicate, and the
+    error of its estimate against its own drawn-from value is kept. The estimate is the raw one less the errors' mean; the
+    interval comes from the errors' 2.5 and 97.5 percentiles, with the noise's own uncertainty drawn in (its variance
+    from its scaled chi-square). Measured on simulated studies (``python -m bench --selection``, docs/selection.md) it
+    leaves at most a fifth of the raw estimate's bias, and its interval holds the true gain in 92-95% of them; the
+    other candidates weighed there did worse."""
+    scores = np.asarray(scores, dtype=float)
+    C, F = scores.shape
+    rng = np.random.default_rng(seed)
+    means = scores.mean(axis=1)
+    diffs = scores[winner] - scores[baseline]
+    s2, df = pooled if pooled else (float(diffs.var(ddof=1)) / 2, F - 1)
+    s2 = max(float(s2), F * floor**2, 1e-12)
+    df = max(int(df), 1)
+    others = np.arange(C) != baseline
+    noise = s2 / F
+    spread = float(means[others].var(ddof=1)) if others.sum() >= 2 else math.inf
+    share = min(1.0, noise / spread) if spread > 0 else 1.0
+    truth = means.copy()
+    truth[others] = means[others] - share * (means[others] - means[others].mean())
+    fold_effect = scores.mean(axis=0) - means.mean()
+
+    def errors(sigma2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        draws = truth[None, :, None] + fold_effect[None, None, :] + rng.normal(size=(replicates, C, F)) * np.sqrt(sigma2)[:, None, None]
+        drawn_means = draws.mean(axis=2)
+        best = np.argmax(np.where(others[None, :], drawn_means, -np.inf), axis=1)  # the gain is a non-baseline winner's
+        rows = np.arange(replicates)
+        gain = (draws[rows, best] - draws[rows, baseline]).mean(axis=1) - (truth[best] - truth[baseline])
+        return gain, drawn_means[rows, best] - truth[best]
+
+    bias_gain, bias_acc = (e.mean() for e in errors(np.full(replicates, s2)))
+    spread_gain, spread_acc = errors(s2 * df / rng.chisquare(df, replicates))
+    raw_gain, raw_acc = float(diffs.mean()), float(means[winner])
+    g_hi, g_lo = np.percentile(spread_gain, [97.5, 2.5])
+    a_hi, a_lo = np.percentile(spread_acc, [97.5, 2.5])
+    return Corrected(raw_gain - float(bias_gain), max(-1.0, raw_gain - float(g_hi)), min(1.0, raw_gain - float(g_lo)),
+                     raw_acc - float(bias_acc), max(0.0, raw_acc - float(a_hi)), min(1.0, raw_acc - float(a_lo)), C)

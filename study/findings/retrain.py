@@ -188,7 +188,7 @@ def run_seed(cfg: TrainConfig, data, weights_path: str, report=None, label: str 
 
     hold_to_gpu_share(gpu_share)
     from trainable import train
-    from trainable.predict import accuracy, probabilities
+    from trainable.predict import accuracy, log_loss, log_probabilities
 
     def on_epoch(m, _save) -> None:
         if report:
@@ -205,10 +205,10 @@ def run_seed(cfg: TrainConfig, data, weights_path: str, report=None, label: str 
     if result.status != "diverged":
         from trainable.predict import balanced_accuracy, confusion
 
-        probs = probabilities([result.model], data.test.images, cfg)
-        labels = data.test.labels
+        log_probs = log_probabilities(result.model, data.test.images, cfg)
+        probs, labels = np.exp(log_probs), data.test.labels
         row["test_acc"] = accuracy(probs, labels)
-        row["test_loss"] = float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0)).mean())
+        row["test_loss"] = log_loss(log_probs, labels)
         row["balanced_acc"] = balanced_accuracy(confusion(labels, probs.argmax(1), len(data.classes)))
         row["test_probabilities"] = probs
         path = Path(weights_path)

@@ -296,7 +296,9 @@ class ConfirmStage:
         decided = {
             "winner": int(result.winner), "one_se_pick": int(result.one_se_pick), "folds": folds, "candidates": numbers,
             "winner_mean": float(w["mean"]), "winner_ci": [float(w["ci_low"]), float(w["ci_high"])],
+            "winner_corrected": None if result.corrected is None else result.corrected.accuracy_dict(),
             "gain": None if versus is None else {"mean": versus.mean, "ci": [versus.ci_low, versus.ci_high], "df": versus.df,
-                                                 "beyond_noise": versus.beyond_noise},
+                                                 "beyond_noise": versus.beyond_noise,
+                                                 "corrected": None if result.corrected is None else result.corrected.as_dict()},
             "lines": lines}
         return Confirmed(stopped, lines, True, decided)

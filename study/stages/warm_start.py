@@ -59,10 +59,13 @@ class WarmStart:
     run_again: list[int] = field(default_factory=list)  # A's trials B runs itself (the book's recipe, the carried winner): held once
     skipped_first: list[str] = field(default_factory=list)  # first configurations left out, and why
     after_baseline: bool = True  # B runs the book's recipe first (it lies in B's space)
+    winner: int | None = None  # A's confirmed winner
+    winner_gain: dict | None = None  # its gain over the book's recipe in A, corrected for A's choice ({"mean", "ci"})
 
     def lines(self) -> list[str]:
         """What the warm start did, in a line or two."""
-        firsts = ", ".join(f"trial {f['source_trial']}" for f in self.first) or "none (outside this study's space)"
+        firsts = ", ".join(f"trial {f['source_trial']}" + self._gain_of(f["source_trial"]) for f in self.first) \
+            or "none (outside this study's space)"
         if self.kind == "observations":
             head = (f"warm start from study {self.name!r} ({self.source}): the same data and settings, so its {self.observations} "
                     f"finished trial(s) are observations for the searcher")
@@ -74,6 +77,14 @@ class WarmStart:
                     "observation is carried over")
         first = "first after the book's recipe" if self.after_baseline else "first"
         return [head, f"{first}: its {firsts}" + (f" ({'; '.join(self.skipped_first)})" if self.skipped_first else "")]
+
+    def _gain_of(self, trial: int) -> str:
+        """A's winner's gain there, as the figure to expect: corrected for A's confirmation having chosen it."""
+        if trial != self.winner or not self.winner_gain:
+            return ""
+        low, high = self.winner_gain["ci"]
+        return (f" (its winner: {self.winner_gain['mean']:+.3f} over the book's recipe there, corrected for the choice, "
+                f"95% CI {low:+.3f} to {high:+.3f})")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -139,6 +150,9 @@ def plan(a: StudyData, b: StudySettings) -> WarmStart:
     found = [d.text() for d in differences(a.settings, b) if d.changes_the_problem]
     warm = WarmStart(source=str(a.folder.path), name=a.settings.name, kind="transfer" if found else "observations",
                      differences=found, after_baseline=b.baseline is not None)
+    confirmation = a.settings.summary.get("confirmation") or {}
+    warm.winner = confirmation.get("winner")
+    warm.winner_gain = (confirmation.get("gain") or {}).get("corrected")
     rows = {int(r["optuna_trial"]): r for r in a.trials.to_dict("records")}
     room = b.samples - (1 if b.baseline is not None else 0)  # B's trials after the book's recipe: no more can run first
     wanted = min(TRANSFER_FIRST if found else 1, room)
