@@ -93,7 +93,7 @@ def _model_figures(folder: Path) -> dict | None:
     info = json.loads(path.read_text())
     out = {"seeds": {str(s["seed"]): s["test_acc"] for s in info["seeds"]}, "ensemble": info["ensemble"]["test_acc"],
            "balanced_acc": info["ensemble"].get("balanced_acc")}
-    for name in ("predict", "predict_seed0"):
+    for name in ("predict", "predict_one_seed"):
         table = folder / f"{name}.parquet"
         if table.is_file():
             rows = pd.read_parquet(table)
@@ -117,8 +117,10 @@ def run_flow(data_dir: str, weights: str, results: Path, seed: int, samples: int
     walls["rerun"] = run_command("study.rerun", [str(folder), "--seeds", str(seeds), "--parallel"], log)
     walls["analyze"] = run_command("study.analyze", [str(folder)], log)
     test = Path(data_dir) / "test"
-    if test.is_dir():  # the model users ship, on the test photos: the ensemble, then seed 0 alone
-        for name, extra in (("predict", []), ("predict_seed0", ["--seed", "0"])):
+    model = folder / "model" / "model.json"
+    if test.is_dir() and model.is_file():  # the model users ship, on the test photos: the ensemble, then its first seed alone
+        first = json.loads(model.read_text())["seeds"][0]["seed"]
+        for name, extra in (("predict", []), ("predict_one_seed", ["--seed", str(first)])):
             walls[name] = run_command("study.predict", [str(folder), str(test), "--out", str(folder / f"{name}.parquet"), *extra], log)
     return flow_result(folder, walls)
 
@@ -139,7 +141,7 @@ def print_flow(result: dict, log=print) -> None:
             f"(95% CI {interval(t['gain_ci'])}); the confirmation's interval held it: {result['confirmation_interval_held_test_gain']}")
     if m := result.get("model"):
         log(f"  model: seeds {', '.join(f'{v:.4f}' for v in m['seeds'].values())}, ensemble {m['ensemble']:.4f}"
-            + "".join(f"; {name}: {p['rows']} rows, accuracy {p['accuracy']:.4f}" for name in ("predict", "predict_seed0")
+            + "".join(f"; {name}: {p['rows']} rows, accuracy {p['accuracy']:.4f}" for name in ("predict", "predict_one_seed")
                       if (p := m.get(name))))
 
 

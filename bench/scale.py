@@ -6,7 +6,7 @@ then runs ``python -m study.run`` on it twice (``--scale-samples`` one-epoch tri
 stage) with a decoded-image cache of its own, and reports:
 
 - the first study's **decoding rate** (photos per second, every CPU) and the second's **decoding time**, which the
-  cache should make a small share of the first's;
+  cache should make a small share of the first's (inside the study, where it overlaps Ray's start, and alone);
 - the second study's **time to its first trial** (from its process's start);
 - the **peak host memory** of the driver and of all Ray's processes (their proportional set sizes, PSS, summed: a page
   the processes share, such as the memory-mapped images, counts once), and how much it grows with N against the
@@ -175,16 +175,19 @@ def run_scale(source: Path, ns: list[int], image_size: int, samples: int, work: 
             env = {**os.environ, "PYTHONUNBUFFERED": "1", "HOTDOG_TUNE_CACHE": str(Path(tmp) / "cache")}
             first = _study(folder, Path(tmp) / "r", "first", image_size, samples, env, log)
             second = _study(folder, Path(tmp) / "r", "second", image_size, samples, env, log)
+            alone = _read_alone(folder, image_size, env)
         size = stored_size(image_size)
         data_mb = n * 3 * size * size / 2**20
         decode_first, decode_second = float(first["timings"]["decode_s"]), float(second["timings"]["decode_s"])
         row = {"n": n, "image_size": image_size, "data_mb": round(data_mb, 1), "decode_s": decode_first,
                "decode_images_per_s": round(n / decode_first, 1) if decode_first else None, "second_decode_s": decode_second,
                "second_decode_share": round(decode_second / decode_first, 4) if decode_first else None,
+               "read_alone_s": alone, "read_alone_share": round(alone / decode_first, 4) if decode_first else None,
                "second_first_trial_s": second["first_trial_s"], "first": first, "second": second}
         out.append(row)
         log(f"N={n:,}: decoded at {row['decode_images_per_s']} photos/s ({decode_first:.1f}s); the second study read them in "
-            f"{decode_second:.2f}s ({100 * (row['second_decode_share'] or 0):.1f}% of the first's) and started its first trial "
+            f"{decode_second:.2f}s while Ray started ({100 * (row['second_decode_share'] or 0):.1f}% of the first's; alone "
+            f"{alone:.2f}s, {100 * (row['read_alone_share'] or 0):.1f}%) and started its first trial "
             f"{second['first_trial_s']:.1f}s after launch; peak memory: driver {first['driver_peak_mb']} MB, Ray's processes "
             f"{first['ray_peak_mb']} MB (the images: {data_mb:.0f} MB); {first['train_images_per_s']} training images/s a trial")
     if len(out) > 1:  # memory growth against the images' growth: copies of the data per machine
@@ -192,4 +195,16 @@ def run_scale(source: Path, ns: list[int], image_size: int, samples: int, work: 
         for row in out[1:]:
             grown = row["first"]["total_peak_mb"] - small["first"]["total_peak_mb"]
             row["memory_growth_per_data_growth"] = round(grown / max(row["data_mb"] - small["data_mb"], 1e-9), 2)
+            log(f"N={small['n']:,} -> {row['n']:,}: the first study's peak host memory (driver and Ray's processes at once) grew "
+                f"{grown} MB for {row['data_mb'] - small['data_mb']:.0f} MB more decoded images: "
+                f"{row['memory_growth_per_data_growth']:.2f}x, with {samples} trials at once")
     return out
+
+
+def _read_alone(folder: Path, image_size: int, env: dict) -> float:
+    """The cache hit by itself: a fresh process's ``prepare_data`` on the folder the studies used (the studies' own
+    figure overlaps Ray's start, which shares the CPUs with it)."""
+    code = ("import time; from trainable.data import prepare_data; t = time.perf_counter(); "
+            f"prepare_data({str(folder)!r}, {image_size}, 0.0, min_per_class=2); print(time.perf_counter() - t)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    return round(float(proc.stdout.strip().splitlines()[-1]), 3)

@@ -321,3 +321,21 @@ def test_predict_bench_times_the_predict_path_beside_the_forward_pass(tmp_path):
     (cell,) = json.loads(out.read_text())["predict"]
     assert cell["device"] == "cpu" and cell["image_size"] == 32 and cell["images"] > 0
     assert cell["forward_images_per_s"] > 0 and cell["predict_images_per_s"] > 0 and 0 < cell["decode_share"] < 1
+
+
+@pytest.mark.slow  # four tiny studies (about a minute)
+def test_the_scale_bench_decodes_once_and_reads_the_cache_after(tmp_path):
+    """bench --scale on two tiny synthetic folders: the second study of each reads what the first decoded, and the
+    figures docs/speed.md quotes are all in its JSON."""
+    out = tmp_path / "scale.json"
+    proc = subprocess.run([sys.executable, "-m", "bench", "--tiny", "--scale", "24", "48", "--scale-samples", "1", "--scale-size", "32",
+                           "--scale-dir", str(tmp_path / "photos"), "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["scale"]
+    assert [r["n"] for r in rows] == [24, 48]
+    for r in rows:
+        assert r["first"]["decode_line"].startswith("decoded ") and r["second"]["decode_line"].startswith("read "), r
+        assert r["decode_s"] > 0 and r["read_alone_s"] > 0 and r["second_first_trial_s"] > 0
+        assert r["first"]["total_peak_mb"] >= r["first"]["driver_peak_mb"] > 0 and r["first"]["train_images_per_s"] > 0
+        assert len(list((tmp_path / "photos" / f"photos-{r['n']}" / "train").rglob("*.jpg"))) == r["n"]
+    assert "memory_growth_per_data_growth" in rows[1] and "grew" in proc.stdout

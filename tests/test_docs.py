@@ -28,7 +28,7 @@ def test_every_option_the_docs_name_exists():
     known = set()
     for command in cli_docs.PARSERS:
         known |= {s for action in cli_docs.parser_of(command)._actions for s in action.option_strings}
-    outside = {"--logdir", "--head", "--address", "--port", "--num-gpus"}  # ray start's and tensorboard's own
+    outside = {"--logdir", "--head", "--address", "--port", "--num-gpus", "--dist"}  # ray start's, tensorboard's, pytest-xdist's own
     for page in PAGES:
         prose = re.sub(r"<!-- options:.*?<!-- /options -->", "", page.read_text(), flags=re.S)
         named = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]+)", prose))

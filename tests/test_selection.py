@@ -435,3 +435,5 @@ def test_decide_states_the_corrected_gain_beside_the_raw_one():
     assert f"corrected for choosing the best of 4: {c.gain:+.3f}" in d.lines()[1]
     assert c.as_dict() == {"mean": c.gain, "ci": [c.gain_low, c.gain_high]}
     assert decide(frame({"A": [0.8], "B": [0.7]}, {"A": 1.0, "B": 1.0}), baseline="B").corrected is None  # one fold: no spread to draw
+    one = decide(frame({"A": [0.8, 0.75], "B": [0.7, 0.72]}, {"A": 1.0, "B": 1.0}), baseline="B")  # one candidate: no choice made
+    assert one.corrected is None and "corrected" not in one.lines()[1]

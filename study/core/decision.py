@@ -301,9 +301,9 @@ def decide(rows: pd.DataFrame, baseline: Hashable | None = None, images: int | N
                         for o in table["config"] if o != c)]
     decision = Decision(table=table, winner=winner, versus_baseline=versus, one_se_pick=one_se, baseline=baseline, notes=notes,
                         pooled=pooled, versus_winner=versus_winner, front=front)
-    if versus is not None and versus.n >= 2:
+    if versus is not None and versus.n >= 2:  # a gain to correct, and a choice that made it: two candidates or more beside the recipe
         wide = data.pivot(index="config", columns="fold", values="val_acc")
-        if not wide.isna().to_numpy().any() and wide.shape[0] >= 2:
+        if not wide.isna().to_numpy().any() and wide.shape[0] >= 3:
             order = list(wide.index)
             decision.corrected = selection_corrected(wide.to_numpy(dtype=float), order.index(winner), order.index(baseline), pooled,
                                                      versus.images_se)

@@ -70,13 +70,19 @@ class WarmStart:
             head = (f"warm start from study {self.name!r} ({self.source}): the same data and settings, so its {self.observations} "
                     f"finished trial(s) are observations for the searcher")
             head += f"; {len(self.left_out)} left out (outside this study's space)" if self.left_out else ""
-            head += (f"; trial(s) {', '.join(map(str, self.run_again))} run again here instead (the book's recipe, the winner)"
-                     if self.run_again else "")
+            again = ", ".join(f"trial {n} ({self._role(n)})" for n in sorted(self.run_again))
+            head += f"; its {again} run again here instead, as this study's own" if self.run_again else ""
         else:
             head = (f"warm start from study {self.name!r} ({self.source}): a transfer start ({'; '.join(self.differences)}), so no "
                     "observation is carried over")
         first = "first after the book's recipe" if self.after_baseline else "first"
         return [head, f"{first}: its {firsts}" + (f" ({'; '.join(self.skipped_first)})" if self.skipped_first else "")]
+
+    def _role(self, trial: int) -> str:
+        """What A's trial is to B: one of the configurations B runs first, else the book's recipe."""
+        if any(f["source_trial"] == trial for f in self.first):
+            return "its winner" if trial == self.winner else "run first"
+        return "the book's recipe"
 
     def _gain_of(self, trial: int) -> str:
         """A's winner's gain there, as the figure to expect: corrected for A's confirmation having chosen it."""
