@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     model = open_model(args.model)
     export_model(model, args.format, out, args.seed)
     which = f"seed {args.seed}" if args.seed is not None else f"the ensemble of {len(model.seeds)} seed(s)"
-    print(f"exported {which} of {model.describe()} as {args.format}: {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    print(f"exported {which} as {args.format}: {out} ({out.stat().st_size / 1e6:.1f} MB); the model: {model.describe()}")
     print(f"input: uint8 RGB, N x 3 x {model.stored_size} x {model.stored_size} (any N; resize a photo as model.json's preprocessing says); "
           f"output: probabilities of {', '.join(model.classes)}")
     checked = check_export(model, args.format, out, args.seed, args.check)
