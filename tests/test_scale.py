@@ -160,3 +160,43 @@ def test_the_study_reads_its_images_from_the_cache_it_shares_with_the_rerun(tiny
     assert rerun.entries["train"] == data.entries["train"] and rerun.decode_s > 0  # the test split was not decoded yet
     meta = json.loads((rerun.entries["test"] / "meta.json").read_text())
     assert meta["count"] == len(rerun.test)
+
+
+def test_the_images_stay_on_a_gpu_only_where_they_fit_its_share(monkeypatch):
+    """The placement rule on a card of stated size: the images stay where they take at most half of what this process
+    may use there (its memory fraction of the card), else they stream; on the CPU they are read in place."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from trainable.worker_cache import placement
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=80e9))
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device: 0.25, raising=False)  # 4 trials a GPU
+    gpu = torch.device("cuda", 0)
+    fits, why = placement(int(9e9), gpu)
+    assert fits and why == "the decoded images (9.00 GB) stay on cuda:0: at most 50% of the 20.0 GB this process may use there"
+    fits, why = placement(int(11e9), gpu)
+    assert not fits and why.startswith("the decoded images (11.00 GB) stream from host memory, each batch copied ahead")
+    assert placement(int(11e9), torch.device("cpu")) == (True, "the decoded images (11.00 GB) are read in place in host memory")
+    assert placement(10, gpu, share=0.0) == (False, "the decoded images (0.00 GB) stream from host memory (asked for)")
+
+
+def test_the_study_says_once_where_its_trials_read_the_images(tmp_path, capsys):
+    """A trial's first report carries its data mode: the study prints it once (not for every trial, not for the CPU's
+    read in place)."""
+    from study.core.tables import StudyTables
+    from study.driver.progress import Progress
+    from study.stages.trials import TrialsRecorder
+
+    params = ["lr", "freeze_depth"]
+    tables = StudyTables(tmp_path, params, max_epochs=1, seed=0, load=False)
+    recorder = TrialsRecorder(tables, params, Progress(samples=3, max_epochs=1, concurrent=2))
+    streamed = "the decoded images (11.00 GB) stream from host memory, each batch copied ahead"
+    modes = [streamed, streamed, "the decoded images (0.01 GB) are read in place in host memory"]
+    for n, mode in enumerate(modes):
+        config = {"optuna_trial": n, "lr": 0.1, "freeze_depth": 0}
+        recorder.on_start(config, str(n), None)
+        recorder.on_result(config, str(n), {"epoch": 1, "val_acc": 0.5, "val_loss": 0.7, "seconds": 1.0, "data_mode": mode}, None)
+    out = capsys.readouterr().out
+    assert out.count("stream from host memory") == 1 and f"trial 0: {streamed}" in out and "in place" not in out
