@@ -109,6 +109,23 @@ def test_a_narrower_space_leaves_out_what_it_could_not_propose(tmp_path, tiny_im
     assert "left out" in warm.lines()[0]
 
 
+def test_a_second_run_of_the_winners_configuration_is_said_as_the_winner_not_the_books_recipe(tmp_path, tiny_image_folder):
+    a_folder = make_fake_study(tmp_path, tiny_image_folder, n=10)
+    a = finished(a_folder)
+    trials = pd.read_parquet(a_folder.trials)
+    winner, twin = (int(n) for n in trials[~trials["baseline"]]["optuna_trial"].iloc[:2])
+    for name in DEFAULT_SPACE:  # A ran its winner's configuration twice
+        trials.loc[trials["optuna_trial"] == twin, name] = trials.loc[trials["optuna_trial"] == winner, name].iloc[0]
+    trials.to_parquet(a_folder.trials)
+    a.summary = {"confirmation": {"winner": winner}}
+    a_folder.write_settings(a)
+    warm = plan(read_study(a_folder), new_study(a, tmp_path))
+    assert sorted(warm.run_again) == sorted([0, winner, twin]) and "roles" not in warm.as_dict()  # study.json as before
+    said = {0: "the book's recipe", winner: "its winner", twin: "its winner"}  # the twin was said as the book's recipe
+    again = ", ".join(f"trial {n} ({said[n]})" for n in sorted(said))
+    assert f"; its {again} run again here instead, as this study's own" in warm.lines()[0], warm.lines()
+
+
 def test_other_settings_make_a_transfer_start_without_observations(tmp_path, tiny_image_folder):
     a_folder = make_fake_study(tmp_path, tiny_image_folder, n=10)
     a = finished(a_folder)

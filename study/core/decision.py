@@ -247,7 +247,8 @@ def decide(rows: pd.DataFrame, baseline: Hashable | None = None, images: int | N
                          "counted as 0, the worst accuracy")
 
     order = {c: i for i, c in enumerate(pd.unique(data["config"]))}
-    pooled = pooled_error(data)
+    wide = data.pivot(index="config", columns="fold", values="val_acc")  # configuration x fold
+    pooled = pooled_error(wide)
     records = []
     for config, group in data.groupby("config", sort=False):
         values = group["val_acc"].to_numpy(dtype=float)
@@ -301,12 +302,12 @@ def decide(rows: pd.DataFrame, baseline: Hashable | None = None, images: int | N
                         for o in table["config"] if o != c)]
     decision = Decision(table=table, winner=winner, versus_baseline=versus, one_se_pick=one_se, baseline=baseline, notes=notes,
                         pooled=pooled, versus_winner=versus_winner, front=front)
-    if versus is not None and versus.n >= 2:  # a gain to correct, and a choice that made it: two candidates or more beside the recipe
-        wide = data.pivot(index="config", columns="fold", values="val_acc")
-        if not wide.isna().to_numpy().any() and wide.shape[0] >= 3:
-            order = list(wide.index)
-            decision.corrected = selection_corrected(wide.to_numpy(dtype=float), order.index(winner), order.index(baseline), pooled,
-                                                     versus.images_se)
+    # a gain to correct, and a choice that made it: two candidates or more beside the recipe, on the same two folds or more
+    # (a pooled error means a full table of 3+ configurations x 2+ folds, so versus then pairs them on every fold)
+    if versus is not None and pooled is not None:
+        rows_of = list(wide.index)
+        decision.corrected = selection_corrected(wide.to_numpy(dtype=float), rows_of.index(winner), rows_of.index(baseline), pooled,
+                                                 versus.images_se)
     inside = [c for c in table["config"]
               if c == winner or (decision.within_noise(c) and costs[c] <= CHEAPER * costs[winner])]
     decision.cheapest = min(inside, key=lambda c: (costs[c], -means[c]))
@@ -318,12 +319,11 @@ def images_se_of(a: pd.Series, b: pd.Series, images: int | None) -> float:
     return binomial_se((float(a.mean()) + float(b.mean())) / 2, images) if images else 0.0
 
 
-def pooled_error(data: pd.DataFrame) -> tuple[float, int] | None:
-    """(s2, df): the residual variance of the configuration x fold table of ``val_acc`` once each configuration's
+def pooled_error(wide: pd.DataFrame) -> tuple[float, int] | None:
+    """(s2, df): the residual variance of the configuration x fold table ``wide`` of ``val_acc`` once each configuration's
     and each fold's mean is taken out (two-way, no interaction), df = (C - 1)(F - 1); None unless three or more
     configurations all ran the same two or more folds (with two, the paired test on their differences is the
     same test)."""
-    wide = data.pivot(index="config", columns="fold", values="val_acc")
     if wide.isna().to_numpy().any() or wide.shape[0] < 3 or wide.shape[1] < 2:
         return None
     s2, df = residual_variance(wide.to_numpy(dtype=float))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import optuna
 
-from study.core.vocabulary import COMPLETED, constraints_of, optuna_state
+from study.core.vocabulary import constraints_of, optuna_state
 
 N_STARTUP_TRIALS = 5
 WARM_START_ATTR = "warm_start"  # the user attribute of a trial carried from another study as an observation
@@ -71,20 +71,25 @@ def tell_finished(study: optuna.Study, trial: optuna.Trial, status: str, best: f
     trial.set_user_attr("status", status)
     if error:
         trial.set_user_attr("error", error)
-    state = optuna_state(status)
-    if status == COMPLETED and (best is None or not math.isfinite(best)):
-        state = optuna.trial.TrialState.FAIL  # a complete trial without a value to tell: nothing TPE could use
+    state = _state(status, best)
     study.tell(trial.number, best if state == optuna.trial.TrialState.COMPLETE else None, state=state)
+
+
+def _state(status: str, best: float | None):
+    """The Optuna ``TrialState`` a finished trial is told as: a completed one without a finite value as FAIL (nothing TPE
+    could use)."""
+    state = optuna_state(status)
+    if state == optuna.trial.TrialState.COMPLETE and (best is None or not math.isfinite(best)):
+        return optuna.trial.TrialState.FAIL
+    return state
 
 
 def add_finished(study: optuna.Study, params: dict, distributions: dict, status: str, values: dict[int, float],
                  user_attrs: dict) -> None:
     """A finished trial the study did not run here (``values``: its validation accuracy per epoch), told as a trial
     that ran here would have been (``tell_finished``)."""
-    state = optuna_state(status)
-    value = max(values.values()) if state == optuna.trial.TrialState.COMPLETE and values else None
-    if state == optuna.trial.TrialState.COMPLETE and (value is None or not math.isfinite(value)):
-        state = optuna.trial.TrialState.FAIL
+    value = max(values.values()) if optuna_state(status) == optuna.trial.TrialState.COMPLETE and values else None
+    state = _state(status, value)
     study.add_trial(optuna.trial.create_trial(
         params=params, distributions=distributions, state=state, value=value, intermediate_values=values,
         user_attrs={"status": status, **user_attrs}, constraints=constraints_of(status)))

@@ -282,7 +282,7 @@ class ConfirmStage:
         baseline = next((n for n in numbers if tables.trials[n].get("baseline")), None)
         done = table.frame()
         done = done[done["optuna_trial"].isin(numbers) & done["status"].isin(RUN_ENDED)]
-        result = decide(decision_rows(done), baseline if baseline in numbers else None, settings.training_images()) \
+        result = decide(decision_rows(done), baseline, settings.training_images()) \
             if len(done) == len(numbers) * folds else None
         record(tables, table, numbers, result)
         table.write()

@@ -24,12 +24,16 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trainable import UserError
 
 from study.core.folder import StudyFolder, resume_command, storage_url
 from study.core.settings import StudyRequest, StudySettings, resume
 from study.core.vocabulary import RUNNING, usable
+
+if TYPE_CHECKING:
+    from study.findings.reading import StudyData
 
 FINISHED, STOPPED, NO_RESULT = "finished", "stopped", "no result"
 
@@ -71,10 +75,11 @@ def new_study(request: StudyRequest, results_dir: str | Path = "results", warm_s
 
     results_dir = Path(results_dir).expanduser().resolve()
     check_request(request)
+    source = None
     if warm_start:  # checked before anything is written: a study to begin from, finished, not running
         from study.stages.warm_start import source_study
 
-        source_study(warm_start)
+        source = source_study(warm_start)  # read once: the warm start begins from it
     folder = StudyFolder(results_dir / request.name)
     taken = UserError(f"a study named {request.name!r} already exists in {results_dir}: pass --resume to continue it, or choose another --name")
     if folder.exists():
@@ -90,7 +95,7 @@ def new_study(request: StudyRequest, results_dir: str | Path = "results", warm_s
         experiment = f"{request.storage.rstrip('/')}/{request.name}" if request.storage else str(folder.path / "ray")
         settings = StudySettings.create(request, experiment)
         try:
-            return _run(folder, settings, resumed=False, warm_start=warm_start, log=log)
+            return _run(folder, settings, resumed=False, warm_start=source, log=log)
         except BaseException as exc:
             if created and not folder.exists():  # it failed before its study.json: leave no half-made study behind
                 shutil.rmtree(folder.path, ignore_errors=True)
@@ -123,7 +128,7 @@ def resume_study(name: str, results_dir: str | Path = "results", ask_anew=None, 
         lock.release()
 
 
-def _run(folder: StudyFolder, settings: StudySettings, resumed: bool, warm_start: str | None = None,
+def _run(folder: StudyFolder, settings: StudySettings, resumed: bool, warm_start: StudyData | None = None,
          accept_data_change: bool = False, retry_timed_out: bool = False, log=print) -> Outcome:
     """One driver run of the study: from its data check to its summary."""
     from trainable import TrainConfig, prepare_data
@@ -145,7 +150,7 @@ def _run(folder: StudyFolder, settings: StudySettings, resumed: bool, warm_start
         if settings.baseline_note:
             log(settings.baseline_note)
         datacheck.record(settings)
-        if warm_start:
+        if warm_start is not None:  # study A, as new_study read it
             from study.stages.warm_start import begin
 
             begin(folder, warm_start, settings, log)

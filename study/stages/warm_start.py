@@ -61,6 +61,7 @@ class WarmStart:
     after_baseline: bool = True  # B runs the book's recipe first (it lies in B's space)
     winner: int | None = None  # A's confirmed winner
     winner_gain: dict | None = None  # its gain over the book's recipe in A, corrected for A's choice ({"mean", "ci"})
+    roles: dict[int, str] = field(default_factory=dict)  # run_again's trials: what each is to B (not in study.json)
 
     def lines(self) -> list[str]:
         """What the warm start did, in a line or two."""
@@ -79,10 +80,8 @@ class WarmStart:
         return [head, f"{first}: its {firsts}" + (f" ({'; '.join(self.skipped_first)})" if self.skipped_first else "")]
 
     def _role(self, trial: int) -> str:
-        """What A's trial is to B: one of the configurations B runs first, else the book's recipe."""
-        if any(f["source_trial"] == trial for f in self.first):
-            return "its winner" if trial == self.winner else "run first"
-        return "the book's recipe"
+        """What A's trial, run again, is to B: the book's recipe, its winner, or another configuration B runs first."""
+        return self.roles[trial]
 
     def _gain_of(self, trial: int) -> str:
         """A's winner's gain there, as the figure to expect: corrected for A's confirmation having chosen it."""
@@ -93,7 +92,9 @@ class WarmStart:
                 f"95% CI {low:+.3f} to {high:+.3f})")
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        recorded = asdict(self)
+        del recorded["roles"]  # said by lines(), not kept
+        return recorded
 
 
 def carries_a_winner(settings: StudySettings) -> bool:
@@ -179,17 +180,23 @@ def plan(a: StudyData, b: StudySettings) -> WarmStart:
             params = _params_as_b(row, a.settings, b)
             if params is None or outside(b.space, params):
                 warm.left_out.append(number)
-            elif _runs_again(params, warm, b):
+            elif (role := _runs_again(params, warm, b)) is not None:
                 warm.run_again.append(number)
+                warm.roles[number] = role
             else:
                 warm.observations += 1
     return warm
 
 
-def _runs_again(params: dict, warm: WarmStart, b: StudySettings) -> bool:
-    """Whether B runs this configuration as its own trial (the book's recipe, a carried winner): B's study then holds it
-    once, as B's trial, not also as A's observation."""
-    return (b.baseline is not None and params == dict(b.baseline)) or any(params == first["params"] for first in warm.first)
+def _runs_again(params: dict, warm: WarmStart, b: StudySettings) -> str | None:
+    """What this configuration is to B where B runs it as its own trial ("the book's recipe", "its winner", "run first"),
+    else None: B's study then holds it once, as B's trial, not also as A's observation."""
+    if b.baseline is not None and params == dict(b.baseline):
+        return "the book's recipe"
+    first = next((f for f in warm.first if params == f["params"]), None)
+    if first is None:
+        return None
+    return "its winner" if first["source_trial"] == warm.winner else "run first"
 
 
 def seed_study(storage: str, a: StudyData, b: StudySettings, warm: WarmStart):
@@ -205,10 +212,11 @@ def seed_study(storage: str, a: StudyData, b: StudySettings, warm: WarmStart):
         return study
     dists = to_distributions(b.space)
     epochs = a.epochs
+    not_carried = set(warm.left_out) | set(warm.run_again)  # as plan decided: outside B's space, or B's own trials
     for row in a.trials.sort_values("optuna_trial").to_dict("records"):
-        params = _params_as_b(row, a.settings, b)
-        if params is None or outside(b.space, params) or row["status"] not in FINISHED or _runs_again(params, warm, b):
+        if row["status"] not in FINISHED or int(row["optuna_trial"]) in not_carried:
             continue
+        params = _params_as_b(row, a.settings, b)
         mine = epochs[(epochs["optuna_trial"] == row["optuna_trial"]) & ~epochs["diverged"].astype(bool)]
         values = {int(e): float(v) for e, v in zip(mine["epoch"], mine["val_acc"]) if not isnan(v)}
         add_finished(study, params, dists, row["status"], values,
@@ -216,9 +224,10 @@ def seed_study(storage: str, a: StudyData, b: StudySettings, warm: WarmStart):
     return study
 
 
-def begin(folder: StudyFolder, source: str, settings: StudySettings, log=print) -> WarmStart:
-    """B's warm start from the study at ``source``: planned, recorded in its settings, said, and its Optuna study seeded."""
-    a = source_study(source)
+def begin(folder: StudyFolder, source: str | StudyData, settings: StudySettings, log=print) -> WarmStart:
+    """B's warm start from the study at ``source`` (its folder, or as ``source_study`` read it): planned, recorded in its
+    settings, said, and its Optuna study seeded."""
+    a = source_study(source) if isinstance(source, str) else source
     warm = plan(a, settings)
     settings.warm_start = warm.as_dict()
     for line in warm.lines():
