@@ -103,11 +103,9 @@ class Model:
     """A study's shipped model in a notebook: ``module(transform(photo)[None])`` is the photo's class probabilities."""
 
     def __init__(self, folder, seed: int | None = None):
-        from trainable.export import Shipped
-
         self.folder = folder
         self.classes = folder.classes
-        self.module = Shipped(folder.modules(seed), folder.config.image_size, folder.stored_size).eval().requires_grad_(False)
+        self.module = folder.shipped(seed).eval().requires_grad_(False)
 
     def transform(self, photo):
         """A photo (a path, or a PIL image) as the module's input row: uint8 3 x S x S, decoded as evaluation decodes it."""

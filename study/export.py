@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"exported {which} as {args.format}: {out} ({out.stat().st_size / 1e6:.1f} MB); the model: {model.describe()}")
     print(f"input: uint8 RGB, N x 3 x {model.stored_size} x {model.stored_size} (any N; resize a photo as model.json's preprocessing says); "
           f"output: probabilities of {', '.join(model.classes)}")
-    checked = check_export(model, args.format, out, args.seed, args.check)
+    checked = check_export(model, args.format, out, args.seed, args.check)  # on the weights read again, not the exported modules
     print(checked.line())
     return 0 if checked.ok else 1
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from .errors import UserError
 from .files import cache_dir  # noqa: F401  (where the book's archive goes)
-from .images import (DECODE_ERRORS, IMAGE_SUFFIXES, available_cpus, decode_image, image_array,  # noqa: F401  (a run's decoding)
+from .images import (IMAGE_SUFFIXES, available_cpus, decode_image, image_array,  # noqa: F401  (a run's decoding)
                      is_image, visible_files)
 
 
@@ -290,7 +290,7 @@ def prepare_data(
     decoded = {}
     for split in ["train", "test"] if with_test else ["train"]:
         files = labelled_files(root / split, classes)
-        found = decode_split(files, size, split_fingerprint(root, split) if cache else None, classes, cache, progress)
+        found = decode_split(files, size, split_fingerprint(root, split) if cache else None, classes, progress)
         if found.note and log is not None:
             log(found.note)
         skipped += [f"{path}: {why}" for path, why in found.skipped]

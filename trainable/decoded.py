@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,12 +76,12 @@ def read_entry(entry: Path) -> Decoded:
     return Decoded(images[:count], labels, skipped, meta.get("modes", {}), entry)  # rows past count: skipped files
 
 
-def decode_split(files: list[tuple[Path, int]], size: int, fingerprint: dict | None, classes: list[str], use_cache: bool = True,
+def decode_split(files: list[tuple[Path, int]], size: int, fingerprint: dict | None, classes: list[str],
                  progress: Callable[[int, int], None] | None = None) -> Decoded:
     """``files`` ((path, label), in the order a run reads them) decoded at ``size``: from the cache where an entry for
-    ``fingerprint`` is there, else decoded (every CPU: PIL releases the GIL) and kept as a new entry. ``progress(done,
-    total)`` is called as files are decoded."""
-    if not use_cache or fingerprint is None:
+    ``fingerprint`` is there, else decoded (every CPU: PIL releases the GIL) and kept as a new entry; no ``fingerprint``
+    (None): decoded in memory, the cache left alone. ``progress(done, total)`` is called as files are decoded."""
+    if fingerprint is None:
         return _decode(files, size, None, progress)
     root = cache_root()
     key = entry_key(fingerprint, classes, size)
@@ -125,9 +126,7 @@ def decode_split(files: list[tuple[Path, int]], size: int, fingerprint: dict | N
 def _decode(files: list[tuple[Path, int]], size: int, into: Path | None, progress) -> Decoded:
     """Decode ``files``; ``into``: write the entry's files there (the images straight into a memory map of their file:
     a folder larger than memory never needs it all at once)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from .images import DECODE_ERRORS, available_cpus, decode_image
+    from .images import available_cpus, decode_each
 
     started = time.perf_counter()
     shape = (len(files), 3, size, size)
@@ -136,26 +135,17 @@ def _decode(files: list[tuple[Path, int]], size: int, into: Path | None, progres
     skipped: list[tuple[str, str]] = []
     modes: list[str] = []
 
-    def work(item):
-        path, label = item
-        try:
-            return decode_image(path, size, modes), label
-        except DECODE_ERRORS as exc:
-            return (str(path), str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__), label
-
     n = 0
-    with ThreadPoolExecutor(max_workers=max(1, available_cpus())) as pool:
-        for done, (result, label) in enumerate(pool.map(work, files), 1):
-            if isinstance(result, tuple):
-                skipped.append(result)
-            else:
-                images[n], labels[n] = result, label
-                n += 1
-            if progress is not None:
-                progress(done, len(files))
-    counts: dict[str, int] = {}
-    for mode in modes:
-        counts[mode] = counts.get(mode, 0) + 1
+    results = decode_each([path for path, _ in files], size, max(1, available_cpus()), modes)
+    for done, (result, (path, label)) in enumerate(zip(results, files), 1):
+        if isinstance(result, Exception):
+            skipped.append((str(path), str(result).splitlines()[0][:300] if str(result) else type(result).__name__))
+        else:
+            images[n], labels[n] = result, label
+            n += 1
+        if progress is not None:
+            progress(done, len(files))
+    counts = dict(Counter(modes))
     if into is None:
         return Decoded(images[:n], labels[:n], skipped, counts, None, "", time.perf_counter() - started)
     images.flush()  # a file that could not be decoded leaves its row at the end, unused: meta.json's count says how many hold images

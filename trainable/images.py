@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +66,21 @@ def decode_image(path: Path, size: int, modes: list[str] | None = None) -> np.nd
         warnings.simplefilter("ignore")  # PIL warns on odd metadata; broken files raise below
         with Image.open(path) as img:
             return image_array(img, size, modes)
+
+
+def decode_each(paths: list[Path], size: int, workers: int, modes: list[str] | None = None) -> Iterator[np.ndarray | Exception]:
+    """Each file of ``paths`` through ``decode_image`` on ``workers`` threads (PIL releases the GIL), in order: its array,
+    or the ``DECODE_ERRORS`` exception that stopped it (never raised)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def work(path: Path) -> np.ndarray | Exception:
+        try:
+            return decode_image(path, size, modes)
+        except DECODE_ERRORS as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        yield from pool.map(work, paths)
 
 
 def image_array(img: Image.Image, size: int, modes: list[str] | None = None) -> np.ndarray:

@@ -265,10 +265,6 @@ class Streamed:
             images, labels = images.pin_memory(), labels.pin_memory()
         return images, labels
 
-    def take(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        images, labels = self._gather(positions)
-        return images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
-
     def feed(self, batches: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Each batch on the device, in order; the next one gathered and pinned on a thread while this one trains."""
         from concurrent.futures import ThreadPoolExecutor
@@ -299,6 +295,11 @@ def to_device(split: Split, device: torch.device, cache: WorkerCache | None = No
     return OnDevice(images, labels, None if rows is None else rows.to(images.device), mode)
 
 
+def eval_batch_size(cfg: TrainConfig) -> int:
+    """Evaluation's batch size: the training one, at least 256 (eval mode takes a batch of 1 too)."""
+    return max(cfg.batch_size, 256)
+
+
 def eval_logits(model: nn.Module, split: Split | OnDevice | Streamed, cfg: TrainConfig, device: torch.device,
                 bf16: bool, channels_last: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(float logits, labels) batch by batch of a split (a ``Split`` or what ``to_device`` made of one),
@@ -306,9 +307,9 @@ def eval_logits(model: nn.Module, split: Split | OnDevice | Streamed, cfg: Train
     (its padding's logits dropped): one input shape for every split and fold, so cuDNN tunes once."""
     model.eval()
     data = to_device(split, device) if isinstance(split, Split) else split
-    size = max(cfg.batch_size, 256)  # eval mode takes a batch of 1 too
+    size = eval_batch_size(cfg)
     batches, counts = [], []
-    for positions in torch.arange(len(data)).split(size):
+    for positions in torch.arange(len(data), device=data.images.device).split(size):  # where the split's rows are read
         counts.append(len(positions))
         if device.type == "cuda" and len(positions) < size:
             positions = torch.cat([positions, positions[-1:].expand(size - len(positions))])
@@ -422,7 +423,7 @@ def _train(cfg: TrainConfig, data: PreparedData, device: torch.device, on_epoch,
         bad = torch.zeros((), device=device, dtype=torch.bool)
         seen, diverged = 0, False
         batches = _batches(len(train_data), cfg.batch_size, order)
-        for step, (positions, (images, y)) in enumerate(zip(batches, train_data.feed(batches)), start=1):
+        for step, (images, y) in enumerate(train_data.feed(batches), start=1):
             step_t0 = time.perf_counter() if first_step else 0.0
             if path == "batched":
                 batch = batch_augment(images, cfg.augment, cfg.image_size, crops)
@@ -440,7 +441,7 @@ def _train(cfg: TrainConfig, data: PreparedData, device: torch.device, on_epoch,
             descend(optimizer, summed, cfg.batch_size)
             loss_sum += summed.detach()
             correct += (logits.argmax(1) == y).sum()
-            seen += len(positions)
+            seen += len(y)
             if first_step:
                 if cuda:
                     torch.cuda.synchronize(device)  # once per run: the first step's own time, not the queue's

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from .config import TrainConfig
 from .data import Split
-from .images import DECODE_ERRORS, available_cpus, decode_image, is_image, visible_files
+from .images import available_cpus, decode_each, is_image, visible_files
 from .loop import eval_logits, resolve_device, use_bf16
 
 
@@ -34,26 +34,17 @@ class Decoded:
 def decode_files(paths: list[Path], stored_size: int, progress: Callable[[int], None] | None = None) -> Decoded:
     """Each file decoded as evaluation decodes it (threads: PIL releases the GIL); a file that cannot be is listed with
     its reason, never raised. ``progress(n)``: called as each file is done."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    def work(path: Path):
-        try:
-            return decode_image(path, stored_size)
-        except DECODE_ERRORS as exc:
-            return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else 'cannot be decoded'}"
-
     images = np.empty((len(paths), 3, stored_size, stored_size), dtype=np.uint8)
     kept: list[Path] = []
     skipped: list[tuple[Path, str]] = []
-    with ThreadPoolExecutor(max_workers=max(1, min(8, available_cpus()))) as pool:
-        for path, decoded in zip(paths, pool.map(work, paths)):
-            if isinstance(decoded, str):
-                skipped.append((path, decoded))
-            else:
-                images[len(kept)] = decoded
-                kept.append(path)
-            if progress is not None:
-                progress(1)
+    for decoded, path in zip(decode_each(paths, stored_size, max(1, min(8, available_cpus()))), paths):
+        if isinstance(decoded, Exception):
+            skipped.append((path, f"{type(decoded).__name__}: {str(decoded).splitlines()[0][:200] if str(decoded) else 'cannot be decoded'}"))
+        else:
+            images[len(kept)] = decoded
+            kept.append(path)
+        if progress is not None:
+            progress(1)
     return Decoded(images[:len(kept)], kept, skipped)
 
 

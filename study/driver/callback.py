@@ -55,6 +55,7 @@ class StudyCallback(tune.Callback):
         self._errors: dict[str, dict] = {}  # Tune trial id -> its trial_error result
         self._started: dict[str, tuple[dict, float]] = {}  # Tune trial id -> (its config, when this driver run saw it start)
         self._stopping = False
+        self._stopped = False  # the Tune run's end was handled (on_experiment_end, then fit: once is enough)
         self._beat = time.monotonic()
 
     def __getstate__(self):  # Ray pickles the run config: the live recorders and the clock stay in this process
@@ -117,17 +118,22 @@ class StudyCallback(tune.Callback):
 
     def stopped(self, now: float) -> None:
         """The Tune run ended: runs still going (the study was stopped) keep their hold on their slot so far, and the
-        tables are written whole."""
+        tables are written whole. Once: a second call (fit's, after Tune's on_experiment_end) does nothing, unless the
+        first could not write the tables (a full disk), which it tries again."""
+        if self._stopped:
+            return
         for config, started in self._started.values():
             recorder = self.recorder(config)
             if recorder is not None:
                 recorder.on_stop(config, started, now)
         self._started.clear()
+        written = True
         for recorder in (self.trials, self.confirmation):
             if recorder is not None:
-                self._write(recorder, whole=True)
+                written = self._write(recorder, whole=True) and written
         if self.trials is not None:
             self.trials.progress.stop()
+        self._stopped = written
 
     # --- what every run shares ---------------------------------------------------------------------------------
     def _timed_out(self, trial) -> str | None:
@@ -153,9 +159,9 @@ class StudyCallback(tune.Callback):
         drop_checkpoints(earlier)  # nor from an earlier driver run's folder it never checkpointed past
         faults.at(recorder.ended_fault)
 
-    def _write(self, recorder, whole: bool = False, ended: bool = False) -> None:
+    def _write(self, recorder, whole: bool = False, ended: bool = False) -> bool:
         """Record the changes (``whole``: rewrite the files); on a full disk keep them in memory (the files keep their
-        last complete version) and stop the study."""
+        last complete version) and stop the study. Whether they were written."""
         if self.heartbeat is not None and time.monotonic() - self._beat >= HEARTBEAT_S:
             self._beat = time.monotonic()
             self.heartbeat()
@@ -165,6 +171,8 @@ class StudyCallback(tune.Callback):
             if not disk_full(exc):
                 raise
             self._stop_for_disk(str(self.folder), "the tables could not be written")
+            return False
+        return True
 
     def _stop_for_disk(self, where: str, what: str) -> None:
         """Stop the study as Ctrl-C does: Ray's own handler ends the runs and keeps their checkpoints."""

@@ -129,7 +129,7 @@ def fit(folder: StudyFolder, settings: StudySettings, data, searcher, to_run: in
     finally:
         signal.signal(signal.SIGTERM, previous)
     end = time.perf_counter()
-    callback.stopped(time.time())  # what still ran keeps its hold on its slot; the tables written whole
+    callback.stopped(time.time())  # what still ran keeps its hold on its slot; the tables written whole (where Tune's on_experiment_end did not)
     began = stage.began_at if stage is not None else None
     trials_s = (began if began is not None else end) - start
     stopped = f"{callback.disk_full}; free space there first" if callback.disk_full else interrupted[0] if interrupted else None

@@ -19,8 +19,6 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from trainable import TrainConfig, UserError
 from trainable.augment import IMAGENET_MEAN, IMAGENET_STD
 
@@ -33,6 +31,13 @@ FORMAT = 1  # model.json's layout
 
 def weights_name(seed: int) -> str:
     return f"seed-{int(seed)}.pt"
+
+
+def trained_module(file: Path, classes: int):
+    """The ResNet18 a seed's weights file holds (eval mode, on the CPU), with ``classes`` outputs."""
+    from trainable.model import build_model
+
+    return build_model(str(file), classes).eval()
 
 
 def preprocessing(cfg: TrainConfig, stored_size: int) -> dict:
@@ -75,9 +80,14 @@ class ModelFolder:
 
     def modules(self, seed: int | None = None) -> list:
         """The trained ResNet18s (eval mode, on the CPU): every seed, or ``seed`` alone."""
-        from trainable.model import build_model
+        return [trained_module(file, len(self.classes)) for _, file in self.weights(seed)]
 
-        return [build_model(str(file), len(self.classes)).eval() for _, file in self.weights(seed)]
+    def shipped(self, seed: int | None = None):
+        """The model as it ships (``trainable.export.Shipped``): a uint8 batch at the stored size in, each class's
+        probability out (the ensemble of every seed, or ``seed``'s)."""
+        from trainable.export import Shipped
+
+        return Shipped(self.modules(seed), self.config.image_size, self.stored_size)
 
     def describe(self) -> str:
         ensemble = self.info.get("ensemble") or {}
@@ -114,13 +124,15 @@ def open_model(path: str | Path, option: str = "MODEL") -> ModelFolder:
     return ModelFolder(folder, info)
 
 
-def write_model(target: Path, study: StudyFolder, chosen, classes: list[str], seeds: dict[int, Path], test, stored_size: int,
-                command: str, known: dict, evaluate, log=print) -> ModelFolder:
+def write_model(target: Path, study: StudyFolder, chosen, tested, seeds: dict[int, Path], stored_size: int,
+                command: str, evaluate, log=print) -> ModelFolder:
     """The model folder of ``chosen`` (a ``study.findings.retrain.Chosen``) at ``target``: ``seeds`` (seed -> the weights
-    this rerun trained, whose test probabilities are ``known``) beside the seeds of the same configuration already
-    there (each evaluated on ``test``, the test split decoded, by ``evaluate(file) -> probabilities``), and model.json
-    written last."""
-    from trainable.predict import accuracy, balanced_accuracy, confusion
+    this rerun trained, whose test probabilities ``tested``, a ``study.findings.ensemble.TestResult``, holds) beside the
+    seeds of the same configuration already there (each evaluated on the test split by ``evaluate(file) ->
+    probabilities``), and model.json written last."""
+    from trainable.predict import accuracy, balanced_accuracy
+
+    from study.findings.ensemble import TestResult
 
     settings = chosen.settings
     cfg = chosen.config
@@ -143,10 +155,12 @@ def write_model(target: Path, study: StudyFolder, chosen, classes: list[str], se
     for seed, source in seeds.items():
         _place(source, target / weights_name(seed))
     every = sorted({*earlier, *seeds})
-    labels = test.labels
-    per_seed = {s: known[s] if s in known else evaluate(target / weights_name(s)) for s in every}
-    ensemble = np.mean([per_seed[s] for s in every], axis=0)
-    counts = confusion(labels, ensemble.argmax(1), len(classes))
+    known = tested.probabilities
+    result = TestResult(tested.number, tested.baseline, tested.classes, tested.labels,
+                        {s: known[s] if s in known else evaluate(target / weights_name(s)) for s in every})
+    classes, labels, per_seed = result.classes, result.labels, result.probabilities
+    ensemble = result.ensemble
+    counts = result.counts()
     info = {
         "format": FORMAT,
         "classes": list(classes),

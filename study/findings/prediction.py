@@ -20,6 +20,7 @@ import pandas as pd
 
 from trainable import UserError
 
+from study.findings.ensemble import per_class_text
 from study.findings.model import ModelFolder
 
 PROGRESS_FROM = 200  # files: a bar below this is noise
@@ -97,8 +98,7 @@ class Prediction:
             classes = self.model.classes
             index = {c: i for i, c in enumerate(classes)}
             counts = confusion(known["true"].map(index).to_numpy(), known["predicted"].map(index).to_numpy(), len(classes))
-            per_class = ", ".join(f"{c} {counts[i, i] / counts[i].sum():.3f} ({counts[i].sum()})" for i, c in enumerate(classes) if counts[i].sum())
-            out.append(f"accuracy {known['correct'].mean():.3f} on {len(known)} labelled photo(s); per class {per_class}; "
+            out.append(f"accuracy {known['correct'].mean():.3f} on {len(known)} labelled photo(s); per class {per_class_text(counts, classes)}; "
                        f"balanced {balanced_accuracy(counts):.3f}")
             out += confusion_lines(counts, classes)
         return out
@@ -121,6 +121,7 @@ def predict(model: ModelFolder, paths: list[str], seed: int | None = None, devic
     study's test split, decoded by its rerun, is not decoded again."""
     from trainable.decoded import decode_split
     from trainable.fingerprint import split_fingerprint
+    from trainable.loop import eval_batch_size
     from trainable.predict import decode_files, probabilities
 
     found = sources(model, paths)
@@ -130,7 +131,7 @@ def predict(model: ModelFolder, paths: list[str], seed: int | None = None, devic
             log(f"{s.given}: {s.how}, {len(s.files)} image file(s)")
     modules = model.modules(seed)
     cfg = model.config
-    chunk = CHUNK_BATCHES * max(cfg.batch_size, 256)  # eval_logits' batch: a chunk is whole batches of it
+    chunk = CHUNK_BATCHES * eval_batch_size(cfg)  # eval_logits' batch: a chunk is whole batches of it
     classes = model.classes
     paths_out, true, parts, skipped = [], [], [], []
     with _bar(total, progress and total >= PROGRESS_FROM) as advance:
@@ -138,7 +139,7 @@ def predict(model: ModelFolder, paths: list[str], seed: int | None = None, devic
             if source.split is not None:  # labelled: decoded (or read from the cache) as a run reads it, then in chunks of rows
                 files = list(zip(source.files, source.labels))
                 decoded = decode_split(files, model.stored_size, split_fingerprint(source.split.parent, source.split.name) if cache else None,
-                                       classes, cache)
+                                       classes)
                 if decoded.note:
                     log(decoded.note)
                 skipped += [(Path(path), why) for path, why in decoded.skipped]

@@ -68,8 +68,9 @@ class StudyData:
     @property
     def rerun_classes(self) -> pd.DataFrame | None:
         """The rerun's confusion matrices (``study.findings.ensemble``), or None before a rerun wrote them."""
-        path = self.folder.path / "rerun_classes.parquet"
-        return pd.read_parquet(path) if path.is_file() else None
+        from study.findings.ensemble import read_classes
+
+        return read_classes(self.folder)
 
     @property
     def confirm(self) -> pd.DataFrame | None:

@@ -418,6 +418,8 @@ def _rerun_section(data: StudyData) -> str:
         return ('<p class="muted">No final evaluation yet: <code>python -m study.rerun '
                 f'{html.escape(str(data.folder.path))}</code> retrains the confirmed winner and the book\'s recipe with the '
                 "same seeds on train + validation and measures both on the test split.</p>")
+    from study.findings.model import MODEL_DIR, MODEL_FILE  # after a rerun only: it loads torch, as the per-class part does
+
     rerun = data.rerun
     parts = []
     for run in runs:
@@ -435,7 +437,7 @@ def _rerun_section(data: StudyData) -> str:
         if versus is not None:
             parts.append(f"<p><b>trial {run.optuna_trial} vs the book's recipe</b>, paired seed by seed: "
                          f"{html.escape(versus.describe('seed'))}</p>")
-    model = data.folder.path / "model" / "model.json"
+    model = data.folder.path / MODEL_DIR / MODEL_FILE
     if model.is_file():
         parts.append(f"<p>The model it shipped: <code>{html.escape(str(model.parent))}</code> "
                      f"(<code>python -m study.predict {html.escape(str(data.folder.path))} PHOTOS</code>; "
@@ -447,6 +449,8 @@ def _classes_part(data: StudyData, number: int) -> str:
     """The ensemble's figures and its confusion matrix on the test split (``rerun_classes.parquet``), where the rerun wrote them."""
     from trainable.predict import balanced_accuracy
 
+    from study.findings.ensemble import per_class_text
+
     table = data.rerun_classes
     if table is None:
         return ""
@@ -457,7 +461,7 @@ def _classes_part(data: StudyData, number: int) -> str:
     counts = mine.pivot(index="true_class", columns="predicted_class", values="images").reindex(index=classes, columns=classes).fillna(0)
     matrix = counts.to_numpy(dtype=int)
     accuracy = matrix.trace() / max(1, matrix.sum())
-    per_class = ", ".join(f"{html.escape(c)} {matrix[i, i] / matrix[i].sum():.3f} ({matrix[i].sum()})" for i, c in enumerate(classes) if matrix[i].sum())
+    per_class = per_class_text(matrix, classes, html.escape)
     rows = [[html.escape(c), *[str(n) for n in matrix[i]]] for i, c in enumerate(classes)]
     return (f"<p>the ensemble of its {int(mine['seeds'].iloc[0])} seed(s) (their class probabilities averaged): test accuracy "
             f"<b>{accuracy:.3f}</b>, balanced {balanced_accuracy(matrix):.3f}; per class {per_class}</p>"

@@ -301,7 +301,7 @@ def retrain(folder: StudyFolder, chosen: Chosen, seeds: int, parallel: bool = Fa
 
     from study.driver.progress import decode_progress
     from study.driver.runner import run_each
-    from study.findings.ensemble import TestResult, versus_on_images, write_classes
+    from study.findings.ensemble import CLASSES_FILE, TestResult, versus_on_images, write_classes
 
     cfg = chosen.config
     t0 = time.perf_counter()
@@ -346,15 +346,15 @@ def retrain(folder: StudyFolder, chosen: Chosen, seeds: int, parallel: bool = Fa
             print(f"{label(chosen)}'s ensemble vs the book's recipe's, photo by photo on the same {len(data.test)} test photos: "
                   + versus.describe("photo"))
     write_classes(folder, [t for t in tested.values() if t.probabilities])
-    print(f"results: {folder.path / RERUN_FILE}, per class: {folder.path / 'rerun_classes.parquet'}")
+    print(f"results: {folder.path / RERUN_FILE}, per class: {folder.path / CLASSES_FILE}")
     mine = tested[chosen.row["optuna_trial"]]
     if mine.probabilities:
         from study.findings.model import MODEL_DIR, write_model
 
         target = Path(model_dir).expanduser() if model_dir else folder.path / MODEL_DIR
         files = {int(r["seed"]): Path(r["weights_file"]) for r in rows[chosen.row["optuna_trial"]] if not isnan(r.get("weights_file"))}
-        model = write_model(target, folder, chosen, data.classes, files, data.test, data.stored_size, command or f"python -m study.rerun {folder.path}",
-                            known=mine.probabilities, evaluate=lambda path: _probabilities_of(path, data, cfg))
+        model = write_model(target, folder, chosen, mine, files, data.stored_size, command or f"python -m study.rerun {folder.path}",
+                            evaluate=lambda path: _probabilities_of(path, data, cfg))
         print(f"model: {model.path} ({model.describe()}); use it with python -m study.predict {shlex.quote(str(model.path))} PHOTOS")
     else:
         print(f"no model written: every seed of {label(chosen)} diverged")
@@ -363,10 +363,11 @@ def retrain(folder: StudyFolder, chosen: Chosen, seeds: int, parallel: bool = Fa
 
 def _probabilities_of(path: Path, data, cfg: TrainConfig):
     """The test photos' class probabilities by the weights in ``path`` (a seed an earlier rerun trained)."""
-    from trainable.model import build_model
     from trainable.predict import probabilities
 
-    return probabilities([build_model(str(path), len(data.classes)).eval()], data.test.images, cfg)
+    from study.findings.model import trained_module
+
+    return probabilities([trained_module(path, len(data.classes))], data.test.images, cfg)
 
 
 def _seed_task(cfg: TrainConfig, data, report, gpu_share: float, weights_path: str, label: str, number: int) -> dict:

@@ -17,10 +17,10 @@ CHECK_PHOTOS = 64  # enough to see any difference, quick on a CPU
 
 
 def export_model(model: ModelFolder, fmt: str, out: Path, seed: int | None = None) -> Path:
-    from trainable.export import Shipped, export
+    """``model`` (every seed's, or ``seed``'s) as ``fmt`` at ``out``."""
+    from trainable.export import export
 
-    shipped = Shipped(model.modules(seed), model.config.image_size, model.stored_size)
-    return export(shipped, model.stored_size, fmt, out)
+    return export(model.shipped(seed), model.stored_size, fmt, out)
 
 
 @dataclass
@@ -45,13 +45,12 @@ class Checked:
 def check_photos(model: ModelFolder, folder: str | None) -> tuple[np.ndarray, str]:
     """Photos to check an export on: ``folder``'s, else the study's test split (the first ``CHECK_PHOTOS``), decoded as
     evaluation decodes them."""
-    from trainable.data import fetch_hotdog
     from trainable.predict import decode_files, find_images
 
+    from study.core.datacheck import data_root
+
     if folder is None:
-        data_dir = model.config.data_dir
-        root = Path(data_dir) if data_dir else fetch_hotdog()
-        where = root / "test"
+        where = data_root({"data_dir": model.config.data_dir}) / "test"
         if not where.is_dir():
             raise UserError(f"the study's test split {where} is not here to check the export on: pass --check DIR, a folder of photos")
     else:
