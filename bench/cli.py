@@ -202,6 +202,13 @@ def default_data_dir() -> Path:
     return Path(env) / "hotdog" if env else DEFAULT_DATA
 
 
+def data_dir_of(args: argparse.Namespace, default: Path | None = None) -> Path:
+    """``--data-dir``, else ``default`` (default: ``default_data_dir()``)."""
+    if args.data_dir:
+        return Path(args.data_dir).expanduser()
+    return default_data_dir() if default is None else default
+
+
 # --- main --------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
@@ -220,21 +227,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.make_gpu_data:
         from bench.data import make_gpu_data
 
-        source = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
+        source = data_dir_of(args)
         made = make_gpu_data(source, Path(args.make_gpu_data).expanduser(), budget_bytes=int(args.gpu_data_mb * 1e6))
         log(f"copied {made['files']} photos ({made['bytes'] / 1e6:.1f} MB; train {made['counts']['train']}, test {made['counts']['test']}) "
             f"from {made['source']} to {made['target']}")
         return 0
     if args.selection:
-        from bench.selection import print_selection, run_selection
+        from bench.selection import draw, print_selection, run_selection
 
         if args.selection_repeats < 1:
             raise UserError(f"--selection-repeats {args.selection_repeats} must be 1 or more")
         from bench.correction import print_corrections, run_corrections
 
-        result = run_selection(args.selection_repeats, 0, None)
+        drawn = draw(repeats=args.selection_repeats, seed=0)  # the default scenario: drawn once, for both
+        result = run_selection(args.selection_repeats, 0, None, drawn=drawn)
         print_selection(result, console)
-        result["corrections"] = run_corrections(args.selection_repeats)
+        result["corrections"] = run_corrections(args.selection_repeats, drawn=drawn)
         print_corrections(result["corrections"], console)
         if args.json:
             from bench.flow import write_json
@@ -267,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             per_class = max(8, args.batch_size * (args.steps * args.repeats + 2) // 2 + 4)
             data_dir = make_tiny_folder(Path(tmp), per_class=24 if args.feed else per_class)
         else:
-            data_dir = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
+            data_dir = data_dir_of(args)
             check_layout(data_dir)
         data_dir = data_dir.resolve()
         log(f"bench on {data_dir}: {report['machine']['cpu']}, {report['machine']['cpus']} CPUs, load {report['load_start']}"
@@ -324,7 +332,7 @@ def overhead(args: argparse.Namespace, log) -> int:
 
     if args.overhead_samples < 1 or args.overhead_epochs < 1 or args.overhead_size < 32:
         raise UserError("--overhead-samples and --overhead-epochs must be 1 or more, --overhead-size 32 or more")
-    data_dir = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir().parent / "hotdog_mini"
+    data_dir = data_dir_of(args, default_data_dir().parent / "hotdog_mini")
     check_layout(data_dir, need_test=True)
     report = {"machine": machine(), "load_start": load_average(), "busy_processes_start": busy_processes()}
     report["overhead"] = run_overhead(data_dir.resolve(), args.overhead_samples, args.overhead_epochs, args.overhead_size,
@@ -344,8 +352,7 @@ def scale(args: argparse.Namespace, log) -> int:
     if min(args.scale) < 20 or args.scale_samples < 1 or args.scale_size < 32:
         raise UserError("--scale sizes must be 20 photos or more, --scale-samples 1 or more, --scale-size 32 or more")
     with tempfile.TemporaryDirectory(prefix="bench-scale-source-") as tmp:
-        source = make_tiny_folder(Path(tmp), per_class=12) if args.tiny and not args.data_dir else (
-            Path(args.data_dir).expanduser() if args.data_dir else default_data_dir())
+        source = make_tiny_folder(Path(tmp), per_class=12) if args.tiny and not args.data_dir else data_dir_of(args)
         check_layout(source, need_test=True)
         report = {"machine": machine(), "load_start": load_average(), "source": str(source)}
         report["scale"] = run_scale(source, args.scale, args.scale_size, args.scale_samples,
@@ -366,8 +373,7 @@ def predict(args: argparse.Namespace, log) -> int:
     if args.predict_images < 1:
         raise UserError(f"--predict-images {args.predict_images} must be 1 or more")
     with tempfile.TemporaryDirectory(prefix="bench-predict-") as tmp:
-        data_dir = make_tiny_folder(Path(tmp), per_class=8) if args.tiny and not args.data_dir else (
-            Path(args.data_dir).expanduser() if args.data_dir else default_data_dir())
+        data_dir = make_tiny_folder(Path(tmp), per_class=8) if args.tiny and not args.data_dir else data_dir_of(args)
         check_layout(data_dir)
         devices = [args.device] if args.device_given else ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
         sizes = args.sizes if args.sizes_given else [224, 64]
@@ -383,7 +389,7 @@ def flow(args: argparse.Namespace, log) -> int:
     """``--flow``: one whole flow per study seed, its figures printed and in ``--json``."""
     from bench.flow import print_flow, run_flow, write_json
 
-    data_dir = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
+    data_dir = data_dir_of(args)
     check_layout(data_dir, need_test=True)
     weights = args.weights or str(data_dir.parent / "weights" / "resnet18-caltech101-64.pt")
     if not args.weights and not Path(weights).is_file():

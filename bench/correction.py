@@ -42,6 +42,8 @@ def estimates(scores: np.ndarray, final: np.ndarray, win_col: np.ndarray, base_c
     found = raw_gain(scores, final, win_col, base_col)
     raw, crit, se, s2, df_pooled, pooled = found.estimate, found.crit, found.se, found.s2, found.df, found.pooled
     out = {"raw": (raw, found.low, found.high, win_col)}
+    others = final & (np.arange(C) != base_col[:, None])  # the candidates but the book's recipe
+    noise_var = np.where(pooled, s2, diffs.var(axis=1, ddof=1) / 2)  # a score's noise variance
 
     # Tibshirani & Tibshirani: each fold's best minus the winner's, averaged
     masked = np.where(final[:, :, None], scores, -np.inf)
@@ -49,7 +51,7 @@ def estimates(scores: np.ndarray, final: np.ndarray, win_col: np.ndarray, base_c
     out["tibshirani"] = (raw - bias_tt, raw - bias_tt - crit * se, raw - bias_tt + crit * se, win_col)
 
     # split: fold 0 chooses, the other folds estimate
-    chooser = np.argmax(np.where(final & (np.arange(C) != base_col[:, None]), scores[:, :, 0], -np.inf), axis=1)
+    chooser = np.argmax(np.where(others, scores[:, :, 0], -np.inf), axis=1)
     rest = scores[rows, chooser, 1:] - scores[rows, base_col, 1:]  # (R, F-1)
     split = rest.mean(axis=1)
     se_split = np.sqrt(2 * s2 / (F - 1))
@@ -60,14 +62,11 @@ def estimates(scores: np.ndarray, final: np.ndarray, win_col: np.ndarray, base_c
     # pooled noise, the winner picked again
     means = np.where(final, scores.mean(axis=2), np.nan)  # (R, C)
     fold_effect = np.nanmean(np.where(final[:, :, None], scores, np.nan), axis=1) - np.nanmean(means, axis=1)[:, None]
-    sd = np.sqrt(np.where(pooled, s2, diffs.var(axis=1, ddof=1) / 2))
+    sd = np.sqrt(noise_var)
     errors = np.empty((R, boot))
     for b in range(boot):
         draw = np.nan_to_num(means)[:, :, None] + fold_effect[:, None, :] + rng.normal(0.0, 1.0, (R, C, F)) * sd[:, None, None]
-        star_means = np.where(final, draw.mean(axis=2), -np.inf)
-        star_means_nobase = np.where(np.arange(C) == base_col[:, None], -np.inf, star_means)
-        star_win = np.argmax(np.where(final, star_means, -np.inf), axis=1)
-        star_win = np.where(star_win == base_col, np.argmax(star_means_nobase, axis=1), star_win)  # a gain over the recipe
+        star_win = np.argmax(np.where(others, draw.mean(axis=2), -np.inf), axis=1)  # the best but the recipe: a gain over it
         star_gain = (draw[rows, star_win] - draw[rows, base_col]).mean(axis=1)
         fitted_gain = np.nan_to_num(means)[rows, star_win] - np.nan_to_num(means)[rows, base_col]
         errors[:, b] = star_gain - fitted_gain
@@ -76,10 +75,9 @@ def estimates(scores: np.ndarray, final: np.ndarray, win_col: np.ndarray, base_c
     out["bootstrap"] = (raw - bias_boot, raw - lo_q, raw - hi_q, win_col)
 
     # shrinkage toward the candidates' mean (the book's recipe left as measured: it was not chosen)
-    others = final & (np.arange(C) != base_col[:, None])
     m = np.nanmean(np.where(others, means, np.nan), axis=1)
     spread = np.nanvar(np.where(others, means, np.nan), axis=1, ddof=1)
-    noise = np.where(pooled, s2, diffs.var(axis=1, ddof=1) / 2) / F
+    noise = noise_var / F
     share = np.clip(noise / np.maximum(spread, 1e-12), 0.0, 1.0)
     shrunk = means[rows, win_col] - share * (means[rows, win_col] - m)
     gain_shrunk = shrunk - means[rows, base_col]
@@ -129,17 +127,15 @@ REGIMES = {"from scratch (the model's defaults)": {}, "from scratch, the noise m
            "pretrained backbone, the noise measured in that regime": PRETRAINED}
 
 
-def run_corrections(repeats: int = 10000, boot: int = 200, seed: int = 0) -> dict[str, dict]:
-    """Every method scored in every regime, ``repeats`` simulated studies each (``bench.selection``'s study and stage)."""
-    from bench.selection import Scenario, draw_population, run_stage, run_study
+def run_corrections(repeats: int = 10000, boot: int = 200, seed: int = 0, drawn=None) -> dict[str, dict]:
+    """Every method scored in every regime, ``repeats`` simulated studies each (``bench.selection``'s study and stage;
+    ``drawn``: a ``bench.selection.draw`` already made, reused for the regime whose scenario it is)."""
+    from bench.selection import Scenario, draw
 
     out = {}
     for name, changes in REGIMES.items():
-        scenario = Scenario(repeats=repeats, seed=seed, **changes)
-        rng = np.random.default_rng(scenario.seed)
-        population = draw_population(scenario, rng)
-        study = run_study(scenario, population, rng)
-        stage = run_stage(scenario, population, study, rng)
+        known = drawn is not None and drawn[0] == Scenario(repeats=repeats, seed=seed, **changes)
+        _, population, study, stage = drawn if known else draw(repeats=repeats, seed=seed, **changes)
         out[name] = score_corrections(stage.scores, stage.final, stage.c, stage.win_col, population.true, boot=boot, seed=seed)
     return out
 

@@ -36,8 +36,9 @@ def run_command(module: str, argv: list[str], log) -> float:
     return time.perf_counter() - t0
 
 
-def flow_result(folder: Path, walls: dict) -> dict:
-    """The figures of one finished flow from its study folder: phases, the confirmation's gain, the test's gain."""
+def flow_result(folder: Path, walls: dict, model: dict | None) -> dict:
+    """The figures of one finished flow from its study folder: phases, the confirmation's gain, the test's gain
+    (``model``: its model.json, None where it has none)."""
     from study.findings.analysis import reruns_on_test, versus_book_on_test
     from study.core.folder import StudyFolder
     from study.findings.reading import read_study
@@ -79,18 +80,17 @@ def flow_result(folder: Path, walls: dict) -> dict:
                  "gain_ci": None if versus is None else [versus.ci_low, versus.ci_high],
                  "gain_sd": None if versus is None else versus.sd},
         "confirmation_interval_held_test_gain": held,
-        "model": _model_figures(folder),
+        "model": _model_figures(folder, model),
     }
 
 
-def _model_figures(folder: Path) -> dict | None:
-    """The model folder's test accuracies (each seed's, the ensemble's) beside study.predict's on the test photos."""
+def _model_figures(folder: Path, info: dict | None) -> dict | None:
+    """The model folder's test accuracies (each seed's, the ensemble's, from its model.json ``info``) beside
+    study.predict's on the test photos."""
     import pandas as pd
 
-    path = folder / "model" / "model.json"
-    if not path.is_file():
+    if info is None:
         return None
-    info = json.loads(path.read_text())
     out = {"seeds": {str(s["seed"]): s["test_acc"] for s in info["seeds"]}, "ensemble": info["ensemble"]["test_acc"],
            "balanced_acc": info["ensemble"].get("balanced_acc")}
     for name in ("predict", "predict_one_seed"):
@@ -117,12 +117,13 @@ def run_flow(data_dir: str, weights: str, results: Path, seed: int, samples: int
     walls["rerun"] = run_command("study.rerun", [str(folder), "--seeds", str(seeds), "--parallel"], log)
     walls["analyze"] = run_command("study.analyze", [str(folder)], log)
     test = Path(data_dir) / "test"
-    model = folder / "model" / "model.json"
-    if test.is_dir() and model.is_file():  # the model users ship, on the test photos: the ensemble, then its first seed alone
-        first = json.loads(model.read_text())["seeds"][0]["seed"]
+    path = folder / "model" / "model.json"
+    model = json.loads(path.read_text()) if path.is_file() else None  # study.predict only reads it
+    if test.is_dir() and model is not None:  # the model users ship, on the test photos: the ensemble, then its first seed alone
+        first = model["seeds"][0]["seed"]
         for name, extra in (("predict", []), ("predict_one_seed", ["--seed", str(first)])):
             walls[name] = run_command("study.predict", [str(folder), str(test), "--out", str(folder / f"{name}.parquet"), *extra], log)
-    return flow_result(folder, walls)
+    return flow_result(folder, walls, model)
 
 
 def print_flow(result: dict, log=print) -> None:

@@ -30,9 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from trainable import UserError
+from bench.cells import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 SPACE = {"lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True}, "freeze_depth": {"type": "int", "low": 3, "high": 5},
          "augment": {"type": "categorical", "choices": ["flip", "d2l"]}}  # quick trials: the data's path is what is measured
 
@@ -119,32 +118,35 @@ class MemorySampler(threading.Thread):
         self.join(timeout=10)
 
 
-def _study(folder: Path, results: Path, name: str, image_size: int, samples: int, env: dict, log) -> dict:
-    """One ``python -m study.run``: its wall time, its memory peaks, when its first trial started (from its launch)."""
+def _study(folder: Path, results: Path, name: str, image_size: int, samples: int, space: Path, env: dict, log) -> dict:
+    """One ``python -m study.run`` (``space``: the search space's file): its wall time, its memory peaks, when its first
+    trial started (from its launch)."""
+    from bench.scaling import run_study_timed
     from bench.share import GpuSampler
 
     results.mkdir(parents=True, exist_ok=True)
-    space = results.parent / "space.json"
-    space.write_text(json.dumps(SPACE))
     argv = ["--samples", str(samples), "--data-dir", str(folder), "--weights", "none", "--image-size", str(image_size), "--epochs", "1",
             "--batch-size", "64", "--results-dir", str(results), "--name", name, "--no-confirm", "--space", str(space),
             "--cpus-per-trial", "0.5", "--gpus-per-trial", "0.25"]
     log(f"python -m study.run {' '.join(argv)}")
     gpu = GpuSampler()
     gpu.start()
+    memory = None
+
+    def sample_memory(proc) -> None:  # the study's process, from its start
+        nonlocal memory
+        memory = MemorySampler(proc.pid)
+        memory.start()
+
+    lines: list[str] = []
     launched = time.time()
-    proc = subprocess.Popen([sys.executable, "-m", "study.run", *argv], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    memory = MemorySampler(proc.pid)
-    memory.start()
-    lines = [line.rstrip() for line in proc.stdout]
-    code = proc.wait()
-    ended = time.time()
-    memory.stop()
-    gpu.stop()
-    if code != 0:
-        log("\n".join(lines[-20:]))
-        raise UserError(f"the study on {folder} failed with exit code {code}")
+    try:
+        run_study_timed(argv, log, env=env, on_start=sample_memory, lines=lines, what=f"on {folder}")
+        ended = time.time()
+    finally:
+        if memory is not None:
+            memory.stop()
+        gpu.stop()
     from study.core.folder import StudyFolder
     from study.findings.reading import read_study
 
@@ -173,8 +175,10 @@ def run_scale(source: Path, ns: list[int], image_size: int, samples: int, work: 
         folder = make_folder(source, base / f"photos-{n}", n, log=log)
         with tempfile.TemporaryDirectory(prefix="bench-scale-run-") as tmp:
             env = {**os.environ, "PYTHONUNBUFFERED": "1", "HOTDOG_TUNE_CACHE": str(Path(tmp) / "cache")}
-            first = _study(folder, Path(tmp) / "r", "first", image_size, samples, env, log)
-            second = _study(folder, Path(tmp) / "r", "second", image_size, samples, env, log)
+            space = Path(tmp) / "space.json"
+            space.write_text(json.dumps(SPACE))
+            first = _study(folder, Path(tmp) / "r", "first", image_size, samples, space, env, log)
+            second = _study(folder, Path(tmp) / "r", "second", image_size, samples, space, env, log)
             alone = _read_alone(folder, image_size, env)
         size = stored_size(image_size)
         data_mb = n * 3 * size * size / 2**20

@@ -38,18 +38,26 @@ def stratified_subset(source: Path, target: Path, n_train: int, val_fraction: fl
     return target
 
 
-def run_study_timed(argv: list[str], log) -> float:
-    """Run ``python -m study.run``; its wall time in seconds, process start to exit (its phases are in its study.json)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def run_study_timed(argv: list[str], log, env: dict | None = None, on_start=None, lines: list[str] | None = None,
+                    what: str | None = None) -> float:
+    """Run ``python -m study.run``; its wall time in seconds, process start to exit (its phases are in its study.json).
+
+    ``env``: its environment (default: this one's, unbuffered); ``on_start``: called with the ``Popen`` once it runs;
+    ``lines``: a list its output lines are appended to; ``what``: the study as the failure's message names it (default:
+    its argv)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"} if env is None else env
+    lines = [] if lines is None else lines
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "study.run", *argv], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    lines = [line.rstrip() for line in proc.stdout]
+    if on_start is not None:
+        on_start(proc)
+    lines.extend(line.rstrip() for line in proc.stdout)
     code = proc.wait()
     wall = time.perf_counter() - t0
     if code != 0:
         log("\n".join(lines[-20:]))
-        raise UserError(f"the study {argv} failed with exit code {code}")
+        raise UserError(f"the study {argv if what is None else what} failed with exit code {code}")
     return wall
 
 

@@ -363,16 +363,27 @@ def score(s: Scenario, pop: Population, study: StudyRun, stage: StageRun) -> dic
     return out
 
 
-def simulate(**options) -> dict:
-    """A Monte Carlo of studies and their confirmation stage with known true accuracies (``Scenario``'s fields as
-    keywords, all repeats vectorised): draw the population, run the study, run the confirmation stage, score them.
-    Returns ``score``'s figures and the scenario as ``inputs``."""
+Drawn = tuple[Scenario, Population, StudyRun, StageRun]
+
+
+def draw(**options) -> Drawn:
+    """The scenario (``Scenario``'s fields as keywords), checked, and what its seed draws: the population, the study,
+    the confirmation stage (all repeats vectorised). Nothing downstream changes them: one draw can be scored many ways."""
     scenario = Scenario(**options)
-    _, fold_val = scenario.fold_images()
+    scenario.fold_images()  # a scenario that cannot run: ValueError before anything is drawn
     rng = np.random.default_rng(scenario.seed)
     population = draw_population(scenario, rng)
     study = run_study(scenario, population, rng)
     stage = run_stage(scenario, population, study, rng)
+    return scenario, population, study, stage
+
+
+def simulate(drawn: Drawn | None = None, **options) -> dict:
+    """A Monte Carlo of studies and their confirmation stage with known true accuracies (``Scenario``'s fields as
+    keywords, all repeats vectorised): draw the population, run the study, run the confirmation stage, score them
+    (``drawn``: a ``draw`` already made, scored instead). Returns ``score``'s figures and the scenario as ``inputs``."""
+    scenario, population, study, stage = drawn if drawn is not None else draw(**options)
+    _, fold_val = scenario.fold_images()
     inputs = {**asdict(scenario), "truth": None if scenario.truth is None else [float(x) for x in scenario.truth],
               "tau_range": list(scenario.tau_range), "fold_val_images": fold_val}
     return {**score(scenario, population, study, stage), "inputs": inputs}
@@ -479,9 +490,10 @@ def print_selection(result: dict, console) -> None:
     console.print(f"goal (regret_confirmed <= regret_single / 2, extra compute <= 0.35): {verdict}", markup=False)
 
 
-def run_selection(repeats: int = 10000, seed: int = 0, json_path: str | None = None) -> dict:
-    """``simulate`` at its defaults; the result also written as JSON to ``json_path`` when given."""
-    result = simulate(repeats=repeats, seed=seed)
+def run_selection(repeats: int = 10000, seed: int = 0, json_path: str | None = None, drawn: Drawn | None = None) -> dict:
+    """``simulate`` at its defaults (``drawn``: their ``draw``, already made); the result also written as JSON to
+    ``json_path`` when given."""
+    result = simulate(drawn, repeats=repeats, seed=seed)
     if json_path:
         with open(json_path, "w", encoding="utf-8") as fh:
             json.dump(result, fh, indent=2, default=_jsonable)
